@@ -1,0 +1,231 @@
+"""DeiT/ViT with PPT in MindSpore (read beside pt_reference/vision_transformer.py).
+
+Parameter names are timm's dotted names (`blocks.0.attn.qkv.weight`, ...), so checkpoints map one to one.
+The token schedule is static (see ppt_common.config.token_schedule): every block knows at construction how many
+tokens it sees and how many it removes, which is what lets the graph compile with fixed shapes.
+"""
+from typing import List, Optional
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import TruncatedNormal, initializer
+
+from ppt_common.config import ArchConfig, BlockPlan, PPTConfig, token_schedule
+from ms_ppt import ppt
+
+# float16 runs matmuls in float16; softmax, scores, variance, similarity and LayerNorm run in float32.
+SUPPORTED_DTYPES = {"float32": ms.float32, "float64": ms.float64, "float16": ms.float16}
+
+
+def _accum_dtype(dtype):
+    return ms.float32 if dtype == ms.float16 else dtype
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm with timm's parameter names (weight, bias) and eps 1e-6 (MindSpore's default is 1e-7)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = Parameter(initializer("ones", (dim,), ms.float32), name="weight")
+        self.bias = Parameter(initializer("zeros", (dim,), ms.float32), name="bias")
+        self.eps = eps
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        dtype = x.dtype
+        if dtype == ms.float64:
+            # the CPU LayerNorm kernel is only float32-accurate in float64 (error ~6e-7): use the formula
+            centred = x - ops.mean(x, -1, True)
+            var = ops.mean(centred * centred, -1, True)
+            return centred / ops.sqrt(var + self.eps) * self.weight + self.bias
+        if dtype == ms.float16:
+            y = self.layer_norm(x.astype(ms.float32), self.weight.astype(ms.float32), self.bias.astype(ms.float32))[0]
+            return y.astype(dtype)
+        return self.layer_norm(x, self.weight, self.bias)[0]
+
+
+class PatchProjection(nn.Cell):
+    """The patch convolution (kernel = stride = patch) as a matmul; works in every dtype, float64 included."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.weight = Parameter(initializer(TruncatedNormal(0.02), (embed_dim, in_chans, patch_size, patch_size),
+                                            ms.float32), name="weight")
+        self.bias = Parameter(initializer("zeros", (embed_dim,), ms.float32), name="bias")
+
+    def construct(self, x):
+        B, C, H, W = x.shape
+        p = self.patch_size
+        gh, gw = H // p, W // p
+        patches = x.reshape(B, C, gh, p, gw, p).transpose(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * p * p)
+        w = self.weight.reshape(self.weight.shape[0], -1)
+        return ops.matmul(patches, w.swapaxes(0, 1)) + self.bias
+
+
+class PatchEmbed(nn.Cell):
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = img_size
+        self.num_patches = (img_size // patch_size) ** 2
+        self.proj = PatchProjection(in_chans, embed_dim, patch_size)
+
+    def construct(self, x):
+        return self.proj(x)
+
+
+class Attention(nn.Cell):
+    """Multi-head self-attention; with `with_scores` it also returns importance scores and the merge metric."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_size: bool, with_scores: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.use_size = use_size
+        self.with_scores = with_scores
+        self.qkv = nn.Dense(dim, dim * 3, has_bias=qkv_bias)
+        self.proj = nn.Dense(dim, dim)
+
+    def construct(self, x, size):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        accum = _accum_dtype(x.dtype)
+        attn = (ops.matmul(q, k.swapaxes(-2, -1)) * self.scale).astype(accum)
+        if self.use_size:
+            attn = attn + ppt.proportional_bias(size.astype(accum))
+        attn = ops.softmax(attn, -1)
+        out = ops.matmul(attn.astype(x.dtype), v).transpose(0, 2, 1, 3).reshape(B, N, C)
+        out = self.proj(out)
+        if self.with_scores:
+            scores = ppt.importance_scores(attn, v.astype(accum))
+            return out, scores, k.astype(accum).mean(1)
+        return out
+
+
+class Mlp(nn.Cell):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Dense(dim, hidden)
+        self.act = nn.GELU(approximate=False)  # exact erf GELU as in timm (MindSpore defaults to tanh)
+        self.fc2 = nn.Dense(hidden, dim)
+
+    def construct(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Cell):
+    """Pre-norm block; a PP block reduces tokens between the attention residual and the MLP."""
+
+    def __init__(self, arch: ArchConfig, plan: BlockPlan, ppt_cfg: PPTConfig, use_size: bool, trace: bool):
+        super().__init__()
+        dim = arch.embed_dim
+        self.r = plan.r
+        self.reduces = plan.r > 0
+        self.threshold = float(ppt_cfg.threshold)
+        self.merge_with_sizes = ppt_cfg.prop_attn  # with prop_attn off every PP block merges with unit sizes
+        self.trace = trace
+        self.trace_source = ppt_cfg.trace_source
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, arch.num_heads, arch.qkv_bias, use_size=use_size, with_scores=self.reduces)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, arch.mlp_hidden)
+
+    def construct(self, x, size, source):
+        record = ()
+        if self.reduces:
+            x_attn, scores, metric = self.attn(self.norm1(x), size)
+            x = x + x_attn
+            if not self.merge_with_sizes:
+                size = ops.ones_like(size)
+            if self.trace_source:
+                x, size, source, raw = ppt.reduce_tokens(x, scores, metric, size, self.r, self.threshold, source)
+            else:
+                x, size, _, raw = ppt.reduce_tokens(x, scores, metric, size, self.r, self.threshold)
+            if self.trace:
+                record = (raw,)
+        else:
+            x = x + self.attn(self.norm1(x), size)
+        x = x + self.mlp(self.norm2(x))
+        return x, size, source, record
+
+
+class VisionTransformer(nn.Cell):
+    """ViT/DeiT classifier with PPT. `construct(images)` returns logits, or (logits, trace, source) with trace on."""
+
+    def __init__(self, arch: ArchConfig, ppt_cfg: Optional[PPTConfig] = None, trace: bool = False):
+        super().__init__()
+        ppt_cfg = ppt_cfg if ppt_cfg is not None else PPTConfig(r=0, pp_loc_list=())
+        self.arch = arch
+        self.ppt_config = ppt_cfg
+        self.plans: List[BlockPlan] = token_schedule(arch.num_tokens, arch.depth, ppt_cfg)
+        self.trace = trace
+        self.trace_source = ppt_cfg.trace_source
+        self.patch_embed = PatchEmbed(arch.img_size, arch.patch_size, arch.in_chans, arch.embed_dim)
+        self.cls_token = Parameter(initializer(TruncatedNormal(0.02), (1, 1, arch.embed_dim), ms.float32),
+                                   name="cls_token")
+        self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, arch.num_tokens, arch.embed_dim),
+                                               ms.float32), name="pos_embed")
+        blocks, reduced = [], False
+        for plan in self.plans:
+            # proportional attention needs sizes only once some earlier block has reduced (log 1 = 0 before)
+            blocks.append(Block(arch, plan, ppt_cfg, use_size=ppt_cfg.prop_attn and reduced, trace=trace))
+            reduced = reduced or plan.r > 0
+        self.blocks = nn.CellList(blocks)
+        self.norm = LayerNorm(arch.embed_dim)
+        self.head = nn.Dense(arch.embed_dim, arch.num_classes)
+
+    @property
+    def pp_blocks(self) -> List[BlockPlan]:
+        return [p for p in self.plans if p.r > 0]
+
+    def construct(self, x):
+        x = self.patch_embed(x.astype(self.cls_token.dtype))
+        B = x.shape[0]
+        cls = ops.broadcast_to(self.cls_token, (B, 1, x.shape[2]))
+        x = ops.concat([cls, x], 1) + self.pos_embed
+        size = ops.ones((B, x.shape[1], 1), _accum_dtype(x.dtype))
+        source = ppt.initial_source(x) if self.trace_source else None
+        records = ()
+        for blk in self.blocks:
+            x, size, source, record = blk(x, size, source)
+            records = records + record
+        x = self.norm(x)
+        logits = self.head(x[:, 0])
+        if self.trace:
+            return logits, records, source
+        return logits
+
+    def to_dtype(self, dtype) -> "VisionTransformer":
+        """Cast every parameter (float16 keeps LayerNorm's internal maths in float32)."""
+        for p in self.get_parameters():
+            p.set_dtype(dtype)
+        return self
+
+
+def params_from_numpy(model: nn.Cell, state: dict, strict: bool = True) -> None:
+    """Assign numpy arrays by dotted name; strict checks names and shapes both ways."""
+    params = {p.name: p for p in model.get_parameters()}
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    mis_shaped = sorted(k for k in set(params) & set(state) if tuple(params[k].shape) != tuple(np.shape(state[k])))
+    if strict and (missing or unexpected or mis_shaped):
+        raise ValueError(describe_mismatch(missing, unexpected,
+                                           [f"{k}: {tuple(np.shape(state[k]))} vs {tuple(params[k].shape)}"
+                                            for k in mis_shaped]))
+    for k, p in params.items():
+        if k in state:
+            p.set_data(Tensor(np.asarray(state[k]), p.dtype))
+
+
+def describe_mismatch(missing, unexpected, mis_shaped) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if mis_shaped:
+        parts.append(f"wrong shapes ({len(mis_shaped)}; checkpoint vs model): {', '.join(mis_shaped)}")
+    return "checkpoint does not match the model: " + "; ".join(parts)

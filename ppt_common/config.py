@@ -1,0 +1,152 @@
+"""Model architectures and PPT settings shared by both frameworks.
+
+Both `ms_ppt` and `pt_reference` build their models from `MODEL_CONFIGS`, so a name means the same network on
+either side, and both derive the static token schedule (tokens in, r, tokens out per block) from `token_schedule`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Sequence, Tuple, Union
+
+RSpec = Union[int, Sequence[int], Tuple[int, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchConfig:
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    num_classes: int = 1000
+    in_chans: int = 3
+
+    @property
+    def grid(self) -> int:
+        return self.img_size // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid * self.grid + 1  # patches + class token
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.embed_dim * self.mlp_ratio)
+
+
+def _arch(embed_dim, depth, num_heads, img_size=224, patch_size=16) -> ArchConfig:
+    return ArchConfig(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                      num_heads=num_heads)
+
+
+# Names follow timm. DeiT and ViT share one architecture (pre-norm, class token, no LayerScale).
+MODEL_CONFIGS: Dict[str, ArchConfig] = {
+    "deit_tiny_patch16_224": _arch(192, 12, 3),
+    "deit_small_patch16_224": _arch(384, 12, 6),
+    "deit_base_patch16_224": _arch(768, 12, 12),
+    "deit_tiny_patch16_384": _arch(192, 12, 3, img_size=384),
+    "deit_small_patch16_384": _arch(384, 12, 6, img_size=384),
+    "deit_base_patch16_384": _arch(768, 12, 12, img_size=384),
+    "vit_tiny_patch16_224": _arch(192, 12, 3),
+    "vit_small_patch16_224": _arch(384, 12, 6),
+    "vit_base_patch16_224": _arch(768, 12, 12),
+    "vit_base_patch32_224": _arch(768, 12, 12, patch_size=32),
+    "vit_large_patch16_224": _arch(1024, 24, 16),
+    "vit_base_patch16_384": _arch(768, 12, 12, img_size=384),
+}
+
+# The paper's off-the-shelf settings (DeiT-S); DeiT-B at 11.6 GMACs corresponds to r=47.
+DEFAULT_R = 50
+DEFAULT_PP_LOC_LIST = (3, 6, 9)
+DEFAULT_THRESHOLD = 7e-5
+
+
+def get_arch(name: str) -> ArchConfig:
+    if "distilled" in name:
+        raise ValueError(
+            f"model '{name}': distilled DeiT models are not supported (PPT would have to protect the distillation "
+            "token; see docs/ppt-spec deviations)")
+    try:
+        return MODEL_CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown model '{name}'; known models: {', '.join(sorted(MODEL_CONFIGS))}") from None
+
+
+def is_schedule(r) -> bool:
+    """True for a ToMe-style (r, inflection) pair, as opposed to a per-PP-block list."""
+    return isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], float)
+
+
+def parse_r(num_layers: int, r: RSpec) -> List[int]:
+    """ToMe's schedule over `num_layers`: an int, a list (padded with zeros), or (r, inflection)."""
+    if not isinstance(r, int) and not is_schedule(r):
+        r = [int(v) for v in r]
+        if len(r) > num_layers:
+            raise ValueError(f"r has {len(r)} entries but the model has only {num_layers} blocks")
+        return r + [0] * (num_layers - len(r))
+    inflect = 0.0
+    if is_schedule(r):
+        r, inflect = r
+    min_val = int(r * (1.0 - inflect))
+    max_val = 2 * r - min_val
+    step = (max_val - min_val) / max(num_layers - 1, 1)
+    return [int(min_val + step * i) for i in range(num_layers)]
+
+
+@dataclasses.dataclass(frozen=True)
+class PPTConfig:
+    """PPT hyper-parameters; `r` is an int, a per-PP-block list, or a ToMe (r, inflection) schedule."""
+    r: RSpec = DEFAULT_R
+    pp_loc_list: Tuple[int, ...] = DEFAULT_PP_LOC_LIST
+    threshold: float = DEFAULT_THRESHOLD
+    prop_attn: bool = True
+    trace_source: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "pp_loc_list", tuple(int(i) for i in self.pp_loc_list))
+        if not isinstance(self.r, int) and not is_schedule(self.r):
+            r = tuple(int(v) for v in self.r)
+            if len(r) > len(self.pp_loc_list):
+                raise ValueError(f"r lists {len(r)} values for {len(self.pp_loc_list)} PP blocks")
+            object.__setattr__(self, "r", r)
+        if list(self.pp_loc_list) != sorted(set(self.pp_loc_list)):
+            raise ValueError(f"pp_loc_list must be strictly increasing block indices, got {list(self.pp_loc_list)}")
+        if self.threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        if (self.r[0] if is_schedule(self.r) else min(self.r, default=0) if isinstance(self.r, tuple) else self.r) < 0:
+            raise ValueError(f"r must be >= 0, got {self.r}")
+
+    def r_per_pp_block(self, depth: int) -> List[int]:
+        """The i-th PP block takes the i-th value of the schedule over all blocks (the authors' `pop(0)`)."""
+        if isinstance(self.r, tuple) and not is_schedule(self.r):
+            return parse_r(len(self.pp_loc_list), list(self.r))
+        return parse_r(depth, self.r)[:len(self.pp_loc_list)]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    index: int
+    tokens_in: int
+    r: int  # effective r (0 for non-PP blocks and clamped PP blocks)
+    is_pp: bool
+
+    @property
+    def tokens_out(self) -> int:
+        return self.tokens_in - self.r
+
+
+def token_schedule(num_tokens: int, depth: int, ppt: PPTConfig) -> List[BlockPlan]:
+    """Static token counts: every image follows this trajectory whatever its policies."""
+    for i in ppt.pp_loc_list:
+        if not 0 <= i < depth:
+            raise ValueError(f"pp_loc_list entry {i} is outside the model's blocks 0..{depth - 1}")
+    r_values = dict(zip(ppt.pp_loc_list, ppt.r_per_pp_block(depth)))
+    plans, n = [], num_tokens
+    for i in range(depth):
+        is_pp = i in r_values
+        r_eff = max(0, min(r_values[i], (n - 1) // 2)) if is_pp else 0
+        plans.append(BlockPlan(index=i, tokens_in=n, r=r_eff, is_pp=is_pp))
+        n -= r_eff
+    return plans

@@ -1,0 +1,140 @@
+"""PPT patched into timm's VisionTransformer (read beside ms_ppt/vision_transformer.py).
+
+`apply_ppt(model, ...)` swaps the classes of the model's attention and block modules, as ToMe and the authors do;
+weights and state-dict keys are unchanged. Blocks that see no token sizes and reduce nothing run timm's own
+forward, so r=0 (or no PP block) gives exactly timm's logits.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from ppt_common.config import PPTConfig, RSpec
+from ppt_common.trace import BlockTrace
+from pt_reference import ppt
+
+
+class PPTAttention(Attention):
+    """timm attention that adds the proportional-attention bias and also returns scores and the merge metric."""
+
+    def forward_ppt(self, x: torch.Tensor, size: Optional[torch.Tensor]):
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        bias = ppt.proportional_bias(size)
+        if bias is not None:
+            attn = attn + bias
+        attn = attn.softmax(dim=-1)
+        scores = ppt.importance_scores(attn, v)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)
+        x = self.proj(self.norm(x))
+        return x, scores, k.mean(dim=1)
+
+
+class PPTBlock(Block):
+    """A block that may reduce tokens between the attention residual and the MLP."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        info = self._ppt_info
+        cfg: PPTConfig = info["config"]
+        r = info["r"].pop(0) if self._ppt_is_pp else 0
+        r = max(0, min(r, (x.shape[1] - 1) // 2))
+        size = info["size"] if cfg.prop_attn else None
+        if r == 0 and size is None:
+            return super().forward(x)
+        x_attn, scores, metric = self.attn.forward_ppt(self.norm1(x), size)
+        x = x + x_attn
+        if r > 0:
+            # with prop_attn off every PP block merges with unit sizes (the authors' behaviour)
+            unit = torch.ones_like(x[..., :1])
+            merge_size = info["size"] if (cfg.prop_attn and info["size"] is not None) else unit
+            x, info["size"], info["source"], trace = ppt.reduce_tokens(
+                x, scores, metric, merge_size, r, cfg.threshold, source=info["source"], block=self._ppt_index,
+                want_trace=info["want_trace"])
+            if trace is not None:
+                info["trace"].append(trace)
+        return x + self.mlp(self.norm2(x))
+
+
+class PPTVisionTransformer(VisionTransformer):
+    """Resets the per-forward PPT state; after a forward, `ppt_trace` and `ppt_source` hold what happened."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        info = self._ppt_info
+        cfg: PPTConfig = info["config"]
+        info["r"] = list(cfg.r_per_pp_block(len(self.blocks)))
+        info["size"] = None
+        info["trace"] = []
+        info["source"] = None
+        if cfg.trace_source:
+            n0 = self.patch_embed.num_patches + self.num_prefix_tokens
+            info["source"] = torch.eye(n0, dtype=x.dtype, device=x.device)[None].expand(x.shape[0], n0, n0)
+        return super().forward(x, *args, **kwargs)
+
+    @property
+    def ppt_trace(self) -> List[BlockTrace]:
+        return self._ppt_info["trace"]
+
+    @property
+    def ppt_source(self) -> Optional[torch.Tensor]:
+        """[B, N_final, N0] 0/1 map: which original tokens (CLS + patches) each final token holds."""
+        return self._ppt_info["source"]
+
+    @property
+    def ppt_config(self) -> PPTConfig:
+        return self._ppt_info["config"]
+
+
+def check_supported(model) -> None:
+    """Refuse models whose structure PPT (as specified) does not cover."""
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"apply_ppt needs a timm VisionTransformer, got {type(model).__name__}")
+    problems = []
+    if getattr(model, "cls_token", None) is None:
+        problems.append("it has no class token")
+    if getattr(model, "num_prefix_tokens", 1) != 1:
+        problems.append(f"it has {model.num_prefix_tokens} prefix tokens (distillation or register tokens); "
+                        "PPT protects only the class token")
+    if getattr(model, "global_pool", "token") != "token" or getattr(model, "attn_pool", None) is not None:
+        problems.append(f"it pools with '{model.global_pool}' instead of the class token")
+    for i, blk in enumerate(model.blocks):
+        if type(blk) not in (Block, PPTBlock):
+            problems.append(f"block {i} is a {type(blk).__name__}, not a standard pre-norm Block")
+            break
+        if not isinstance(blk.ls1, torch.nn.Identity) or not isinstance(blk.ls2, torch.nn.Identity):
+            problems.append("it uses LayerScale")
+            break
+        if type(blk.attn) not in (Attention, PPTAttention) or getattr(blk.attn, "gate", None) is not None:
+            problems.append(f"block {i} attention is a {type(blk.attn).__name__} (only plain Attention is supported)")
+            break
+    if problems:
+        raise ValueError("cannot apply PPT to this model: " + "; ".join(problems))
+
+
+def apply_ppt(model: VisionTransformer, r: RSpec = 50, pp_loc_list=(3, 6, 9), threshold: float = 7e-5,
+              prop_attn: bool = True, trace_source: bool = False, trace: bool = False) -> VisionTransformer:
+    """Turn a timm ViT/DeiT into a PPT model in place (no new parameters) and return it."""
+    check_supported(model)
+    cfg = PPTConfig(r=r, pp_loc_list=tuple(pp_loc_list), threshold=threshold, prop_attn=prop_attn,
+                    trace_source=trace_source)
+    if cfg.pp_loc_list and cfg.pp_loc_list[-1] >= len(model.blocks):
+        raise ValueError(f"pp_loc_list {list(cfg.pp_loc_list)} names a block beyond the model's "
+                         f"{len(model.blocks)} blocks")
+    model.__class__ = PPTVisionTransformer
+    model._ppt_info = {"config": cfg, "want_trace": trace, "r": [], "size": None, "source": None, "trace": []}
+    for i, blk in enumerate(model.blocks):
+        blk.__class__ = PPTBlock
+        blk.attn.__class__ = PPTAttention
+        blk._ppt_info = model._ppt_info
+        blk._ppt_index = i
+        blk._ppt_is_pp = i in cfg.pp_loc_list
+    return model
+
+
+def set_trace(model: PPTVisionTransformer, enabled: bool) -> None:
+    model._ppt_info["want_trace"] = enabled
