@@ -1,0 +1,33 @@
+"""python -m convert pt2ms SRC DST [--model NAME] [--force] | ms2pt SRC DST [--model NAME] [--force]"""
+import argparse
+import sys
+import time
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
+    sub = parser.add_subparsers(dest="direction", required=True)
+    for name, help_text in (("pt2ms", "PyTorch .pth/.bin/.safetensors -> MindSpore .ckpt"),
+                            ("ms2pt", "MindSpore .ckpt -> PyTorch .pth or .safetensors")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("src")
+        p.add_argument("dst")
+        p.add_argument("--model", default=None, help="architecture name (default: inferred from the tensors)")
+        p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    args = parser.parse_args(argv)
+    from ppt_common.quiet import silence_mindspore_exit_noise
+    silence_mindspore_exit_noise()
+    import convert
+    start = time.perf_counter()
+    try:
+        fn = convert.pt2ms if args.direction == "pt2ms" else convert.ms2pt
+        name = fn(args.src, args.dst, model=args.model, force=args.force)
+    except (convert.CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"converted {args.src} -> {args.dst} ({name}) in {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

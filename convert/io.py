@@ -1,0 +1,119 @@
+"""Reading and writing state dicts in every format users bring, as {dotted name: float32 numpy array}.
+
+Torch files are read with the weights-only loader. Writes go to a temporary file in the destination folder and
+are renamed into place, so a failure never leaves a half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Dict
+
+import numpy as np
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
+StateDict = Dict[str, np.ndarray]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+def _suffix(path: str) -> str:
+    return os.path.splitext(str(path))[1].lower()
+
+
+def _need_torch(path):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CheckpointError(f"{path}: reading PyTorch/safetensors files needs the torch extra "
+                              "(pip install 'ms-ppt[torch]')") from None
+
+
+def _to_float32(name: str, value) -> np.ndarray:
+    arr = value
+    if hasattr(value, "detach"):  # torch tensor; bfloat16 has no numpy dtype
+        arr = value.detach().cpu()
+        arr = (arr.float() if arr.is_floating_point() else arr).numpy()
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f":
+        return arr.astype(np.float32)
+    raise CheckpointError(f"tensor '{name}' has non-float dtype {arr.dtype}")
+
+
+def unwrap_state_dict(obj, path) -> dict:
+    """Accept a plain state dict or one under 'model' / 'state_dict' / 'module' (the official DeiT release)."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(obj).__name__}, expected a dict of tensors)")
+    for key in ("model", "state_dict", "module"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if hasattr(v, "shape")}
+    if not tensors:
+        raise CheckpointError(f"{path}: holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:10]))})")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in tensors.items()}
+
+
+def read_state_dict(path) -> StateDict:
+    """Read .pth/.pt/.bin/.tar (torch), .safetensors or .ckpt (MindSpore) into float32 numpy arrays."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+    suffix = _suffix(path)
+    try:
+        if suffix == ".safetensors":
+            _need_torch(path)
+            from safetensors.torch import load_file
+            raw = load_file(path)
+        elif suffix == ".ckpt":
+            import mindspore as ms
+            raw = {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items()}
+        elif suffix in TORCH_SUFFIXES:
+            _need_torch(path)
+            import torch
+            raw = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+        else:
+            raise CheckpointError(f"{path}: unknown checkpoint type '{suffix}' "
+                                  f"(expected .pth/.pt/.bin/.tar, .safetensors or .ckpt)")
+    except (CheckpointError, FileNotFoundError):
+        raise
+    except Exception as e:  # truncated zip, bad pickle, unsafe pickle, bad header...
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if not raw:
+        raise CheckpointError(f"{path}: checkpoint is empty")
+    return {k: _to_float32(k, v) for k, v in raw.items()}
+
+
+def write_state_dict(state: StateDict, path, force: bool = False) -> None:
+    """Write .ckpt, .pth/.pt/.bin or .safetensors atomically; refuse to overwrite unless force."""
+    path = os.fspath(path)
+    suffix = _suffix(path)
+    if suffix not in (".ckpt", ".safetensors") + TORCH_SUFFIXES:
+        raise CheckpointError(f"{path}: unknown output type '{suffix}' (use .ckpt, .pth or .safetensors)")
+    if os.path.exists(path) and not force:
+        raise FileExistsError(f"{path} exists; pass --force (force=True) to overwrite")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"output folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        if suffix == ".ckpt":
+            import mindspore as ms
+            ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], tmp)
+        elif suffix == ".safetensors":
+            _need_torch(path)
+            from safetensors.numpy import save_file
+            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp)
+        else:
+            _need_torch(path)
+            import torch
+            torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,93 @@
+"""create_model in the mindcv style, the model registry, and mindcv registration (`ppt_<name>`)."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+import mindspore as ms
+
+from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, ArchConfig,
+                               PPTConfig, RSpec, get_arch)
+from ppt_common.trace import BlockTrace, record_from_dest
+from ms_ppt.vision_transformer import SUPPORTED_DTYPES, VisionTransformer, params_from_numpy
+
+
+def resolve_dtype(dtype):
+    if isinstance(dtype, str):
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"unsupported dtype '{dtype}'; choose from {', '.join(SUPPORTED_DTYPES)}")
+        return SUPPORTED_DTYPES[dtype]
+    if dtype not in SUPPORTED_DTYPES.values():
+        raise ValueError(f"unsupported dtype {dtype}")
+    return dtype
+
+
+def list_models() -> List[str]:
+    return sorted(MODEL_CONFIGS)
+
+
+def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False, r: RSpec = DEFAULT_R,
+                 pp_loc_list: Sequence[int] = DEFAULT_PP_LOC_LIST, threshold: float = DEFAULT_THRESHOLD,
+                 prop_attn: bool = True, trace_source: bool = False, trace: bool = False, dtype="float32",
+                 num_classes: Optional[int] = None) -> VisionTransformer:
+    """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt or a PyTorch .pth/.bin/.safetensors (converted in
+    memory). r=0 or an empty pp_loc_list gives the dense model."""
+    if pretrained:
+        raise ValueError("no hosted weights are published for ms-ppt: pass checkpoint=PATH (an official DeiT .pth, "
+                         "a timm state dict or .safetensors, or a MindSpore .ckpt)")
+    arch = get_arch(name)
+    state = None
+    if checkpoint:
+        from convert import load_checked
+        _, arch_ckpt, state = load_checked(checkpoint, name)
+        arch = arch_ckpt
+    if num_classes is not None and num_classes != arch.num_classes:
+        if state is not None:
+            raise ValueError(f"num_classes={num_classes} but the checkpoint's head has {arch.num_classes} classes")
+        arch = ArchConfig(**{**arch.__dict__, "num_classes": num_classes})
+    ppt_cfg = PPTConfig(r=r, pp_loc_list=tuple(pp_loc_list), threshold=threshold, prop_attn=prop_attn,
+                        trace_source=trace_source)
+    model = VisionTransformer(arch, ppt_cfg, trace=trace)
+    if state is not None:
+        params_from_numpy(model, state)
+    model.to_dtype(resolve_dtype(dtype))
+    model.set_train(False)
+    return model
+
+
+def traces_from_outputs(model: VisionTransformer, records) -> List[BlockTrace]:
+    """Turn the raw tensors a traced model returns into the shared BlockTrace records."""
+    return [record_from_dest(plan.index, plan.r, *[t.asnumpy() for t in raw])
+            for plan, raw in zip(model.pp_blocks, records)]
+
+
+def run_with_trace(model: VisionTransformer, images: np.ndarray):
+    """Run a model built with trace=True: (logits [B, classes], traces, source [B, N, N0] or None)."""
+    if not model.trace:
+        raise ValueError("run_with_trace needs a model created with trace=True")
+    logits, records, source = model(ms.Tensor(images, model.cls_token.dtype))
+    return (logits.asnumpy(), traces_from_outputs(model, records),
+            None if source is None else source.asnumpy())
+
+
+def _register_with_mindcv() -> None:
+    """Make mindcv.create_model('ppt_deit_small_patch16_224', checkpoint_path=..., r=...) work."""
+    try:
+        from mindcv.models.registry import register_model
+    except Exception:  # mindcv absent or broken: our own create_model still works
+        return
+
+    def make(model_name):
+        def entry(pretrained=False, num_classes=1000, in_channels=3, **kwargs):
+            if in_channels != 3:
+                raise ValueError(f"{model_name}: only 3 input channels are supported")
+            return create_model(model_name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        entry.__name__ = f"ppt_{model_name}"
+        entry.__module__ = __name__
+        return entry
+
+    for model_name in MODEL_CONFIGS:
+        register_model(make(model_name))
+
+
+_register_with_mindcv()

@@ -1,0 +1,103 @@
+"""ImageNet folders, labels by WordNet id, and the timm/DeiT eval transform on PIL images in NumPy.
+
+`preprocess_pil` is bit-identical to torchvision's Resize(256, bicubic) + CenterCrop(224) + ToTensor + Normalize
+(tested), so both frameworks can be fed the very same arrays.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+IMAGENET_MEAN = np.array((0.485, 0.456, 0.406), dtype=np.float32)
+IMAGENET_STD = np.array((0.229, 0.224, 0.225), dtype=np.float32)
+DEFAULT_CROP_PCT = 0.875
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
+_SYNSET_FILE = os.path.join(os.path.dirname(__file__), "imagenet_synset_words.txt")
+
+
+class ImageError(ValueError):
+    """An image file that cannot be decoded."""
+
+
+def load_synsets() -> List[Tuple[str, str]]:
+    """The 1000 (wnid, class name) pairs in standard label order (sorted WordNet ids)."""
+    with open(_SYNSET_FILE, encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split(" ", 1) for line in f if line.strip()]
+    return [(r[0], r[1] if len(r) > 1 else r[0]) for r in rows]
+
+
+def wnid_to_label() -> dict:
+    return {wnid: i for i, (wnid, _) in enumerate(load_synsets())}
+
+
+def class_names() -> List[str]:
+    return [name.split(",")[0] for _, name in load_synsets()]
+
+
+def find_images(data_path: str, limit: Optional[int] = None) -> List[Tuple[str, int]]:
+    """(path, label) for an ImageNet root holding val/, or a folder of WordNet-id class folders.
+
+    Labels are the standard 1000-class indices of the folder names, whichever classes are present.
+    """
+    if not os.path.exists(data_path):
+        raise FileNotFoundError(f"data path does not exist: {data_path}")
+    if not os.path.isdir(data_path):
+        raise NotADirectoryError(f"data path is not a folder: {data_path}")
+    root = os.path.join(data_path, "val") if os.path.isdir(os.path.join(data_path, "val")) else data_path
+    labels = wnid_to_label()
+    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not folders:
+        raise ValueError(f"{root}: no class folders (expected ImageNet layout: val/<wnid>/*.JPEG or <wnid>/*.JPEG)")
+    unknown = [d for d in folders if d not in labels]
+    if unknown:
+        raise ValueError(f"{root}: folder names are not ImageNet WordNet ids: {', '.join(unknown[:5])}"
+                         + (" ..." if len(unknown) > 5 else ""))
+    items = []
+    for d in folders:
+        for fname in sorted(os.listdir(os.path.join(root, d))):
+            if fname.lower().endswith(IMAGE_EXTENSIONS):
+                items.append((os.path.join(root, d, fname), labels[d]))
+    if not items:
+        raise ValueError(f"{root}: class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return items[:limit] if limit else items
+
+
+def eval_sizes(img_size: int = 224, crop_pct: float = DEFAULT_CROP_PCT) -> Tuple[int, int]:
+    """(resize of the shorter side, crop): 256 and 224 for DeiT at 224, as timm computes them."""
+    return int(math.floor(img_size / crop_pct)), img_size
+
+
+def open_rgb(path: str):
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")  # greyscale, CMYK, palette, RGBA all become RGB
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def preprocess_pil(path: str, img_size: int = 224, crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
+    """[3, img_size, img_size] float32, exactly torchvision's eval transform on the PIL image."""
+    from PIL import Image
+    img = open_rgb(path)
+    resize, crop = eval_sizes(img_size, crop_pct)
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = resize, int(resize * h / w)
+    else:
+        new_w, new_h = int(resize * w / h), resize
+    img = img.resize((new_w, new_h), Image.BICUBIC)
+    if new_w < crop or new_h < crop:  # torchvision pads; only possible with odd crop_pct
+        raise ImageError(f"{path}: resized image {new_w}x{new_h} is smaller than the crop {crop}")
+    top = int(round((new_h - crop) / 2.0))
+    left = int(round((new_w - crop) / 2.0))
+    img = img.crop((left, top, left + crop, top + crop))
+    arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -1,0 +1,39 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ppt_common.quiet import silence_mindspore_exit_noise  # noqa: E402
+
+silence_mindspore_exit_noise()
+
+SHARED_DATA = os.environ.get("PPT_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+DEIT_TINY = os.path.join(SHARED_DATA, "deit_tiny_patch16_224.pth")
+IMAGENET_SAMPLE = os.path.join(SHARED_DATA, "imagenet-sample")
+FOOLBOX = os.path.join(SHARED_DATA, "foolbox-imagenet")
+
+
+def need_shared_data():
+    if not os.path.isfile(DEIT_TINY):
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set PPT_SHARED_DATA to the folder with "
+                    "deit_tiny_patch16_224.pth and the ImageNet samples)")
+
+
+@pytest.fixture
+def rng():
+    return np.random.RandomState(0)
+
+
+@pytest.fixture(scope="session")
+def real_images():
+    """The 270 shared ImageNet photos, preprocessed once (float32 [N,3,224,224]) with labels."""
+    need_shared_data()
+    from ppt_common.imagenet import find_images, preprocess_pil
+    items = find_images(IMAGENET_SAMPLE) + find_images(FOOLBOX)
+    x = np.stack([preprocess_pil(p) for p, _ in items])
+    return x, np.array([lbl for _, lbl in items]), [p for p, _ in items]

@@ -1,0 +1,74 @@
+"""Brute-force NumPy PPT, written line by line from docs/ppt-spec.md, one image at a time, with plain loops.
+
+Slow and obvious on purpose: both frameworks' token operations are tested against it.
+"""
+import numpy as np
+
+
+def importance_scores(attn, v):
+    """attn [H, N, N], v [H, N, d] -> [N]"""
+    H, N, d = v.shape
+    raw = np.array([sum(attn[h, 0, j] for h in range(H)) * np.sqrt(sum(v[h, j, k] ** 2 for h in range(H)
+                                                                        for k in range(d))) for j in range(N)])
+    patches = raw[1:] / raw[1:].sum()
+    return np.concatenate([[2.0], patches])
+
+
+def variance(scores):
+    s = scores[1:]
+    return sum((x - s.mean()) ** 2 for x in s) / (len(s) - 1)
+
+
+def prune_keep(scores, r):
+    """Kept positions in descending score order; among equal scores the lower position first."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return order[:len(scores) - r]
+
+
+def bipartite(metric, r):
+    """Returns (merged list of (a_pos, b_pos), node_max per A token) for one image; metric [N, d]."""
+    N = len(metric)
+    m = metric / np.linalg.norm(metric, axis=1, keepdims=True)
+    a_pos, b_pos = list(range(0, N, 2)), list(range(1, N, 2))
+    node_max, node_idx = [], []
+    for ai, p in enumerate(a_pos):
+        sims = [-np.inf if ai == 0 else float(m[p] @ m[q]) for q in b_pos]
+        best = max(sims)
+        node_max.append(best)
+        node_idx.append(sims.index(best))  # first maximal index
+    edge = sorted(range(len(a_pos)), key=lambda ai: (-node_max[ai], ai))
+    merged = [(a_pos[ai], b_pos[node_idx[ai]]) for ai in edge[:r]]
+    return merged, np.array(node_max)
+
+
+def pool_tokens(x, size, merged):
+    """Output [unmerged A ascending, then B], size-weighted means; x [N, C], size [N]."""
+    N = len(x)
+    merged_src = {a for a, _ in merged}
+    unmerged = [p for p in range(0, N, 2) if p not in merged_src]
+    groups = [[p] for p in unmerged] + [[q] + [a for a, b in merged if b == q] for q in range(1, N, 2)]
+    x_out = np.array([sum(x[i] * size[i] for i in g) / sum(size[i] for i in g) for g in groups])
+    size_out = np.array([sum(size[i] for i in g) for g in groups])
+    return x_out, size_out, groups
+
+
+def prune_tokens(x, size, keep):
+    return x[keep], size[keep], [[i] for i in keep]
+
+
+def reduce(x, scores, metric, size, r, threshold):
+    """One image through a PP block's reduction: (x_out, size_out, groups, policy)."""
+    r = min(r, (len(x) - 1) // 2)
+    if variance(scores) < threshold:
+        merged, _ = bipartite(metric, r)
+        return (*pool_tokens(x, size, merged), 1)
+    return (*prune_tokens(x, size, prune_keep(scores, r)), 0)
+
+
+def attention_with_bias(q, k, size, scale):
+    """q, k [H, N, d], size [N] or None -> softmax(q k^T * scale + log size over keys)."""
+    logits = np.einsum("hnd,hmd->hnm", q, k) * scale
+    if size is not None:
+        logits = logits + np.log(size)[None, None, :]
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)

@@ -1,0 +1,64 @@
+"""The r schedule, the static token trajectory, and the MAC counter."""
+import pytest
+
+from ppt_common.config import PPTConfig, get_arch, parse_r, token_schedule
+from ppt_common.macs import gmacs
+
+
+def test_trajectory_224_r50_at_3_6_9_is_197_147_97_49():
+    plans = token_schedule(197, 12, PPTConfig(r=50, pp_loc_list=(3, 6, 9)))
+    assert [p.tokens_out for p in plans] == [197] * 3 + [147] * 3 + [97] * 3 + [49] * 3
+    assert [p.r for p in plans if p.is_pp] == [50, 50, 48]  # the last PP block clamps r to (97-1)//2
+
+
+def test_r_is_clamped_to_half_the_patches():
+    plans = token_schedule(11, 4, PPTConfig(r=100, pp_loc_list=(0, 1, 2, 3)))
+    assert [p.r for p in plans] == [5, 2, 1, 1]
+    assert [p.tokens_out for p in plans] == [6, 4, 3, 2]
+
+
+def test_per_pp_block_list_and_tome_schedule():
+    assert PPTConfig(r=[40, 30], pp_loc_list=(3, 6, 9)).r_per_pp_block(12) == [40, 30, 0]
+    # the authors pop a 12-long ToMe schedule, one value per PP block
+    assert PPTConfig(r=(50, 0.5), pp_loc_list=(3, 6, 9)).r_per_pp_block(12) == parse_r(12, (50, 0.5))[:3]
+    assert parse_r(4, (10, 1.0)) == [0, 6, 13, 20]
+    assert parse_r(3, 7) == [7, 7, 7]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(r=-1), "r must be >= 0"),
+    (dict(threshold=-1.0), "threshold"),
+    (dict(pp_loc_list=(6, 3)), "strictly increasing"),
+    (dict(r=[1, 2, 3, 4], pp_loc_list=(3, 6, 9)), "4 values for 3 PP blocks"),
+])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PPTConfig(**kwargs)
+
+
+def test_pp_block_beyond_depth_is_refused():
+    with pytest.raises(ValueError, match="outside the model's blocks"):
+        token_schedule(197, 12, PPTConfig(pp_loc_list=(3, 12)))
+
+
+def test_unknown_and_distilled_models_are_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        get_arch("resnet50")
+    with pytest.raises(ValueError, match="distilled"):
+        get_arch("deit_small_distilled_patch16_224")
+
+
+@pytest.mark.parametrize("name, r, dense, ppt", [
+    ("deit_small_patch16_224", 50, 4.60, 2.944),
+    ("deit_tiny_patch16_224", 50, 1.25, 0.80),
+    ("deit_base_patch16_224", 47, 17.57, 11.60),
+])
+def test_macs_match_the_paper(name, r, dense, ppt):
+    arch = get_arch(name)
+    assert gmacs(arch) == pytest.approx(dense, abs=0.005)
+    assert gmacs(arch, PPTConfig(r=r)) == pytest.approx(ppt, abs=0.001 if name.startswith("deit_small") else 0.005)
+
+
+def test_macs_without_reduction_equal_dense():
+    arch = get_arch("deit_tiny_patch16_224")
+    assert gmacs(arch, PPTConfig(r=0)) == gmacs(arch) == gmacs(arch, PPTConfig(pp_loc_list=()))

@@ -1,0 +1,98 @@
+"""pt_reference token operations against the NumPy oracle written from the spec."""
+import numpy as np
+import pytest
+import torch
+
+import oracle
+from pt_reference import ppt
+
+
+def random_attn(rng, B, H, N):
+    logits = rng.randn(B, H, N, N)
+    e = np.exp(logits)
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_importance_scores_match_oracle(rng):
+    attn, v = random_attn(rng, 2, 3, 9), rng.randn(2, 3, 9, 4)
+    got = ppt.importance_scores(torch.from_numpy(attn), torch.from_numpy(v)).numpy()
+    for b in range(2):
+        np.testing.assert_allclose(got[b], oracle.importance_scores(attn[b], v[b]), rtol=1e-12)
+    assert (got[:, 0] == 2.0).all() and np.allclose(got[:, 1:].sum(-1), 1.0)
+
+
+def test_variance_is_unbiased(rng):
+    s = np.concatenate([[[2.0]], rng.rand(1, 10)], axis=1)
+    got = ppt.score_variance(torch.from_numpy(s)).item()
+    assert got == pytest.approx(oracle.variance(s[0]), rel=1e-12)
+    assert got == pytest.approx(np.var(s[0, 1:], ddof=1), rel=1e-12)
+    assert got != pytest.approx(np.var(s[0, 1:], ddof=0), rel=1e-6)
+
+
+def test_prune_keeps_top_scores_in_descending_order_with_stable_ties():
+    s = np.array([[2.0, 0.1, 0.3, 0.1, 0.3, 0.2]])
+    keep = ppt.prune_order(torch.from_numpy(s))[:, :4].tolist()[0]
+    assert keep == oracle.prune_keep(s[0], 2) == [0, 2, 4, 5]  # ties 0.3 at 2 and 4: lower position first
+
+
+def test_bipartite_matching_and_weighted_merge_match_oracle(rng):
+    N, C, r = 11, 6, 4
+    metric = rng.randn(1, N, 5)
+    metric[0, 4] = metric[0, 3] * 2.0  # A token 4 ties exactly in direction with B token 3
+    x, size = rng.randn(1, N, C), rng.randint(1, 4, size=(1, N, 1)).astype(np.float64)
+    xo, so, _, m = ppt.pool(torch.from_numpy(x), torch.from_numpy(metric), r, torch.from_numpy(size))
+    merged, node_max = oracle.bipartite(metric[0], r)
+    ex, es, groups = oracle.pool_tokens(x[0], size[0, :, 0], merged)
+    np.testing.assert_allclose(xo[0].numpy(), ex, rtol=1e-12)
+    np.testing.assert_array_equal(so[0, :, 0].numpy(), es)
+    np.testing.assert_allclose(m.node_max[0].numpy(), node_max, rtol=1e-12)
+    assert xo.shape[1] == N - r
+
+
+def test_several_sources_merge_into_one_destination():
+    # every A token is closest to B token 1: all merged ones land there, weighted by size
+    metric = torch.tensor([[[1.0, 0], [1, 0.01], [1, 0.005], [1, 0.5], [1, 0.02]]], dtype=torch.float64)
+    x = torch.arange(5, dtype=torch.float64).reshape(1, 5, 1) * 10
+    size = torch.tensor([[[1.0], [1], [1], [1], [3]]], dtype=torch.float64)
+    xo, so, _, m = ppt.pool(x, metric, 2, size)
+    merged, _ = oracle.bipartite(metric[0].numpy(), 2)
+    assert sorted(merged) == [(2, 1), (4, 1)]
+    ex, es, groups = oracle.pool_tokens(x[0].numpy(), size[0, :, 0].numpy(), merged)
+    np.testing.assert_allclose(xo[0].numpy(), ex)
+    assert so[0, :, 0].tolist() == [1, 5, 1]  # [CLS, B1 with A2 and A4 merged in, B3]
+    assert xo[0, 1, 0].item() == pytest.approx((10 + 20 + 40 * 3) / 5)
+
+
+def test_cls_is_never_merged_even_when_most_similar(rng):
+    metric = torch.ones(1, 7, 3, dtype=torch.float64)  # everything identical
+    _, _, _, m = ppt.pool(torch.randn(1, 7, 2, dtype=torch.float64), metric, 3, torch.ones(1, 7, 1, dtype=torch.float64))
+    assert 0 not in m.src_idx[0].tolist()
+    # all similarities tie: the stable order merges A tokens 1,2,3 (positions 2,4,6) into B token 0 (first max)
+    assert m.src_idx[0].tolist() == [1, 2, 3] and m.dst_idx[0].tolist() == [0, 0, 0]
+
+
+def test_reduce_tokens_mixed_batch_matches_oracle_image_by_image(rng):
+    B, N, C, r = 4, 13, 5, 4
+    x, metric = rng.randn(B, N, C), rng.randn(B, N, 3)
+    scores = np.concatenate([np.full((B, 1), 2.0), rng.dirichlet(np.ones(N - 1), size=B)], axis=1)
+    scores[1, 1:] = 1.0 / (N - 1)  # flat: pools at any positive threshold
+    scores[2, 1:] = np.eye(N - 1)[0] * 0.9 + 0.1 / (N - 1)  # peaked: prunes
+    variances = [oracle.variance(s) for s in scores]
+    threshold = float(np.median(variances))
+    size = np.ones((B, N, 1))
+    xo, so, _, trace = ppt.reduce_tokens(*(torch.from_numpy(a) for a in (x, scores, metric, size)), r, threshold,
+                                          want_trace=True)
+    for b in range(B):
+        ex, es, _, policy = oracle.reduce(x[b], scores[b], metric[b], size[b, :, 0], r, threshold)
+        assert trace.policy[b] == policy
+        np.testing.assert_allclose(xo[b].numpy(), ex, rtol=1e-12)
+        np.testing.assert_array_equal(so[b, :, 0].numpy(), es)
+    assert set(trace.policy.tolist()) == {0, 1}
+
+
+def test_proportional_attention_adds_log_size_over_keys(rng):
+    q, k = rng.randn(1, 2, 5, 4), rng.randn(1, 2, 5, 4)
+    size = np.array([[[1.0], [2], [3], [1], [5]]])
+    logits = torch.from_numpy(q) @ torch.from_numpy(k).transpose(-1, -2) * 0.5
+    got = (logits + ppt.proportional_bias(torch.from_numpy(size))).softmax(-1).numpy()
+    np.testing.assert_allclose(got[0], oracle.attention_with_bias(q[0], k[0], size[0, :, 0], 0.5), rtol=1e-12)
