@@ -1,0 +1,156 @@
+"""ms_ppt models: float64 parity with the reference (every trace field, logits to 1e-9), both execution modes."""
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+
+import ms_ppt
+import pt_reference
+from conftest import DEIT_TINY, need_shared_data
+from ms_ppt.factory import run_with_trace
+from ms_ppt.vision_transformer import params_from_numpy
+from ppt_common.trace import compare_traces
+
+MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+
+
+def pt_model(name, checkpoint=None, **kwargs):
+    torch.manual_seed(0)
+    return pt_reference.create_model(name, checkpoint=checkpoint, dtype="float64", trace=True, **kwargs)
+
+
+def ms_twin(pt, name, **kwargs):
+    """The MindSpore model with the very same weights as a pt_reference model."""
+    model = ms_ppt.create_model(name, dtype="float64", trace=True, **kwargs)
+    params_from_numpy(model, {k: v.numpy() for k, v in pt.state_dict().items()})
+    return model
+
+
+def run_pt(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy(), model.ppt_trace
+
+
+def mixed_threshold(name, x, checkpoint=None):
+    """Midway between the batch's block-3 variances: the batch then mixes pool and prune."""
+    _, trace = run_pt(pt_model(name, checkpoint, threshold=0.0), x)
+    v = np.sort(trace[0].variance)
+    return float(np.sqrt(v[0] * v[-1]))
+
+
+def images(n, seed=0):
+    return np.random.RandomState(seed).randn(n, 3, 224, 224)
+
+
+def assert_parity(name, x, threshold, mode, checkpoint=None, expect_policies=None):
+    ms.set_context(mode=MODES[mode])
+    pt = pt_model(name, checkpoint, threshold=threshold)
+    pt_logits, pt_trace = run_pt(pt, x)
+    ms_logits, ms_trace, _ = run_with_trace(ms_twin(pt, name, threshold=threshold), x)
+    assert compare_traces(pt_trace, ms_trace) == []
+    np.testing.assert_allclose(ms_logits, pt_logits, rtol=0, atol=1e-9)
+    if expect_policies is not None:
+        assert set(pt_trace[0].policy.tolist()) == expect_policies
+    return pt_trace
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_small_patch16_224"])
+def test_random_init_parity_all_pool_all_prune_mixed(name, mode):
+    x = images(3)
+    assert_parity(name, x, 1e9, mode, expect_policies={1})
+    assert_parity(name, x, 0.0, mode, expect_policies={0})
+    assert_parity(name, x, mixed_threshold(name, x), mode, expect_policies={0, 1})
+
+
+def test_random_init_parity_deit_base_mixed():
+    x = images(2)
+    assert_parity("deit_base_patch16_224", x, mixed_threshold("deit_base_patch16_224", x), "graph",
+                  expect_policies={0, 1})
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_real_deit_tiny_parity_paper_settings_and_forced_policies(mode, real_images):
+    need_shared_data()
+    x = real_images[0][::27].astype(np.float64)  # 10 photos across the sample
+    traces = assert_parity("deit_tiny_patch16_224", x, 7e-5, mode, checkpoint=DEIT_TINY)
+    assert {0, 1} <= set(np.concatenate([t.policy for t in traces]).tolist())
+    assert_parity("deit_tiny_patch16_224", x[:3], 1e9, mode, checkpoint=DEIT_TINY, expect_policies={1})
+    assert_parity("deit_tiny_patch16_224", x[:3], 0.0, mode, checkpoint=DEIT_TINY, expect_policies={0})
+
+
+def test_graph_mode_and_pynative_give_identical_results():
+    x = images(3, seed=1).astype(np.float32)
+    thr = mixed_threshold("deit_tiny_patch16_224", x.astype(np.float64))
+    outputs = {}
+    for mode in ("graph", "pynative"):
+        ms.set_context(mode=MODES[mode])
+        model = ms_ppt.create_model("deit_tiny_patch16_224", threshold=thr, trace=True, trace_source=True)
+        params_from_numpy(model, {p.name: np.random.RandomState(abs(hash(p.name)) % 2**31).randn(*p.shape) * 0.05
+                                  for p in model.get_parameters()})
+        outputs[mode] = run_with_trace(model, x)
+    (lg, tg, sg), (lp, tp, sp) = outputs["graph"], outputs["pynative"]
+    np.testing.assert_allclose(lg, lp, rtol=0, atol=1e-5)
+    assert compare_traces(tg, tp, rtol=1e-5, atol=1e-9) == []
+    np.testing.assert_array_equal(sg, sp)
+
+
+def test_no_reduction_equals_the_dense_model_and_timm():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    x = images(2)
+    pt = pt_model("deit_tiny_patch16_224", r=0)
+    pt_logits, _ = run_pt(pt, x)
+    a = ms_twin(pt, "deit_tiny_patch16_224", r=0)(ms.Tensor(x))[0].asnumpy()
+    b = ms_twin(pt, "deit_tiny_patch16_224", pp_loc_list=())(ms.Tensor(x))[0].asnumpy()
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, pt_logits, rtol=0, atol=1e-9)
+
+
+def test_mixed_batch_equals_each_image_alone():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    x = images(4, seed=2)
+    thr = mixed_threshold("deit_tiny_patch16_224", x)
+    pt = pt_model("deit_tiny_patch16_224")
+    model = ms_twin(pt, "deit_tiny_patch16_224", threshold=thr, trace_source=True)
+    logits, traces, source = run_with_trace(model, x)
+    assert set(traces[0].policy.tolist()) == {0, 1}
+    for i in range(4):
+        li, ti, si = run_with_trace(model, x[i:i + 1])
+        np.testing.assert_allclose(li[0], logits[i], rtol=0, atol=1e-12)
+        assert compare_traces([t.image(i) for t in traces], ti) == []
+        np.testing.assert_array_equal(si[0], source[i])
+
+
+def test_source_maps_match_the_reference_in_a_mixed_batch():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    x = images(4, seed=3)
+    thr = mixed_threshold("deit_tiny_patch16_224", x)
+    pt = pt_model("deit_tiny_patch16_224", threshold=thr, trace_source=True)
+    run_pt(pt, x)
+    _, _, source = run_with_trace(ms_twin(pt, "deit_tiny_patch16_224", threshold=thr, trace_source=True), x)
+    np.testing.assert_array_equal(source, pt.ppt_source.numpy())
+
+
+def test_float16_keeps_decisions_in_float32_and_runs():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    model = ms_ppt.create_model("deit_tiny_patch16_224", dtype="float16", trace=True)
+    logits, traces, _ = run_with_trace(model, images(1).astype(np.float16))
+    assert logits.dtype == np.float16 and np.isfinite(logits).all()
+    assert traces[0].variance.dtype == np.float64 and [t.tokens_out for t in traces] == [147, 97, 49]
+
+
+def test_create_model_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        ms_ppt.create_model("nope")
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        ms_ppt.create_model("deit_tiny_patch16_224", dtype="int8")
+    with pytest.raises(ValueError, match="no hosted weights"):
+        ms_ppt.create_model("deit_tiny_patch16_224", pretrained=True)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        ms_ppt.create_model("deit_tiny_patch16_224", checkpoint=str(tmp_path / "missing.pth"))
+
+
+def test_mindcv_registry_builds_ppt_models():
+    import mindcv
+    model = mindcv.create_model("ppt_deit_small_patch16_224", r=[40, 30, 20], threshold=1e-4)
+    assert [p.r for p in model.pp_blocks] == [40, 30, 20] and model.ppt_config.threshold == 1e-4

@@ -1,0 +1,91 @@
+"""ms_ppt token operations against the NumPy oracle (same cases as test_pt_token_ops.py)."""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+import oracle
+from ms_ppt import ppt
+from ppt_common.trace import record_from_dest
+
+
+@pytest.fixture(autouse=True)
+def pynative():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def T(a):
+    return Tensor(np.asarray(a), ms.float64)
+
+
+def test_importance_scores_match_oracle(rng):
+    logits = rng.randn(2, 3, 9, 9)
+    attn = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    v = rng.randn(2, 3, 9, 4)
+    got = ppt.importance_scores(T(attn), T(v)).asnumpy()
+    for b in range(2):
+        np.testing.assert_allclose(got[b], oracle.importance_scores(attn[b], v[b]), rtol=1e-12)
+
+
+def test_variance_is_unbiased(rng):
+    s = np.concatenate([[[2.0]], rng.rand(1, 10)], axis=1)
+    assert ppt.score_variance(T(s)).asnumpy()[0] == pytest.approx(np.var(s[0, 1:], ddof=1), rel=1e-12)
+
+
+def test_prune_dest_keeps_top_scores_in_descending_order_with_stable_ties():
+    s = np.array([[2.0, 0.1, 0.3, 0.1, 0.3, 0.2]])
+    dest = ppt.prune_dest(T(s), 2).asnumpy()[0]
+    kept = [int(np.nonzero(dest == k)[0][0]) for k in range(4)]
+    assert kept == oracle.prune_keep(s[0], 2) == [0, 2, 4, 5]
+    assert dest[1] == dest[3] == -1
+
+
+def test_bipartite_matching_and_weighted_merge_match_oracle(rng):
+    N, C, r = 11, 6, 4
+    metric = rng.randn(1, N, 5)
+    metric[0, 4] = metric[0, 3] * 2.0
+    x, size = rng.randn(1, N, C), rng.randint(1, 4, size=(1, N, 1)).astype(np.float64)
+    dest, node_max = ppt.bipartite_matching(T(metric), r)
+    merged, expected_node_max = oracle.bipartite(metric[0], r)
+    np.testing.assert_allclose(node_max.asnumpy()[0], expected_node_max, rtol=1e-12)
+    out = ppt.apply_dest(T(np.concatenate([x * size, size], -1)), dest, N - r).asnumpy()[0]
+    ex, es, _ = oracle.pool_tokens(x[0], size[0, :, 0], merged)
+    np.testing.assert_allclose(out[:, :C] / out[:, C:], ex, rtol=1e-12)
+    np.testing.assert_array_equal(out[:, C], es)
+
+
+def test_cls_is_never_merged_and_ties_take_the_first_partner():
+    dest, _ = ppt.bipartite_matching(T(np.ones((1, 7, 3))), 3)
+    dest = dest.asnumpy()[0]
+    # unmerged A: only CLS (slot 0); B tokens at slots 1..3; A tokens 2,4,6 all into B token 1 (slot 1)
+    assert dest.tolist() == [0, 1, 1, 2, 1, 3, 1]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1e9, "mixed"])
+def test_reduce_tokens_matches_oracle_image_by_image(rng, threshold):
+    B, N, C, r = 4, 13, 5, 4
+    x, metric = rng.randn(B, N, C), rng.randn(B, N, 3)
+    scores = np.concatenate([np.full((B, 1), 2.0), rng.dirichlet(np.ones(N - 1), size=B)], axis=1)
+    if threshold == "mixed":
+        threshold = float(np.median([oracle.variance(s) for s in scores]))
+    size = rng.randint(1, 3, (B, N, 1)).astype(np.float64)
+    xo, so, _, raw = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold)
+    record = record_from_dest(0, r, *[t.asnumpy() for t in raw])
+    for b in range(B):
+        ex, es, _, policy = oracle.reduce(x[b], scores[b], metric[b], size[b, :, 0], r, threshold)
+        assert record.policy[b] == policy
+        np.testing.assert_allclose(xo.asnumpy()[b], ex, rtol=1e-12)
+        np.testing.assert_array_equal(so.asnumpy()[b, :, 0], es)
+
+
+def test_pruned_tokens_are_copied_exactly_in_float32(rng):
+    x = rng.randn(1, 9, 4).astype(np.float32)
+    scores = np.array([[2.0, 0.5, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.0]], np.float32)
+    xo, _, _, _ = ppt.reduce_tokens(Tensor(x), Tensor(scores), Tensor(x), Tensor(np.full((1, 9, 1), 3.0, np.float32)),
+                                    3, 0.0)
+    np.testing.assert_array_equal(xo.asnumpy()[0], x[0, [0, 1, 2, 3, 4, 5]])
+
+
+def test_proportional_bias_is_log_size_over_keys(rng):
+    size = np.array([[[1.0], [2], [3]]])
+    np.testing.assert_allclose(ppt.proportional_bias(T(size)).asnumpy().reshape(-1), np.log([1, 2, 3]))
