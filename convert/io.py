@@ -82,7 +82,8 @@ def read_state_dict(path) -> StateDict:
     except (CheckpointError, FileNotFoundError):
         raise
     except Exception as e:  # truncated zip, bad pickle, unsafe pickle, bad header...
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first_line})") from e
     if not raw:
         raise CheckpointError(f"{path}: checkpoint is empty")
     return {k: _to_float32(k, v) for k, v in raw.items()}

@@ -1,0 +1,62 @@
+"""ImageNet folders, WordNet-id labels, and the PIL eval transform (bit-identical to torchvision/timm)."""
+import numpy as np
+import pytest
+
+from conftest import FOOLBOX, IMAGENET_SAMPLE, need_shared_data
+from ppt_common.imagenet import ImageError, find_images, load_synsets, preprocess_pil
+
+
+def test_synsets_are_the_standard_sorted_1000():
+    wnids = [w for w, _ in load_synsets()]
+    assert len(wnids) == 1000 and wnids == sorted(wnids) and wnids[0] == "n01440764"
+
+
+def test_partial_class_folders_keep_standard_labels(tmp_path):
+    from PIL import Image
+    for wnid in ("n01443537", "n15075141"):  # goldfish (1) and toilet tissue (999)
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        Image.new("RGB", (40, 30), "red").save(tmp_path / "val" / wnid / "a.png")
+    items = find_images(str(tmp_path))
+    assert [lbl for _, lbl in items] == [1, 999]
+
+
+def test_bad_folders_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_images(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="no class folders"):
+        find_images(str(tmp_path))
+    (tmp_path / "cats").mkdir()
+    with pytest.raises(ValueError, match="not ImageNet WordNet ids: cats"):
+        find_images(str(tmp_path))
+
+
+def test_corrupt_image_names_its_path(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(ImageError, match="broken.jpg"):
+        preprocess_pil(str(bad))
+
+
+@pytest.mark.parametrize("mode, size", [("L", (300, 200)), ("CMYK", (200, 333)), ("RGBA", (64, 48)), ("P", (17, 9))])
+def test_odd_modes_and_tiny_images_give_rgb_224(tmp_path, mode, size):
+    from PIL import Image
+    path = tmp_path / "img.png" if mode != "CMYK" else tmp_path / "img.jpg"
+    Image.new(mode, size).save(path)
+    assert preprocess_pil(str(path)).shape == (3, 224, 224)
+
+
+def test_pil_preprocessing_is_bit_identical_to_timm_eval_transform():
+    need_shared_data()
+    import torch  # noqa: F401
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+    from pt_reference.factory import build_timm_model
+    from ppt_common.config import get_arch
+    cfg = resolve_data_config({}, model=build_timm_model(get_arch("deit_tiny_patch16_224")))
+    cfg.update(interpolation="bicubic", crop_pct=0.875)
+    transform = create_transform(**cfg)
+    items = find_images(IMAGENET_SAMPLE)[::25] + find_images(FOOLBOX)[:2]
+    for path, _ in items:
+        with Image.open(path) as img:
+            expected = transform(img.convert("RGB")).numpy()
+        np.testing.assert_array_equal(preprocess_pil(path), expected, err_msg=path)
