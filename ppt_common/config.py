@@ -150,3 +150,8 @@ def token_schedule(num_tokens: int, depth: int, ppt: PPTConfig) -> List[BlockPla
         plans.append(BlockPlan(index=i, tokens_in=n, r=r_eff, is_pp=is_pp))
         n -= r_eff
     return plans
+
+
+def reducing_blocks(arch: ArchConfig, ppt: PPTConfig) -> List[int]:
+    """Indices of the blocks that actually remove tokens (PP blocks whose clamped r is positive)."""
+    return [p.index for p in token_schedule(arch.num_tokens, arch.depth, ppt) if p.r > 0]

@@ -65,6 +65,11 @@ def find_images(data_path: str, limit: Optional[int] = None) -> List[Tuple[str, 
     return items[:limit] if limit else items
 
 
+def default_crop_pct(img_size: int) -> float:
+    """timm's eval crop for DeiT: 0.875 at 224, the full image (1.0) at 384."""
+    return 1.0 if img_size >= 384 else DEFAULT_CROP_PCT
+
+
 def eval_sizes(img_size: int = 224, crop_pct: float = DEFAULT_CROP_PCT) -> Tuple[int, int]:
     """(resize of the shorter side, crop): 256 and 224 for DeiT at 224, as timm computes them."""
     return int(math.floor(img_size / crop_pct)), img_size
@@ -82,11 +87,11 @@ def open_rgb(path: str):
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
-def preprocess_pil(path: str, img_size: int = 224, crop_pct: float = DEFAULT_CROP_PCT) -> np.ndarray:
+def preprocess_pil(path: str, img_size: int = 224, crop_pct: Optional[float] = None) -> np.ndarray:
     """[3, img_size, img_size] float32, exactly torchvision's eval transform on the PIL image."""
     from PIL import Image
     img = open_rgb(path)
-    resize, crop = eval_sizes(img_size, crop_pct)
+    resize, crop = eval_sizes(img_size, default_crop_pct(img_size) if crop_pct is None else crop_pct)
     w, h = img.size
     if w <= h:
         new_w, new_h = resize, int(resize * h / w)

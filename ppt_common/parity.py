@@ -1,0 +1,114 @@
+"""Compare two frameworks' traces and logits image by image, and explain every disagreement by its margin.
+
+Only an image's *first* disagreement is a finding: once two frameworks keep different tokens, everything after
+it differs as a consequence. A disagreement is *explained* when its margin is within the bound for its kind:
+- policy:    |variance - threshold| / threshold             (the image sits on the threshold)
+- prune:     (score at the cut - next score) / mean score    (two tokens tie at the cut)
+- pool:      similarity gap at the merge cut (cosine, absolute), or for a partner swap the gap at the cut too
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ppt_common.trace import BlockTrace, merge_margin, policy_margin, prune_margin
+
+# float32 noise in scores and similarities measured on real images is ~1e-6 relative; bounds leave 100x room
+DEFAULT_BOUNDS = {"policy": 1e-3, "prune": 1e-3, "pool": 1e-4}
+
+
+@dataclasses.dataclass
+class Disagreement:
+    image: int
+    path: str
+    block: int
+    kind: str  # policy | prune | pool
+    margin: float
+    explained: bool
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def first_disagreement(a: List[BlockTrace], b: List[BlockTrace], i: int, threshold: float,
+                       bounds: Dict[str, float]) -> Optional[Disagreement]:
+    for ta, tb in zip(a, b):
+        if ta.policy[i] != tb.policy[i]:
+            m = policy_margin(ta, i, threshold)
+            return Disagreement(i, "", ta.block, "policy", m, m <= bounds["policy"])
+        if ta.policy[i] == 0 and not np.array_equal(ta.kept[i], tb.kept[i]):
+            m = prune_margin(ta, i) / float(np.mean(ta.scores[i, 1:]))
+            return Disagreement(i, "", ta.block, "prune", m, m <= bounds["prune"])
+        if ta.policy[i] == 1 and not (np.array_equal(ta.merge_src[i], tb.merge_src[i])
+                                      and np.array_equal(ta.merge_dst[i], tb.merge_dst[i])):
+            m = merge_margin(ta, i)
+            return Disagreement(i, "", ta.block, "pool", m, m <= bounds["pool"])
+    return None
+
+
+def compare_runs(trace_a: List[List[BlockTrace]], trace_b: List[List[BlockTrace]], logits_a: np.ndarray,
+                 logits_b: np.ndarray, labels: np.ndarray, paths: List[str], threshold: float,
+                 bounds: Dict[str, float] = None) -> dict:
+    """trace_x: one list of BlockTrace per batch. Returns the report (JSON-ready)."""
+    bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
+    disagreements: List[Disagreement] = []
+    per_block = {}
+    offset = 0
+    for ta, tb in zip(trace_a, trace_b):
+        n = ta[0].batch_size if ta else 0
+        for i in range(n):
+            d = first_disagreement(ta, tb, i, threshold, bounds)
+            if d is not None:
+                d.image, d.path = offset + i, paths[offset + i]
+                disagreements.append(d)
+        for t_a, t_b in zip(ta, tb):
+            row = per_block.setdefault(t_a.block, {"block": t_a.block, "images": 0, "policy_agree": 0,
+                                                   "selection_agree": 0, "pooled_a": 0, "pooled_b": 0})
+            row["images"] += t_a.batch_size
+            row["pooled_a"] += int(t_a.policy.sum())
+            row["pooled_b"] += int(t_b.policy.sum())
+            same_policy = t_a.policy == t_b.policy
+            row["policy_agree"] += int(same_policy.sum())
+            same_sel = same_policy & np.all(t_a.kept == t_b.kept, 1) & np.all(t_a.merge_src == t_b.merge_src, 1) \
+                & np.all(t_a.merge_dst == t_b.merge_dst, 1)
+            row["selection_agree"] += int(same_sel.sum())
+        offset += n
+    top1_a, top1_b = logits_a.argmax(1), logits_b.argmax(1)
+    top5 = lambda lg: (np.argsort(-lg, 1, kind="stable")[:, :5] == labels[:, None]).any(1)  # noqa: E731
+    differing = np.nonzero(top1_a != top1_b)[0]
+    return {
+        "num_images": int(len(labels)),
+        "policy_disagreements": sum(d.kind == "policy" for d in disagreements),
+        "selection_disagreements": sum(d.kind != "policy" for d in disagreements),
+        "unexplained_disagreements": sum(not d.explained for d in disagreements),
+        "images_with_identical_traces": int(len(labels) - len(disagreements)),
+        "disagreements": [d.to_dict() for d in disagreements],
+        "per_block": list(per_block.values()),
+        "max_abs_logit_diff": float(np.max(np.abs(logits_a.astype(np.float64) - logits_b))),
+        "top1_pt": 100.0 * float((top1_a == labels).mean()),
+        "top1_ms": 100.0 * float((top1_b == labels).mean()),
+        "top5_pt": 100.0 * float(top5(logits_a).mean()),
+        "top5_ms": 100.0 * float(top5(logits_b).mean()),
+        "prediction_differences": [{"image": int(i), "path": paths[i], "pt": int(top1_a[i]), "ms": int(top1_b[i])}
+                                   for i in differing],
+        "margin_bounds": bounds,
+    }
+
+
+def format_report(r: dict) -> str:
+    lines = [f"images: {r['num_images']}   identical traces: {r['images_with_identical_traces']}",
+             "block | policy agree | selection agree | pooled pt | pooled ms"]
+    for b in r["per_block"]:
+        lines.append(f"{b['block']:5d} | {b['policy_agree']:5d}/{b['images']:<6d} | {b['selection_agree']:6d}/"
+                     f"{b['images']:<8d} | {b['pooled_a']:9d} | {b['pooled_b']:9d}")
+    lines.append(f"policy disagreements: {r['policy_disagreements']}   selection disagreements: "
+                 f"{r['selection_disagreements']}   unexplained: {r['unexplained_disagreements']}")
+    for d in r["disagreements"]:
+        lines.append(f"  image {d['image']} ({d['path']}): block {d['block']} {d['kind']} margin {d['margin']:.3g}"
+                     f" -> {'near-tie' if d['explained'] else 'UNEXPLAINED'}")
+    lines.append(f"max |logit diff|: {r['max_abs_logit_diff']:.3g}")
+    lines.append(f"top-1 pt {r['top1_pt']:.2f} %  ms {r['top1_ms']:.2f} %   top-5 pt {r['top5_pt']:.2f} %  "
+                 f"ms {r['top5_ms']:.2f} %   prediction differences: {len(r['prediction_differences'])}")
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""ImageNet evaluation of DeiT/ViT with PPT in MindSpore: top-1/top-5, loss, MACs, throughput, policies.
+
+    python scripts/eval_ms.py                     # demo: shipped sample, random weights, about a minute
+    python scripts/eval_ms.py --model deit_small_patch16_224 --checkpoint deit_small_patch16_224-cd65a155.pth \
+        --data-path /data/imagenet --r_tokens 50 --pp_loc_list 3 6 9 --threshold 7e-5
+"""
+import sys
+
+import _bootstrap  # noqa: F401
+
+import numpy as np
+
+from ppt_common import evaluation as ev
+from ppt_common.imagenet import ImageError, default_crop_pct, open_rgb
+
+
+def mindspore_preprocess(img_size: int):
+    """mindcv's ImageNet eval pipeline (Decode, bicubic Resize, CenterCrop, Normalize, HWC2CHW), per image."""
+    from mindcv.data import create_transforms
+    from mindspore.dataset import transforms
+    ops = create_transforms(dataset_name="imagenet", image_resize=img_size, is_training=False,
+                            crop_pct=default_crop_pct(img_size), interpolation="bicubic")
+    decode, rest = transforms.Compose(ops[:1]), transforms.Compose(ops[1:])
+
+    def run(path):
+        try:
+            image = decode(np.fromfile(path, dtype=np.uint8))
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError("not RGB")
+        except FileNotFoundError:
+            raise
+        except Exception:  # CMYK, greyscale-with-alpha, odd formats: let PIL decode to RGB, MindSpore the rest
+            image = np.asarray(open_rgb(path))
+        try:
+            return np.ascontiguousarray(rest(image), dtype=np.float32)
+        except Exception as e:
+            raise ImageError(f"cannot preprocess image {path}: {e}") from e
+    return run
+
+
+def main(argv=None) -> int:
+    parser = ev.build_parser("MindSpore")
+    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    parser.add_argument("--preprocess", choices=["mindspore", "pil"], default="mindspore",
+                        help="mindspore: mindcv's pipeline; pil: bit-identical to timm/torchvision (for parity)")
+    parser.add_argument("--device", "--device_target", dest="device", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    args = parser.parse_args(argv)
+    try:
+        ev.check_args(args)
+        cfg = ev.ppt_config(args)
+        items = ev.load_items(args)
+        import mindspore as ms
+        ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE, device_target=args.device)
+        ms.set_seed(0)  # the demo's random weights are the same every run
+        import ms_ppt
+        from ms_ppt.vision_transformer import params_from_numpy
+        from convert import CheckpointError
+        kwargs = dict(r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold, prop_attn=cfg.prop_attn,
+                      dtype=args.dtype)
+        try:
+            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, trace=True, **kwargs)
+        except CheckpointError as e:
+            raise ev.UsageError(str(e)) from None
+        img_size = model.arch.img_size
+        preprocess = ev.pil_preprocess(img_size) if args.preprocess == "pil" else mindspore_preprocess(img_size)
+        metrics, skipped, first = ev.Metrics(), [], None
+        batches = ev.iter_batches(items, args.batch_size, preprocess, args.num_workers, args.on_error, skipped)
+        for images, labels, paths in ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet,
+                                                 "eval_ms"):
+            logits, traces, _ = ms_ppt.run_with_trace(model, images)
+            policies = np.stack([t.policy for t in traces], 1) if traces else None
+            metrics.add(logits, labels, paths, policies)
+            first = images if first is None else first
+        if first is None:
+            raise ev.UsageError("no image could be read")
+        seconds = float("nan")
+        if args.throughput_runs:
+            plain = ms_ppt.create_model(args.model, num_classes=model.arch.num_classes, **kwargs)
+            params_from_numpy(plain, {p.name: p.asnumpy() for p in model.get_parameters()})
+            batch = ms.Tensor(np.resize(first, (args.batch_size,) + first.shape[1:]), plain.cls_token.dtype)
+            seconds = ev.time_batches(lambda: plain(batch).asnumpy(), args.throughput_runs)
+        pp_blocks = [p.index for p in model.pp_blocks]
+        policies = metrics.policy_matrix(len(pp_blocks))
+        report = ev.build_report(args, "mindspore", metrics, policies, pp_blocks, seconds, args.batch_size, skipped,
+                                 {"mode": args.mode, "preprocess": args.preprocess, "device": args.device})
+        ev.write_outputs(args, report, metrics, policies)
+    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+        return ev.fail(str(e))
+    ev.print_summary(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Cross-framework parity on your data: same weights, same input arrays, pt_reference vs ms_ppt.
+
+    python scripts/parity.py --checkpoint deit_tiny_patch16_224.pth --data-path ../shared/data/imagenet-sample \
+        --dtype float64 --output-json parity.json
+
+Reports per PP block the policy and selection agreement, every image's first disagreement with its margin
+(near-tie or not), the logits' max difference, top-1/top-5 of each framework and the images predicted differently.
+"""
+import json
+import sys
+
+import _bootstrap  # noqa: F401
+
+import numpy as np
+
+from ppt_common import evaluation as ev
+from ppt_common.parity import DEFAULT_BOUNDS, compare_runs, format_report
+
+
+def main(argv=None) -> int:
+    parser = ev.build_parser("parity")
+    parser.set_defaults(dtype="float64", batch_size=16)
+    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    args = parser.parse_args(argv)
+    try:
+        ev.check_args(args)
+        cfg = ev.ppt_config(args)
+        items = ev.load_items(args)
+        if args.dtype == "float16":
+            raise ev.UsageError("parity runs in float32 or float64")
+        import mindspore as ms
+        import torch
+        import ms_ppt
+        import pt_reference
+        from convert import CheckpointError
+        from ms_ppt.vision_transformer import params_from_numpy
+        ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
+        torch.manual_seed(0)
+        kwargs = dict(r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold, prop_attn=cfg.prop_attn,
+                      trace=True, dtype=args.dtype)
+        try:
+            pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, **kwargs)
+        except CheckpointError as e:
+            raise ev.UsageError(str(e)) from None
+        state = {k: v.float().numpy() for k, v in pt.state_dict().items()}  # the MindSpore weights come from these
+        msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, **kwargs)
+        params_from_numpy(msm, state)
+        skipped, traces_pt, traces_ms, logits_pt, logits_ms, labels, paths = [], [], [], [], [], [], []
+        batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(msm.arch.img_size), args.num_workers,
+                                  args.on_error, skipped)
+        np_dtype = np.float64 if args.dtype == "float64" else np.float32
+        for images, lbl, pth in ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet,
+                                            "parity"):
+            x = images.astype(np_dtype)  # the very same arrays for both frameworks
+            with torch.no_grad():
+                logits_pt.append(pt(torch.from_numpy(x)).double().numpy())
+            traces_pt.append(pt.ppt_trace)
+            lm, tm, _ = ms_ppt.run_with_trace(msm, x)
+            logits_ms.append(lm.astype(np.float64))
+            traces_ms.append(tm)
+            labels.append(lbl)
+            paths.extend(pth)
+        if not labels:
+            raise ev.UsageError("no image could be read")
+        report = compare_runs(traces_pt, traces_ms, np.concatenate(logits_pt), np.concatenate(logits_ms),
+                              np.concatenate(labels), paths, cfg.threshold, DEFAULT_BOUNDS)
+        report["config"] = {"model": args.model, "checkpoint": args.checkpoint, "dtype": args.dtype,
+                            "mode": args.mode, "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r),
+                            "pp_loc_list": list(cfg.pp_loc_list), "threshold": cfg.threshold,
+                            "prop_attn": cfg.prop_attn, "skipped_images": skipped}
+        if args.output_json:
+            def dump(tmp):
+                with open(tmp, "w") as f:
+                    json.dump(report, f, indent=2)
+            ev.atomic_write(args.output_json, dump, ".json")
+    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+        return ev.fail(str(e))
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
