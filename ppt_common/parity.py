@@ -3,7 +3,7 @@
 Only an image's *first* disagreement is a finding: once two frameworks keep different tokens, everything after
 it differs as a consequence. A disagreement is *explained* when its margin is within the bound for its kind:
 - policy:    |variance - threshold| / threshold             (the image sits on the threshold)
-- prune:     (score at the cut - next score) / mean score    (two tokens tie at the cut)
+- prune:     |score gap| / mean score where the two kept orders first part (two tokens tie in the order)
 - pool:      similarity gap at the merge cut (cosine, absolute), or for a partner swap the gap at the cut too
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def first_disagreement(a: List[BlockTrace], b: List[BlockTrace], i: int, thresho
             m = policy_margin(ta, i, threshold)
             return Disagreement(i, "", ta.block, "policy", m, m <= bounds["policy"])
         if ta.policy[i] == 0 and not np.array_equal(ta.kept[i], tb.kept[i]):
-            m = prune_margin(ta, i) / float(np.mean(ta.scores[i, 1:]))
+            m = prune_margin(ta, i, tb.kept[i]) / float(np.mean(ta.scores[i, 1:]))
             return Disagreement(i, "", ta.block, "prune", m, m <= bounds["prune"])
         if ta.policy[i] == 1 and not (np.array_equal(ta.merge_src[i], tb.merge_src[i])
                                       and np.array_equal(ta.merge_dst[i], tb.merge_dst[i])):
@@ -95,6 +95,25 @@ def compare_runs(trace_a: List[List[BlockTrace]], trace_b: List[List[BlockTrace]
                                    for i in differing],
         "margin_bounds": bounds,
     }
+
+
+def run_both(run_pt, run_ms, batches, threshold: float, bounds: Dict[str, float] = None) -> dict:
+    """Feed the same arrays to both frameworks. run_x(images) -> (logits, traces); batches yield
+    (images, labels, paths)."""
+    traces_pt, traces_ms, logits_pt, logits_ms, labels, paths = [], [], [], [], [], []
+    for images, lbl, pth in batches:
+        lp, tp = run_pt(images)
+        lm, tm = run_ms(images)
+        logits_pt.append(np.asarray(lp, np.float64))
+        logits_ms.append(np.asarray(lm, np.float64))
+        traces_pt.append(tp)
+        traces_ms.append(tm)
+        labels.append(np.asarray(lbl))
+        paths.extend(pth)
+    if not labels:
+        raise ValueError("no image could be read")
+    return compare_runs(traces_pt, traces_ms, np.concatenate(logits_pt), np.concatenate(logits_ms),
+                        np.concatenate(labels), paths, threshold, bounds)
 
 
 def format_report(r: dict) -> str:

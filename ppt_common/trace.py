@@ -135,10 +135,17 @@ def policy_counts(traces: List[BlockTrace]) -> List[Dict[str, int]]:
     return [{"block": t.block, "pooled": int(t.policy.sum()), "pruned": int((1 - t.policy).sum())} for t in traces]
 
 
-def prune_margin(t: BlockTrace, i: int) -> float:
-    """Score gap at the prune cut: last kept minus first dropped."""
-    s = np.sort(t.scores[i])[::-1]
-    return float(s[t.tokens_out - 1] - s[t.tokens_out])
+def prune_margin(t: BlockTrace, i: int, other_kept: np.ndarray = None) -> float:
+    """Score gap where two prune orders part: at the first position where `other_kept` differs (two tokens
+    swapped), or at the cut (last kept minus first dropped) when no other order is given."""
+    s = t.scores[i]
+    if other_kept is not None:
+        differ = np.nonzero(t.kept[i] != other_kept)[0]
+        if differ.size:
+            k = differ[0]
+            return float(abs(s[t.kept[i][k]] - s[other_kept[k]]))
+    order = np.sort(s)[::-1]
+    return float(order[t.tokens_out - 1] - order[t.tokens_out])
 
 
 def merge_margin(t: BlockTrace, i: int) -> float:

@@ -15,7 +15,7 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common import evaluation as ev
-from ppt_common.parity import DEFAULT_BOUNDS, compare_runs, format_report
+from ppt_common.parity import DEFAULT_BOUNDS, format_report, run_both
 
 
 def main(argv=None) -> int:
@@ -46,25 +46,22 @@ def main(argv=None) -> int:
         state = {k: v.float().numpy() for k, v in pt.state_dict().items()}  # the MindSpore weights come from these
         msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, **kwargs)
         params_from_numpy(msm, state)
-        skipped, traces_pt, traces_ms, logits_pt, logits_ms, labels, paths = [], [], [], [], [], [], []
+        skipped = []
         batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(msm.arch.img_size), args.num_workers,
                                   args.on_error, skipped)
         np_dtype = np.float64 if args.dtype == "float64" else np.float32
-        for images, lbl, pth in ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet,
-                                            "parity"):
-            x = images.astype(np_dtype)  # the very same arrays for both frameworks
+
+        def run_pt(images):
             with torch.no_grad():
-                logits_pt.append(pt(torch.from_numpy(x)).double().numpy())
-            traces_pt.append(pt.ppt_trace)
-            lm, tm, _ = ms_ppt.run_with_trace(msm, x)
-            logits_ms.append(lm.astype(np.float64))
-            traces_ms.append(tm)
-            labels.append(lbl)
-            paths.extend(pth)
-        if not labels:
-            raise ev.UsageError("no image could be read")
-        report = compare_runs(traces_pt, traces_ms, np.concatenate(logits_pt), np.concatenate(logits_ms),
-                              np.concatenate(labels), paths, cfg.threshold, DEFAULT_BOUNDS)
+                logits = pt(torch.from_numpy(images.astype(np_dtype))).double().numpy()
+            return logits, pt.ppt_trace
+
+        def run_ms(images):
+            logits, traces, _ = ms_ppt.run_with_trace(msm, images.astype(np_dtype))
+            return logits, traces
+
+        progress = ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet, "parity")
+        report = run_both(run_pt, run_ms, progress, cfg.threshold, DEFAULT_BOUNDS)
         report["config"] = {"model": args.model, "checkpoint": args.checkpoint, "dtype": args.dtype,
                             "mode": args.mode, "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r),
                             "pp_loc_list": list(cfg.pp_loc_list), "threshold": cfg.threshold,
