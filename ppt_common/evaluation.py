@@ -34,18 +34,14 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got '{value}'")
 
 
-def build_parser(framework: str) -> argparse.ArgumentParser:
-    """Options of both eval scripts; the authors' main.py names (--resume, --num_workers, ...) keep working."""
-    p = argparse.ArgumentParser(
-        description=f"ImageNet evaluation of DeiT/ViT with PPT ({framework}): top-1/top-5, MACs, throughput. "
-                    "With no --data-path it runs a demo on a tiny sample shipped with the package.")
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEMO_MODEL, choices=sorted(MODEL_CONFIGS), metavar="NAME",
                    help=f"architecture (default {DEMO_MODEL}); one of: {', '.join(sorted(MODEL_CONFIGS))}")
     p.add_argument("--checkpoint", "--resume", dest="checkpoint", default=None,
                    help="DeiT .pth / timm .bin / .safetensors / MindSpore .ckpt (default: random weights, demo only)")
-    p.add_argument("--data-path", "--data_path", dest="data_path", nargs="+", default=None,
-                   help="ImageNet root holding val/, or a folder of WordNet-id class folders; several may be given "
-                        "(default: the demo sample)")
+
+
+def add_ppt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--r_tokens", "--r-tokens", dest="r_tokens", type=int, nargs="+", default=[DEFAULT_R],
                    help="tokens removed per PP block: one value, or one per PP block (0 = dense)")
     p.add_argument("--pp_loc_list", "--pp-loc-list", dest="pp_loc_list", type=int, nargs="*",
@@ -54,6 +50,18 @@ def build_parser(framework: str) -> argparse.ArgumentParser:
     p.add_argument("--prop_attn", "--prop-attn", dest="prop_attn", type=str2bool, nargs="?", const=True,
                    default=True, help="proportional attention (default true; '--prop_attn false' to disable)")
     p.add_argument("--dense", action="store_true", help="evaluate without PPT (same as --r_tokens 0)")
+
+
+def build_parser(framework: str) -> argparse.ArgumentParser:
+    """Options of both eval scripts; the authors' main.py names (--resume, --num_workers, ...) keep working."""
+    p = argparse.ArgumentParser(
+        description=f"ImageNet evaluation of DeiT/ViT with PPT ({framework}): top-1/top-5, MACs, throughput. "
+                    "With no --data-path it runs a demo on a tiny sample shipped with the package.")
+    add_model_args(p)
+    p.add_argument("--data-path", "--data_path", dest="data_path", nargs="+", default=None,
+                   help="ImageNet root holding val/, or a folder of WordNet-id class folders; several may be given "
+                        "(default: the demo sample)")
+    add_ppt_args(p)
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16"])
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,

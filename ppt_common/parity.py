@@ -50,8 +50,9 @@ def first_disagreement(a: List[BlockTrace], b: List[BlockTrace], i: int, thresho
 
 def compare_runs(trace_a: List[List[BlockTrace]], trace_b: List[List[BlockTrace]], logits_a: np.ndarray,
                  logits_b: np.ndarray, labels: np.ndarray, paths: List[str], threshold: float,
-                 bounds: Dict[str, float] = None) -> dict:
-    """trace_x: one list of BlockTrace per batch. Returns the report (JSON-ready)."""
+                 bounds: Dict[str, float] = None, names=("pt", "ms")) -> dict:
+    """trace_x: one list of BlockTrace per batch. Returns the report (JSON-ready); `names` label the two sides."""
+    a, b = names
     bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
     disagreements: List[Disagreement] = []
     per_block = {}
@@ -87,17 +88,18 @@ def compare_runs(trace_a: List[List[BlockTrace]], trace_b: List[List[BlockTrace]
         "disagreements": [d.to_dict() for d in disagreements],
         "per_block": list(per_block.values()),
         "max_abs_logit_diff": float(np.max(np.abs(logits_a.astype(np.float64) - logits_b))),
-        "top1_pt": 100.0 * float((top1_a == labels).mean()),
-        "top1_ms": 100.0 * float((top1_b == labels).mean()),
-        "top5_pt": 100.0 * float(top5(logits_a).mean()),
-        "top5_ms": 100.0 * float(top5(logits_b).mean()),
-        "prediction_differences": [{"image": int(i), "path": paths[i], "pt": int(top1_a[i]), "ms": int(top1_b[i])}
+        f"top1_{a}": 100.0 * float((top1_a == labels).mean()),
+        f"top1_{b}": 100.0 * float((top1_b == labels).mean()),
+        f"top5_{a}": 100.0 * float(top5(logits_a).mean()),
+        f"top5_{b}": 100.0 * float(top5(logits_b).mean()),
+        "prediction_differences": [{"image": int(i), "path": paths[i], a: int(top1_a[i]), b: int(top1_b[i])}
                                    for i in differing],
         "margin_bounds": bounds,
+        "names": list(names),
     }
 
 
-def run_both(run_pt, run_ms, batches, threshold: float, bounds: Dict[str, float] = None) -> dict:
+def run_both(run_pt, run_ms, batches, threshold: float, bounds: Dict[str, float] = None, names=("pt", "ms")) -> dict:
     """Feed the same arrays to both frameworks. run_x(images) -> (logits, traces); batches yield
     (images, labels, paths)."""
     traces_pt, traces_ms, logits_pt, logits_ms, labels, paths = [], [], [], [], [], []
@@ -113,12 +115,13 @@ def run_both(run_pt, run_ms, batches, threshold: float, bounds: Dict[str, float]
     if not labels:
         raise ValueError("no image could be read")
     return compare_runs(traces_pt, traces_ms, np.concatenate(logits_pt), np.concatenate(logits_ms),
-                        np.concatenate(labels), paths, threshold, bounds)
+                        np.concatenate(labels), paths, threshold, bounds, names)
 
 
 def format_report(r: dict) -> str:
+    a, b = r["names"]
     lines = [f"images: {r['num_images']}   identical traces: {r['images_with_identical_traces']}",
-             "block | policy agree | selection agree | pooled pt | pooled ms"]
+             f"block | policy agree | selection agree | pooled {a} | pooled {b}"]
     for b in r["per_block"]:
         lines.append(f"{b['block']:5d} | {b['policy_agree']:5d}/{b['images']:<6d} | {b['selection_agree']:6d}/"
                      f"{b['images']:<8d} | {b['pooled_a']:9d} | {b['pooled_b']:9d}")
@@ -128,6 +131,6 @@ def format_report(r: dict) -> str:
         lines.append(f"  image {d['image']} ({d['path']}): block {d['block']} {d['kind']} margin {d['margin']:.3g}"
                      f" -> {'near-tie' if d['explained'] else 'UNEXPLAINED'}")
     lines.append(f"max |logit diff|: {r['max_abs_logit_diff']:.3g}")
-    lines.append(f"top-1 pt {r['top1_pt']:.2f} %  ms {r['top1_ms']:.2f} %   top-5 pt {r['top5_pt']:.2f} %  "
-                 f"ms {r['top5_ms']:.2f} %   prediction differences: {len(r['prediction_differences'])}")
+    lines.append(f"top-1 {a} {r[f'top1_{a}']:.2f} %  {b} {r[f'top1_{b}']:.2f} %   top-5 {a} {r[f'top5_{a}']:.2f} %  "
+                 f"{b} {r[f'top5_{b}']:.2f} %   prediction differences: {len(r['prediction_differences'])}")
     return "\n".join(lines)

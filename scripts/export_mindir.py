@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Export a PPT DeiT/ViT to MindIR for a fixed input shape (for MindSpore Lite / Ascend deployment).
+
+    python scripts/export_mindir.py --model deit_tiny_patch16_224 --checkpoint deit_tiny_patch16_224.pth \
+        --batch-size 1 --dtype float16 --output ppt_deit_tiny_b1_fp16.mindir
+
+The graph is static (PPT removes a fixed number of tokens whatever each image's policy), so the whole model,
+token reduction included, exports. The file is written under a temporary name and renamed when complete; with
+--verify (default) it is loaded back with mindspore.load + nn.GraphCell and compared with the live cell.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import _bootstrap  # noqa: F401
+
+import numpy as np
+
+from ppt_common import evaluation as ev
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_model_args(p)
+    ev.add_ppt_args(p)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, required=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--output", required=True, help="FILE.mindir")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--verify", type=ev.str2bool, nargs="?", const=True, default=True,
+                   help="reload the file and compare its logits with the live cell (default true)")
+    p.add_argument("--device", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    return p.parse_args(argv)
+
+
+def check(args):
+    if args.batch_size <= 0:
+        raise ev.UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    if not args.output.endswith(".mindir"):
+        raise ev.UsageError(f"--output must end with .mindir, got {args.output}")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise ev.UsageError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK):
+        raise ev.UsageError(f"output folder is not writable: {folder}")
+    if os.path.exists(args.output) and not args.force:
+        raise ev.UsageError(f"{args.output} exists; pass --force to overwrite")
+    if args.checkpoint and not os.path.exists(args.checkpoint):
+        raise ev.UsageError(f"checkpoint not found: {args.checkpoint}")
+
+
+def export(model, batch_size: int, output: str) -> float:
+    """mindspore.export to a temporary name in the output folder, then rename; returns seconds."""
+    import mindspore as ms
+    size = model.arch.img_size
+    example = ms.Tensor(np.zeros((batch_size, 3, size, size)), model.cls_token.dtype)
+    tmp_dir = tempfile.mkdtemp(prefix=".tmp-export-", dir=os.path.dirname(os.path.abspath(output)))
+    start = time.perf_counter()
+    try:
+        ms.export(model, example, file_name=os.path.join(tmp_dir, "model"), file_format="MINDIR")
+        os.replace(os.path.join(tmp_dir, "model.mindir"), output)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return time.perf_counter() - start
+
+
+def verify(model, path: str, batch_size: int) -> float:
+    """Max |logit difference| between the reloaded MindIR and the live cell on random images."""
+    import mindspore as ms
+    size = model.arch.img_size
+    x = ms.Tensor(np.random.RandomState(0).randn(batch_size, 3, size, size), model.cls_token.dtype)
+    graph = ms.nn.GraphCell(ms.load(path))
+    return float(np.abs(graph(x).asnumpy().astype(np.float64) - model(x).asnumpy().astype(np.float64)).max())
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        check(args)
+        cfg = ev.ppt_config(args)
+        import mindspore as ms
+        import ms_ppt
+        from convert import CheckpointError
+        ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device)
+        try:
+            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, r=cfg.r, pp_loc_list=cfg.pp_loc_list,
+                                        threshold=cfg.threshold, prop_attn=cfg.prop_attn, dtype=args.dtype)
+        except CheckpointError as e:
+            raise ev.UsageError(str(e)) from None
+        seconds = export(model, args.batch_size, args.output)
+        print(f"exported {args.model} (r={cfg.r} at {list(cfg.pp_loc_list)}, threshold {cfg.threshold:g}, "
+              f"{args.dtype}, input [{args.batch_size}, 3, {model.arch.img_size}, {model.arch.img_size}]) to "
+              f"{args.output}: {os.path.getsize(args.output) / 2**20:.1f} MiB in {seconds:.1f} s")
+        if not args.checkpoint:
+            print("note: random weights (no --checkpoint)")
+        if args.verify:
+            diff = verify(model, args.output, args.batch_size)
+            print(f"reloaded with mindspore.load + nn.GraphCell: max |logit difference| vs the live cell {diff:.3g}")
+    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+        return ev.fail(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

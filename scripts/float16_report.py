@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""float16 vs float32 in MindSpore on your images: policies, selections and top-1 that change.
+
+    python scripts/float16_report.py --checkpoint deit_tiny_patch16_224.pth --data-path DIR [DIR ...]
+
+float16 runs the matmuls in float16 and keeps softmax, importance scores, variance, similarity and LayerNorm in
+float32 (the deployment setting on Ascend). Disagreements are reported with their margins as in parity.py.
+"""
+import sys
+
+import _bootstrap  # noqa: F401
+
+import numpy as np
+
+from ppt_common import evaluation as ev
+from ppt_common.parity import format_report, run_both
+
+# float16 carries ~1e-3 relative error: bounds 10x wider than parity.py's float32 ones
+FP16_BOUNDS = {"policy": 1e-1, "prune": 1e-1, "pool": 1e-2}
+
+
+def main(argv=None) -> int:
+    parser = ev.build_parser("float16 report")
+    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    args = parser.parse_args(argv)
+    try:
+        ev.check_args(args)
+        cfg = ev.ppt_config(args)
+        items = ev.load_items(args)
+        import mindspore as ms
+        import ms_ppt
+        from ms_ppt.vision_transformer import params_from_numpy
+        ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
+        kwargs = dict(r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold, prop_attn=cfg.prop_attn,
+                      trace=True)
+        fp32 = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, **kwargs)
+        fp16 = ms_ppt.create_model(args.model, num_classes=fp32.arch.num_classes, dtype="float16", **kwargs)
+        params_from_numpy(fp16, {p.name: p.asnumpy() for p in fp32.get_parameters()})
+
+        def runner(model, dtype):
+            def run(images):
+                logits, traces, _ = ms_ppt.run_with_trace(model, images.astype(dtype))
+                return logits.astype(np.float64), traces
+            return run
+
+        skipped = []
+        batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(fp32.arch.img_size), args.num_workers,
+                                  args.on_error, skipped)
+        report = run_both(runner(fp32, np.float32), runner(fp16, np.float16),
+                          ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet, "float16"),
+                          cfg.threshold, FP16_BOUNDS, names=("fp32", "fp16"))
+    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+        return ev.fail(str(e))
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

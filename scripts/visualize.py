@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Draw what PPT did to your images: after each PP block, pruned patches in black and pooled groups in their
+mean colour with outlines, the chosen policy above each panel (the paper's figure 5).
+
+    python scripts/visualize.py --checkpoint deit_tiny_patch16_224.pth --images a.jpg b.jpg --output ppt.png
+    python scripts/visualize.py ... --framework pt      # the PyTorch reference instead of MindSpore
+"""
+import argparse
+import os
+import sys
+
+import _bootstrap  # noqa: F401
+
+import numpy as np
+
+from ppt_common import evaluation as ev
+from ppt_common.imagenet import ImageError, preprocess_pil
+
+
+def traces_for(args, cfg, images):
+    kwargs = dict(checkpoint=args.checkpoint, r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold,
+                  prop_attn=cfg.prop_attn, trace=True, dtype=args.dtype)
+    if args.framework == "pt":
+        import torch
+        import pt_reference
+        torch.manual_seed(0)
+        model = pt_reference.create_model(args.model, **kwargs)
+        with torch.no_grad():
+            model(torch.from_numpy(images).to(next(model.parameters()).dtype))
+        return model.ppt_trace
+    import mindspore as ms
+    import ms_ppt
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    ms.set_seed(0)
+    model = ms_ppt.create_model(args.model, **kwargs)
+    return ms_ppt.run_with_trace(model, images)[1]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_model_args(p)
+    ev.add_ppt_args(p)
+    p.add_argument("--images", nargs="+", required=True)
+    p.add_argument("--output", required=True, help="PNG file")
+    p.add_argument("--framework", choices=["ms", "pt"], default="ms")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--scale", type=int, default=1, help="enlarge each panel by this factor")
+    args = p.parse_args(argv)
+    try:
+        if not args.output.lower().endswith(".png"):
+            raise ev.UsageError(f"--output must be a .png file, got {args.output}")
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(folder):
+            raise ev.UsageError(f"output folder does not exist: {folder}")
+        if args.checkpoint and not os.path.exists(args.checkpoint):
+            raise ev.UsageError(f"checkpoint not found: {args.checkpoint}")
+        if args.scale < 1:
+            raise ev.UsageError("--scale must be >= 1")
+        cfg = ev.ppt_config(args)
+        from ppt_common.config import get_arch
+        from ppt_common.visual import render_figure
+        arch = get_arch(args.model)
+        try:
+            images = np.stack([preprocess_pil(path, arch.img_size) for path in args.images])
+        except ImageError as e:
+            raise ev.UsageError(str(e)) from None
+        from convert import CheckpointError
+        try:
+            traces = traces_for(args, cfg, images)
+        except CheckpointError as e:
+            raise ev.UsageError(str(e)) from None
+        figure = render_figure(images, traces, arch.patch_size, args.scale,
+                               labels=[os.path.basename(path) for path in args.images])
+        ev.atomic_write(args.output, lambda tmp: figure.save(tmp, format="PNG"), ".png")
+    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+        return ev.fail(str(e))
+    print(f"wrote {args.output} ({figure.width}x{figure.height}); policies per PP block: "
+          + ", ".join(f"block {t.block}: {['prune', 'pool'][int(v)]}" for t in traces for v in t.policy[:1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""MindIR export for deployment: reload equality, real-weight top-1, and bad arguments."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DEIT_TINY, ROOT, need_shared_data
+
+
+def run(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_mindir.py"), *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_export_reloads_and_reproduces_the_live_cell(tmp_path):
+    out = tmp_path / "ppt.mindir"
+    res = run("--batch-size", "1", "--output", out)
+    assert res.returncode == 0, res.stderr
+    assert "max |logit difference| vs the live cell 0" in res.stdout
+    assert out.stat().st_size > 10 * 2**20 and os.listdir(tmp_path) == ["ppt.mindir"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet50", "--batch-size", "1"], "invalid choice"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--batch-size", "2", "--output-dir-missing"], "unrecognized arguments"),
+])
+def test_bad_arguments_are_refused(tmp_path, args, message):
+    res = run(*args, "--output", tmp_path / "x.mindir")
+    assert res.returncode == 2 and message in res.stderr and not (tmp_path / "x.mindir").exists()
+
+
+def test_unwritable_or_missing_output_folder_and_existing_file(tmp_path):
+    res = run("--batch-size", "1", "--output", tmp_path / "missing" / "x.mindir")
+    assert res.returncode == 2 and "output folder does not exist" in res.stderr
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root ignores permissions
+            res = run("--batch-size", "1", "--output", locked / "x.mindir")
+            assert res.returncode == 2 and "not writable" in res.stderr
+    finally:
+        locked.chmod(0o700)
+    (tmp_path / "exists.mindir").write_bytes(b"keep")
+    res = run("--batch-size", "1", "--output", tmp_path / "exists.mindir")
+    assert res.returncode == 2 and "--force" in res.stderr
+    assert (tmp_path / "exists.mindir").read_bytes() == b"keep"
+    res = run("--batch-size", "1", "--output", tmp_path / "x.onnx")
+    assert res.returncode == 2 and "must end with .mindir" in res.stderr
+
+
+def test_float16_mindir_of_real_deit_tiny_keeps_top1_on_the_shared_photos(tmp_path, real_images):
+    need_shared_data()
+    import mindspore as ms
+    import ms_ppt
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x, labels, _ = real_images
+    x, labels = x[::3], labels[::3]  # 90 photos
+    out = tmp_path / "tiny_fp16.mindir"
+    assert run("--checkpoint", DEIT_TINY, "--batch-size", "30", "--dtype", "float16", "--output", out,
+               "--verify", "false").returncode == 0
+    graph = ms.nn.GraphCell(ms.load(str(out)))
+    fp16 = np.concatenate([graph(ms.Tensor(x[i:i + 30], ms.float16)).asnumpy() for i in range(0, 90, 30)])
+    live = ms_ppt.create_model("deit_tiny_patch16_224", checkpoint=DEIT_TINY)
+    fp32 = np.concatenate([live(ms.Tensor(x[i:i + 30])).asnumpy() for i in range(0, 90, 30)])
+    top1_16, top1_32 = (100 * np.mean(lg.argmax(1) == labels) for lg in (fp16, fp32))
+    assert abs(top1_16 - top1_32) <= 100 * 3 / 90  # at most 3 of 90 photos change (measured: see docs/deploy.md)
+    assert np.mean(fp16.argmax(1) == fp32.argmax(1)) >= 0.95
