@@ -66,14 +66,19 @@ def check_state(state: StateDict, arch: ArchConfig) -> None:
     wrong = [f"{k}: {tuple(state[k].shape)} vs {want[k]}" for k in sorted(set(want) & set(state))
              if tuple(state[k].shape) != want[k]]
     if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-        if wrong:
-            parts.append(f"wrong shapes ({len(wrong)}; checkpoint vs model): {', '.join(wrong)}")
-        raise CheckpointError("checkpoint does not match the model: " + "; ".join(parts))
+        raise CheckpointError(describe_mismatch(missing, unexpected, wrong))
+
+
+def describe_mismatch(missing, unexpected, wrong) -> str:
+    """One message naming every missing, unexpected and mis-shaped key."""
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if wrong:
+        parts.append(f"wrong shapes ({len(wrong)}; checkpoint vs model): {', '.join(wrong)}")
+    return "checkpoint does not match the model: " + "; ".join(parts)
 
 
 def resolve_arch(state: StateDict, model: Optional[str] = None) -> Tuple[str, ArchConfig]:

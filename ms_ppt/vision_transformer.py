@@ -212,20 +212,10 @@ def params_from_numpy(model: nn.Cell, state: dict, strict: bool = True) -> None:
     unexpected = sorted(set(state) - set(params))
     mis_shaped = sorted(k for k in set(params) & set(state) if tuple(params[k].shape) != tuple(np.shape(state[k])))
     if strict and (missing or unexpected or mis_shaped):
-        raise ValueError(describe_mismatch(missing, unexpected,
-                                           [f"{k}: {tuple(np.shape(state[k]))} vs {tuple(params[k].shape)}"
-                                            for k in mis_shaped]))
+        from convert.mapping import CheckpointError, describe_mismatch
+        raise CheckpointError(describe_mismatch(missing, unexpected,
+                                                [f"{k}: {tuple(np.shape(state[k]))} vs {tuple(params[k].shape)}"
+                                                 for k in mis_shaped]))
     for k, p in params.items():
         if k in state:
             p.set_data(Tensor(np.asarray(state[k]), p.dtype))
-
-
-def describe_mismatch(missing, unexpected, mis_shaped) -> str:
-    parts = []
-    if missing:
-        parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-    if mis_shaped:
-        parts.append(f"wrong shapes ({len(mis_shaped)}; checkpoint vs model): {', '.join(mis_shaped)}")
-    return "checkpoint does not match the model: " + "; ".join(parts)

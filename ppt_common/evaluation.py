@@ -106,6 +106,17 @@ def ppt_config(args) -> PPTConfig:
         raise UsageError(str(e)) from None
 
 
+def prepare(args) -> Tuple[PPTConfig, List[Tuple[str, int]]]:
+    """Validate the options and list the images: (PPT config, [(path, label)])."""
+    check_args(args)
+    return ppt_config(args), load_items(args)
+
+
+def set_mindspore_mode(mode: str, device: str = "CPU") -> None:
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE, device_target=device)
+
+
 def is_demo(args) -> bool:
     return args.data_path is None
 
@@ -235,6 +246,16 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
             "dtype": args.dtype, "limit": args.limit, "timing_batch_size": timing_batch, **extra_config,
         },
     }
+    return report
+
+
+def finish(args, framework: str, metrics: Metrics, pp_blocks: List[int], seconds_per_batch: float,
+           skipped: List[str], extra_config: dict) -> dict:
+    """Build the report, write the requested outputs, return the report."""
+    policies = metrics.policy_matrix(len(pp_blocks))
+    report = build_report(args, framework, metrics, policies, pp_blocks, seconds_per_batch, args.batch_size,
+                          skipped, extra_config)
+    write_outputs(args, report, metrics, policies)
     return report
 
 

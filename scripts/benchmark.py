@@ -21,14 +21,27 @@ from ppt_common.config import MODEL_CONFIGS, get_arch
 from ppt_common.evaluation import UsageError, atomic_write, fail, time_batches
 
 
-def bench_mindspore(name, batch, ppt, runs, warmup, dtype, mode):
+def slice_instead_of_reduce(x, scores, metric, size, r, threshold, source=None):
+    """Ablation: keep the first N-r tokens. Same shapes downstream, none of PPT's token operations."""
+    n_out = x.shape[1] - r
+    return x[:, :n_out], size[:, :n_out], source, ()
+
+
+def bench_mindspore(name, batch, ppt, runs, warmup, dtype, mode, ablate_token_ops=False):
     import mindspore as ms
     import ms_ppt
+    from ms_ppt import ppt as ppt_ops
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    model = ms_ppt.create_model(name, dtype=dtype, **({} if ppt else {"r": 0}))
-    x = ms.Tensor(np.random.RandomState(0).randn(batch, 3, model.arch.img_size, model.arch.img_size),
-                  model.cls_token.dtype)
-    return time_batches(lambda: model(x).asnumpy(), runs, warmup)
+    original = ppt_ops.reduce_tokens
+    if ablate_token_ops:
+        ppt_ops.reduce_tokens = slice_instead_of_reduce
+    try:
+        model = ms_ppt.create_model(name, dtype=dtype, **({} if ppt else {"r": 0}))
+        x = ms.Tensor(np.random.RandomState(0).randn(batch, 3, model.arch.img_size, model.arch.img_size),
+                      model.cls_token.dtype)
+        return time_batches(lambda: model(x).asnumpy(), runs, warmup)
+    finally:
+        ppt_ops.reduce_tokens = original
 
 
 def bench_pytorch(name, batch, ppt, runs, warmup, dtype, device):
@@ -57,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--mode", default="graph", choices=["graph", "pynative"], help="MindSpore execution mode")
     p.add_argument("--device", default="cpu", help="PyTorch device")
+    p.add_argument("--token-ops", dest="token_ops", action="store_true",
+                   help="also time MindSpore PPT with its token operations replaced by a slice (their cost)")
     p.add_argument("--output-json", dest="output_json", default=None)
     args = p.parse_args(argv)
     try:
@@ -84,6 +99,11 @@ def main(argv=None) -> int:
                     rows.append({"model": name, "framework": fw, "variant": variant, "batch_size": batch,
                                  "images_per_s": batch / sec, "latency_ms": 1000 * sec})
                     print(f"  {name} {fw:9s} {variant:5s} batch {batch:3d}: {1000 * sec:8.1f} ms", file=sys.stderr)
+                if fw == "mindspore" and args.token_ops:
+                    sec = bench_mindspore(name, batch, True, args.runs, args.warmup, args.dtype, args.mode,
+                                          ablate_token_ops=True)
+                    rows.append({"model": name, "framework": fw, "variant": "ppt_without_token_ops",
+                                 "batch_size": batch, "images_per_s": batch / sec, "latency_ms": 1000 * sec})
     print(format_table(rows))
     if args.output_json:
         report = {"rows": rows, "config": vars(args), "seconds": time.time() - started, "machine": machine()}
@@ -118,6 +138,11 @@ def format_table(rows) -> str:
         if ms_d and pt_d and ms_p and pt_p:
             lines.append(f"| {model} | {batch} | MindSpore / PyTorch | {ms_d['images_per_s'] / pt_d['images_per_s']:.2f}x"
                          f" | {ms_p['images_per_s'] / pt_p['images_per_s']:.2f}x | | |")
+        ablated = find.get((model, "mindspore", "ppt_without_token_ops", batch))
+        if ablated and ms_p:
+            share = 1 - ablated["latency_ms"] / ms_p["latency_ms"]
+            lines.append(f"| {model} | {batch} | MindSpore PPT token ops | | | | {100 * share:.1f} % of the PPT "
+                         "forward |")
     return "\n".join(lines)
 
 

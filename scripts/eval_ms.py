@@ -47,11 +47,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", "--device_target", dest="device", default="CPU", choices=["CPU", "GPU", "Ascend"])
     args = parser.parse_args(argv)
     try:
-        ev.check_args(args)
-        cfg = ev.ppt_config(args)
-        items = ev.load_items(args)
+        cfg, items = ev.prepare(args)
         import mindspore as ms
-        ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE, device_target=args.device)
+        ev.set_mindspore_mode(args.mode, args.device)
         ms.set_seed(0)  # the demo's random weights are the same every run
         import ms_ppt
         from ms_ppt.vision_transformer import params_from_numpy
@@ -80,11 +78,8 @@ def main(argv=None) -> int:
             params_from_numpy(plain, {p.name: p.asnumpy() for p in model.get_parameters()})
             batch = ms.Tensor(np.resize(first, (args.batch_size,) + first.shape[1:]), plain.cls_token.dtype)
             seconds = ev.time_batches(lambda: plain(batch).asnumpy(), args.throughput_runs)
-        pp_blocks = [p.index for p in model.pp_blocks]
-        policies = metrics.policy_matrix(len(pp_blocks))
-        report = ev.build_report(args, "mindspore", metrics, policies, pp_blocks, seconds, args.batch_size, skipped,
-                                 {"mode": args.mode, "preprocess": args.preprocess, "device": args.device})
-        ev.write_outputs(args, report, metrics, policies)
+        report = ev.finish(args, "mindspore", metrics, [p.index for p in model.pp_blocks], seconds, skipped,
+                           {"mode": args.mode, "preprocess": args.preprocess, "device": args.device})
     except (ev.UsageError, FileNotFoundError, ValueError) as e:
         return ev.fail(str(e))
     ev.print_summary(report)

@@ -20,9 +20,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args(argv)
     try:
-        ev.check_args(args)
-        cfg = ev.ppt_config(args)
-        items = ev.load_items(args)
+        cfg, items = ev.prepare(args)
         import torch
         import pt_reference
         from convert import CheckpointError
@@ -60,11 +58,8 @@ def main(argv=None) -> int:
                     if batch.is_cuda:
                         torch.cuda.synchronize()
                 seconds = ev.time_batches(run, args.throughput_runs)
-        pp_blocks = reducing_blocks(get_arch(args.model), cfg)
-        policies = metrics.policy_matrix(len(pp_blocks))
-        report = ev.build_report(args, "pytorch", metrics, policies, pp_blocks, seconds, args.batch_size, skipped,
-                                 {"preprocess": "pil", "device": args.device})
-        ev.write_outputs(args, report, metrics, policies)
+        report = ev.finish(args, "pytorch", metrics, reducing_blocks(get_arch(args.model), cfg), seconds, skipped,
+                           {"preprocess": "pil", "device": args.device})
     except (ev.UsageError, FileNotFoundError, ValueError) as e:
         return ev.fail(str(e))
     ev.print_summary(report)

@@ -24,18 +24,15 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
     try:
-        ev.check_args(args)
-        cfg = ev.ppt_config(args)
-        items = ev.load_items(args)
+        cfg, items = ev.prepare(args)
         if args.dtype == "float16":
             raise ev.UsageError("parity runs in float32 or float64")
-        import mindspore as ms
         import torch
         import ms_ppt
         import pt_reference
         from convert import CheckpointError
         from ms_ppt.vision_transformer import params_from_numpy
-        ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
+        ev.set_mindspore_mode(args.mode)
         torch.manual_seed(0)
         kwargs = dict(r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold, prop_attn=cfg.prop_attn,
                       trace=True, dtype=args.dtype)

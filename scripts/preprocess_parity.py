@@ -21,12 +21,9 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
     try:
-        ev.check_args(args)
-        cfg = ev.ppt_config(args)
-        items = ev.load_items(args)
-        import mindspore as ms
+        cfg, items = ev.prepare(args)
         import ms_ppt
-        ms.set_context(mode=ms.GRAPH_MODE if args.mode == "graph" else ms.PYNATIVE_MODE)
+        ev.set_mindspore_mode(args.mode)
         model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, r=cfg.r, pp_loc_list=cfg.pp_loc_list,
                                     threshold=cfg.threshold, prop_attn=cfg.prop_attn, trace=True, dtype=args.dtype)
         size = model.arch.img_size

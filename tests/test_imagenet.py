@@ -47,7 +47,6 @@ def test_odd_modes_and_tiny_images_give_rgb_224(tmp_path, mode, size):
 
 def test_pil_preprocessing_is_bit_identical_to_timm_eval_transform():
     need_shared_data()
-    import torch  # noqa: F401
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
     from pt_reference.factory import build_timm_model

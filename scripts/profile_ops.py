@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Per-operation CPU profile of one transformer block, MindSpore (graph mode) vs PyTorch, at DeiT shapes.
+
+    python scripts/profile_ops.py --model deit_small_patch16_224 --batch-size 8
+
+Each op is compiled alone and timed (median of --runs after warm-up) on the same input arrays in both
+frameworks; the table gives milliseconds per call, the ratio, and the per-forward total (x depth, dense).
+"""
+import argparse
+import sys
+import time
+
+import _bootstrap  # noqa: F401
+
+import numpy as np
+
+from ppt_common.config import MODEL_CONFIGS, get_arch
+
+
+def median_ms(fn, runs, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def ops_table(arch, batch):
+    """(name, calls per forward, ms function, pt function, inputs) at the model's dense shapes."""
+    import mindspore as ms
+    import torch
+    from mindspore import nn, ops
+    from ms_ppt.vision_transformer import LayerNorm
+    B, N, C, H = batch, arch.num_tokens, arch.embed_dim, arch.num_heads
+    d, hidden = C // H, arch.mlp_hidden
+    rng = np.random.RandomState(0)
+    x, h = rng.randn(B, N, C).astype(np.float32), rng.randn(B, N, hidden).astype(np.float32)
+    q, k = rng.randn(B, H, N, d).astype(np.float32), rng.randn(B, H, N, d).astype(np.float32)
+    att = rng.randn(B, H, N, N).astype(np.float32)
+    w_qkv = rng.randn(3 * C, C).astype(np.float32) * 0.02
+    w_fc1 = rng.randn(hidden, C).astype(np.float32) * 0.02
+
+    class Linear(nn.Cell):
+        def construct(self, a, w):
+            return ops.matmul(a, w.swapaxes(0, 1))
+
+    class QK(nn.Cell):
+        def construct(self, a, b):
+            return ops.matmul(a, b.swapaxes(-2, -1))
+
+    class AV(nn.Cell):
+        def construct(self, a, b):
+            return ops.matmul(a, b)
+
+    class Softmax(nn.Cell):
+        def construct(self, a):
+            return ops.softmax(a, -1)
+
+    class SplitHeads(nn.Cell):
+        def construct(self, a):
+            return a.reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4) * 1.0
+
+    ln = LayerNorm(C)
+    gelu_kernel = nn.GELU(approximate=False)
+    T = ms.Tensor
+    tt = torch.from_numpy
+    return [
+        ("qkv linear", 1, Linear(), (T(x), T(w_qkv)),
+         lambda a, w: torch.nn.functional.linear(a, w), (tt(x), tt(w_qkv))),
+        ("q @ k^T", 1, QK(), (T(q), T(k)),
+         lambda a, b: a @ b.transpose(-2, -1), (tt(q), tt(k))),
+        ("softmax", 1, Softmax(), (T(att),), lambda a: a.softmax(-1), (tt(att),)),
+        ("attn @ v", 1, AV(), (T(att), T(k)), lambda a, b: a @ b, (tt(att), tt(k))),
+        ("fc1 linear", 1, Linear(), (T(x), T(w_fc1)),
+         lambda a, w: torch.nn.functional.linear(a, w), (tt(x), tt(w_fc1))),
+        ("GELU (exact)", 1, gelu_kernel, (T(h),),
+         lambda a: torch.nn.functional.gelu(a), (tt(h),)),
+        ("LayerNorm", 2, ln, (T(x),),
+         lambda a: torch.nn.functional.layer_norm(a, (C,), eps=1e-6), (tt(x),)),
+        ("qkv reshape+transpose", 1, SplitHeads(),
+         (T(np.concatenate([x] * 3, -1)),),
+         lambda a: a.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).contiguous(), (tt(np.concatenate([x] * 3, -1)),)),
+    ]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="deit_small_patch16_224", choices=sorted(MODEL_CONFIGS))
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    p.add_argument("--runs", type=int, default=20)
+    args = p.parse_args(argv)
+    import mindspore as ms
+    import torch
+    ms.set_context(mode=ms.GRAPH_MODE)
+    arch = get_arch(args.model)
+    print(f"{args.model}, batch {args.batch_size}, {arch.num_tokens} tokens, torch threads {torch.get_num_threads()}")
+    print("| op | MindSpore ms | PyTorch ms | ratio | MindSpore ms per forward |")
+    print("|---|---|---|---|---|")
+    with torch.no_grad():
+        for name, calls, cell, ms_in, pt_fn, pt_in in ops_table(arch, args.batch_size):
+            t_ms = median_ms(lambda: cell(*ms_in).asnumpy(), args.runs)
+            t_pt = median_ms(lambda: pt_fn(*pt_in).numpy(), args.runs)
+            print(f"| {name} | {t_ms:.2f} | {t_pt:.2f} | {t_ms / t_pt:.1f}x | {t_ms * calls * arch.depth:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
