@@ -29,9 +29,10 @@ def list_models() -> List[str]:
 def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False, r: RSpec = DEFAULT_R,
                  pp_loc_list: Sequence[int] = DEFAULT_PP_LOC_LIST, threshold: float = DEFAULT_THRESHOLD,
                  prop_attn: bool = True, trace_source: bool = False, trace: bool = False, dtype="float32",
-                 num_classes: Optional[int] = None) -> VisionTransformer:
+                 num_classes: Optional[int] = None, custom_kernels: Optional[bool] = None) -> VisionTransformer:
     """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt or a PyTorch .pth/.bin/.safetensors (converted in
-    memory). r=0 or an empty pp_loc_list gives the dense model."""
+    memory). r=0 or an empty pp_loc_list gives the dense model. custom_kernels (default: on for the CPU backend)
+    uses ms_ppt's compiled CPU kernels; turn it off for graphs meant to leave this machine (MindIR export)."""
     if pretrained:
         raise ValueError("no hosted weights are published for ms-ppt: pass checkpoint=PATH (an official DeiT .pth, "
                          "a timm state dict or .safetensors, or a MindSpore .ckpt)")
@@ -47,7 +48,7 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
         arch = ArchConfig(**{**arch.__dict__, "num_classes": num_classes})
     ppt_cfg = PPTConfig(r=r, pp_loc_list=tuple(pp_loc_list), threshold=threshold, prop_attn=prop_attn,
                         trace_source=trace_source)
-    model = VisionTransformer(arch, ppt_cfg, trace=trace)
+    model = VisionTransformer(arch, ppt_cfg, trace=trace, custom_kernels=custom_kernels)
     if state is not None:
         params_from_numpy(model, state)
     model.to_dtype(resolve_dtype(dtype))

@@ -12,7 +12,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ppt_common.config import ArchConfig, BlockPlan, PPTConfig, token_schedule
-from ms_ppt import ppt
+from ms_ppt import kernels, ppt
 
 # float16 runs matmuls in float16; softmax, scores, variance, similarity and LayerNorm run in float32.
 SUPPORTED_DTYPES = {"float32": ms.float32, "float64": ms.float64, "float16": ms.float16}
@@ -105,11 +105,30 @@ class Attention(nn.Cell):
         return out
 
 
+class GELU(nn.Cell):
+    """Exact (erf) GELU as in timm (MindSpore's nn.GELU defaults to the tanh approximation).
+
+    float32 on CPU uses ms_ppt's compiled kernel when available (12x faster than MindSpore's, same accuracy
+    class: 4.7e-7 from float64 GELU against MindSpore's 4.5e-7); every other case uses MindSpore's kernel.
+    """
+
+    def __init__(self, custom_kernels: bool):
+        super().__init__()
+        self.exact = nn.GELU(approximate=False)
+        self.fast = kernels.gelu_op() if custom_kernels else None
+        self.use_fast = self.fast is not None
+
+    def construct(self, x):
+        if self.use_fast and x.dtype == ms.float32:
+            return self.fast(x)
+        return self.exact(x)
+
+
 class Mlp(nn.Cell):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, custom_kernels: bool):
         super().__init__()
         self.fc1 = nn.Dense(dim, hidden)
-        self.act = nn.GELU(approximate=False)  # exact erf GELU as in timm (MindSpore defaults to tanh)
+        self.act = GELU(custom_kernels)
         self.fc2 = nn.Dense(hidden, dim)
 
     def construct(self, x):
@@ -119,7 +138,8 @@ class Mlp(nn.Cell):
 class Block(nn.Cell):
     """Pre-norm block; a PP block reduces tokens between the attention residual and the MLP."""
 
-    def __init__(self, arch: ArchConfig, plan: BlockPlan, ppt_cfg: PPTConfig, use_size: bool, trace: bool):
+    def __init__(self, arch: ArchConfig, plan: BlockPlan, ppt_cfg: PPTConfig, use_size: bool, trace: bool,
+                 custom_kernels: bool):
         super().__init__()
         dim = arch.embed_dim
         self.r = plan.r
@@ -131,7 +151,7 @@ class Block(nn.Cell):
         self.norm1 = LayerNorm(dim)
         self.attn = Attention(dim, arch.num_heads, arch.qkv_bias, use_size=use_size, with_scores=self.reduces)
         self.norm2 = LayerNorm(dim)
-        self.mlp = Mlp(dim, arch.mlp_hidden)
+        self.mlp = Mlp(dim, arch.mlp_hidden, custom_kernels)
 
     def construct(self, x, size, source):
         record = ()
@@ -155,7 +175,8 @@ class Block(nn.Cell):
 class VisionTransformer(nn.Cell):
     """ViT/DeiT classifier with PPT. `construct(images)` returns logits, or (logits, trace, source) with trace on."""
 
-    def __init__(self, arch: ArchConfig, ppt_cfg: Optional[PPTConfig] = None, trace: bool = False):
+    def __init__(self, arch: ArchConfig, ppt_cfg: Optional[PPTConfig] = None, trace: bool = False,
+                 custom_kernels: Optional[bool] = None):
         super().__init__()
         ppt_cfg = ppt_cfg if ppt_cfg is not None else PPTConfig(r=0, pp_loc_list=())
         self.arch = arch
@@ -168,10 +189,13 @@ class VisionTransformer(nn.Cell):
                                    name="cls_token")
         self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, arch.num_tokens, arch.embed_dim),
                                                ms.float32), name="pos_embed")
+        if custom_kernels is None:  # compiled CPU kernels only where they run: the CPU backend
+            custom_kernels = ms.get_context("device_target") == "CPU"
         blocks, reduced = [], False
         for plan in self.plans:
             # proportional attention needs sizes only once some earlier block has reduced (log 1 = 0 before)
-            blocks.append(Block(arch, plan, ppt_cfg, use_size=ppt_cfg.prop_attn and reduced, trace=trace))
+            blocks.append(Block(arch, plan, ppt_cfg, use_size=ppt_cfg.prop_attn and reduced, trace=trace,
+                                custom_kernels=custom_kernels))
             reduced = reduced or plan.r > 0
         self.blocks = nn.CellList(blocks)
         self.norm = LayerNorm(arch.embed_dim)

@@ -3,9 +3,10 @@
 
     python scripts/benchmark.py --models deit_tiny_patch16_224 deit_small_patch16_224 --batch-sizes 8 1
 
-Protocol: random weights (speed does not depend on them, but PPT's policy mix does a little: inputs are fixed
-random images), warm-up calls discarded (graph compilation included there), then the median of --runs timed calls;
-outputs are fetched to host (asnumpy / CUDA synchronise) inside the timed call.
+Protocol: random weights and fixed random images (speed does not depend on the weights; PPT's cost does not depend
+on the policy mix, both policies are computed); graphs compiled and --warmup calls discarded first; then --runs
+rounds, each running every variant once (interleaved, so machine drift does not bias the ratios); the median per
+variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise) inside each timed call.
 """
 import argparse
 import json
@@ -18,7 +19,7 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common.config import MODEL_CONFIGS, get_arch
-from ppt_common.evaluation import UsageError, atomic_write, fail, time_batches
+from ppt_common.evaluation import UsageError, atomic_write, fail
 
 
 def slice_instead_of_reduce(x, scores, metric, size, r, threshold, source=None):
@@ -27,27 +28,30 @@ def slice_instead_of_reduce(x, scores, metric, size, r, threshold, source=None):
     return x[:, :n_out], size[:, :n_out], source, ()
 
 
-def bench_mindspore(name, batch, ppt, runs, warmup, dtype, mode, ablate_token_ops=False):
+def mindspore_runner(name, batch, variant, dtype, mode):
+    """A call that runs one forward and fetches the logits; the graph is compiled here, not in the timing."""
     import mindspore as ms
     import ms_ppt
     from ms_ppt import ppt as ppt_ops
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     original = ppt_ops.reduce_tokens
-    if ablate_token_ops:
+    if variant == "ppt_without_token_ops":
         ppt_ops.reduce_tokens = slice_instead_of_reduce
     try:
-        model = ms_ppt.create_model(name, dtype=dtype, **({} if ppt else {"r": 0}))
+        model = ms_ppt.create_model(name, dtype=dtype, **({"r": 0} if variant == "dense" else {}))
         x = ms.Tensor(np.random.RandomState(0).randn(batch, 3, model.arch.img_size, model.arch.img_size),
                       model.cls_token.dtype)
-        return time_batches(lambda: model(x).asnumpy(), runs, warmup)
+        run = lambda: model(x).asnumpy()  # noqa: E731
+        run()  # compile while the ablation is in place
+        return run
     finally:
         ppt_ops.reduce_tokens = original
 
 
-def bench_pytorch(name, batch, ppt, runs, warmup, dtype, device):
+def pytorch_runner(name, batch, variant, dtype, device):
     import torch
     import pt_reference
-    model = pt_reference.create_model(name, dtype=dtype, **({} if ppt else {"r": 0})).to(device)
+    model = pt_reference.create_model(name, dtype=dtype, **({"r": 0} if variant == "dense" else {})).to(device)
     arch = get_arch(name)
     x = torch.from_numpy(np.random.RandomState(0).randn(batch, 3, arch.img_size, arch.img_size)).to(
         device, next(model.parameters()).dtype)
@@ -57,7 +61,22 @@ def bench_pytorch(name, batch, ppt, runs, warmup, dtype, device):
             model(x)
         if x.is_cuda:
             torch.cuda.synchronize()
-    return time_batches(run, runs, warmup)
+    return run
+
+
+def time_interleaved(runners: dict, runs: int, warmup: int) -> dict:
+    """Median seconds per variant; every round runs each variant once, so drift on a busy machine hits all
+    variants alike instead of biasing the ratios."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times = {key: [] for key in runners}
+    for _ in range(runs):
+        for key, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - start)
+    return {key: float(np.median(v)) for key, v in times.items()}
 
 
 def main(argv=None) -> int:
@@ -88,22 +107,19 @@ def main(argv=None) -> int:
     started = time.time()
     for name in args.models:
         for batch in args.batch_sizes:
+            runners = {}
             for fw in args.frameworks:
-                for variant in ("dense", "ppt"):
+                variants = ["dense", "ppt"] + (["ppt_without_token_ops"] if fw == "mindspore" and args.token_ops
+                                               else [])
+                for variant in variants:
                     if fw == "mindspore":
-                        sec = bench_mindspore(name, batch, variant == "ppt", args.runs, args.warmup, args.dtype,
-                                              args.mode)
+                        runners[(fw, variant)] = mindspore_runner(name, batch, variant, args.dtype, args.mode)
                     else:
-                        sec = bench_pytorch(name, batch, variant == "ppt", args.runs, args.warmup, args.dtype,
-                                            args.device)
-                    rows.append({"model": name, "framework": fw, "variant": variant, "batch_size": batch,
-                                 "images_per_s": batch / sec, "latency_ms": 1000 * sec})
-                    print(f"  {name} {fw:9s} {variant:5s} batch {batch:3d}: {1000 * sec:8.1f} ms", file=sys.stderr)
-                if fw == "mindspore" and args.token_ops:
-                    sec = bench_mindspore(name, batch, True, args.runs, args.warmup, args.dtype, args.mode,
-                                          ablate_token_ops=True)
-                    rows.append({"model": name, "framework": fw, "variant": "ppt_without_token_ops",
-                                 "batch_size": batch, "images_per_s": batch / sec, "latency_ms": 1000 * sec})
+                        runners[(fw, variant)] = pytorch_runner(name, batch, variant, args.dtype, args.device)
+            for (fw, variant), sec in time_interleaved(runners, args.runs, args.warmup).items():
+                rows.append({"model": name, "framework": fw, "variant": variant, "batch_size": batch,
+                             "images_per_s": batch / sec, "latency_ms": 1000 * sec})
+                print(f"  {name} {fw:9s} {variant:21s} batch {batch:3d}: {1000 * sec:8.1f} ms", file=sys.stderr)
     print(format_table(rows))
     if args.output_json:
         report = {"rows": rows, "config": vars(args), "seconds": time.time() - started, "machine": machine()}
