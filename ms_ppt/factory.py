@@ -66,9 +66,9 @@ def run_with_trace(model: VisionTransformer, images: np.ndarray):
     """Run a model built with trace=True: (logits [B, classes], traces, source [B, N, N0] or None)."""
     if not model.trace:
         raise ValueError("run_with_trace needs a model created with trace=True")
-    logits, records, source = model(ms.Tensor(images, model.cls_token.dtype))
-    return (logits.asnumpy(), traces_from_outputs(model, records),
-            None if source is None else source.asnumpy())
+    outputs = model(ms.Tensor(images, model.cls_token.dtype))
+    source = outputs[2].asnumpy() if model.trace_source else None
+    return outputs[0].asnumpy(), traces_from_outputs(model, outputs[1]), source
 
 
 def _register_with_mindcv() -> None:

@@ -118,8 +118,14 @@ class GELU(nn.Cell):
         self.fast = kernels.gelu_op() if custom_kernels else None
         self.use_fast = self.fast is not None
 
+    def drop_fast_kernel(self) -> None:
+        """For float16/float64 models: the kernel is float32-only, and even an untaken branch holding it would be
+        type-checked at graph compilation."""
+        self.fast = None
+        self.use_fast = False
+
     def construct(self, x):
-        if self.use_fast and x.dtype == ms.float32:
+        if self.use_fast:
             return self.fast(x)
         return self.exact(x)
 
@@ -173,7 +179,8 @@ class Block(nn.Cell):
 
 
 class VisionTransformer(nn.Cell):
-    """ViT/DeiT classifier with PPT. `construct(images)` returns logits, or (logits, trace, source) with trace on."""
+    """ViT/DeiT classifier with PPT. `construct(images)` returns logits; with trace on (logits, records), plus the
+    source map with trace_source."""
 
     def __init__(self, arch: ArchConfig, ppt_cfg: Optional[PPTConfig] = None, trace: bool = False,
                  custom_kernels: Optional[bool] = None):
@@ -218,14 +225,20 @@ class VisionTransformer(nn.Cell):
             records = records + record
         x = self.norm(x)
         logits = self.head(x[:, 0])
-        if self.trace:
+        if self.trace and self.trace_source:
             return logits, records, source
+        if self.trace:  # no None output: with a Custom op in the graph, MindSpore 2.10 fails to infer it
+            return logits, records
         return logits
 
     def to_dtype(self, dtype) -> "VisionTransformer":
         """Cast every parameter (float16 keeps LayerNorm's internal maths in float32)."""
         for p in self.get_parameters():
             p.set_dtype(dtype)
+        if dtype != ms.float32:
+            for _, cell in self.cells_and_names():
+                if isinstance(cell, GELU):
+                    cell.drop_fast_kernel()
         return self
 
 

@@ -122,9 +122,9 @@ def format_report(r: dict) -> str:
     a, b = r["names"]
     lines = [f"images: {r['num_images']}   identical traces: {r['images_with_identical_traces']}",
              f"block | policy agree | selection agree | pooled {a} | pooled {b}"]
-    for b in r["per_block"]:
-        lines.append(f"{b['block']:5d} | {b['policy_agree']:5d}/{b['images']:<6d} | {b['selection_agree']:6d}/"
-                     f"{b['images']:<8d} | {b['pooled_a']:9d} | {b['pooled_b']:9d}")
+    for row in r["per_block"]:
+        lines.append(f"{row['block']:5d} | {row['policy_agree']:5d}/{row['images']:<6d} | "
+                     f"{row['selection_agree']:6d}/{row['images']:<8d} | {row['pooled_a']:9d} | {row['pooled_b']:9d}")
     lines.append(f"policy disagreements: {r['policy_disagreements']}   selection disagreements: "
                  f"{r['selection_disagreements']}   unexplained: {r['unexplained_disagreements']}")
     for d in r["disagreements"]:
