@@ -1,4 +1,6 @@
 """ms_ppt's compiled CPU kernels: same results as MindSpore's kernels, and a clean fallback."""
+import os
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -40,5 +42,19 @@ def test_missing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
     try:
         with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
             assert kernels.build("gelu_cpu") is None
+    finally:
+        kernels.build.cache_clear()
+
+
+def test_kernel_builds_from_source_into_an_empty_cache(monkeypatch, tmp_path):
+    import shutil
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ on this machine: the fallback is tested above")
+    monkeypatch.setenv("MS_PPT_CACHE", str(tmp_path))
+    kernels.build.cache_clear()
+    try:
+        path = kernels.build("gelu_cpu")
+        assert path is not None and path.startswith(str(tmp_path)) and path.endswith(".so")
+        assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(path)]  # no temporary left behind
     finally:
         kernels.build.cache_clear()
