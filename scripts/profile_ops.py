@@ -3,8 +3,9 @@
 
     python scripts/profile_ops.py --model deit_small_patch16_224 --batch-size 8
 
-Each op is compiled alone and timed (median of --runs after warm-up) on the same input arrays in both
-frameworks; the table gives milliseconds per call, the ratio, and the per-forward total (x depth, dense).
+Each op is compiled alone and timed on the same input arrays in both frameworks, the two timed alternately
+(median of --runs after warm-up; both include fetching the result to a NumPy array). The table gives
+milliseconds per call, the ratio, and the per-forward total (x depth, dense).
 """
 import argparse
 import sys
@@ -17,15 +18,18 @@ import numpy as np
 from ppt_common.config import MODEL_CONFIGS, get_arch
 
 
-def median_ms(fn, runs, warmup=3):
+def median_ms_interleaved(fn_a, fn_b, runs, warmup=3):
+    """Median milliseconds of two calls timed alternately, so machine drift does not bias their ratio."""
     for _ in range(warmup):
-        fn()
-    times = []
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
     for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times_a)), 1000 * float(np.median(times_b))
 
 
 def ops_table(arch, batch):
@@ -33,7 +37,7 @@ def ops_table(arch, batch):
     import mindspore as ms
     import torch
     from mindspore import nn, ops
-    from ms_ppt.vision_transformer import LayerNorm
+    from ms_ppt.vision_transformer import GELU, LayerNorm
     B, N, C, H = batch, arch.num_tokens, arch.embed_dim, arch.num_heads
     d, hidden = C // H, arch.mlp_hidden
     rng = np.random.RandomState(0)
@@ -64,11 +68,15 @@ def ops_table(arch, batch):
             return a.reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4) * 1.0
 
     ln = LayerNorm(C)
+    dense_qkv = nn.Dense(C, 3 * C, has_bias=False)
+    dense_qkv.weight.set_data(ms.Tensor(w_qkv))
     gelu_kernel = nn.GELU(approximate=False)
     T = ms.Tensor
     tt = torch.from_numpy
     return [
-        ("qkv linear", 1, Linear(), (T(x), T(w_qkv)),
+        ("qkv linear (nn.Dense)", 1, dense_qkv, (T(x),),
+         lambda a: torch.nn.functional.linear(a, tt(w_qkv)), (tt(x),)),
+        ("qkv linear (matmul)", 1, Linear(), (T(x), T(w_qkv)),
          lambda a, w: torch.nn.functional.linear(a, w), (tt(x), tt(w_qkv))),
         ("q @ k^T", 1, QK(), (T(q), T(k)),
          lambda a, b: a @ b.transpose(-2, -1), (tt(q), tt(k))),
@@ -76,7 +84,9 @@ def ops_table(arch, batch):
         ("attn @ v", 1, AV(), (T(att), T(k)), lambda a, b: a @ b, (tt(att), tt(k))),
         ("fc1 linear", 1, Linear(), (T(x), T(w_fc1)),
          lambda a, w: torch.nn.functional.linear(a, w), (tt(x), tt(w_fc1))),
-        ("GELU (exact)", 1, gelu_kernel, (T(h),),
+        ("GELU (exact), MindSpore kernel", 1, gelu_kernel, (T(h),),
+         lambda a: torch.nn.functional.gelu(a), (tt(h),)),
+        ("GELU (exact), ms_ppt kernel", 1, GELU(custom_kernels=True), (T(h),),
          lambda a: torch.nn.functional.gelu(a), (tt(h),)),
         ("LayerNorm", 2, ln, (T(x),),
          lambda a: torch.nn.functional.layer_norm(a, (C,), eps=1e-6), (tt(x),)),
@@ -101,8 +111,8 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     with torch.no_grad():
         for name, calls, cell, ms_in, pt_fn, pt_in in ops_table(arch, args.batch_size):
-            t_ms = median_ms(lambda: cell(*ms_in).asnumpy(), args.runs)
-            t_pt = median_ms(lambda: pt_fn(*pt_in).numpy(), args.runs)
+            t_ms, t_pt = median_ms_interleaved(lambda: cell(*ms_in).asnumpy(), lambda: pt_fn(*pt_in).numpy(),
+                                               args.runs)
             print(f"| {name} | {t_ms:.2f} | {t_pt:.2f} | {t_ms / t_pt:.1f}x | {t_ms * calls * arch.depth:.0f} |")
     return 0
 
