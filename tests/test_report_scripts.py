@@ -1,0 +1,60 @@
+"""benchmark.py, parity.py and float16_report.py as a user runs them: outputs and bad arguments."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DEIT_TINY, FOOLBOX, ROOT, need_shared_data
+
+
+def run(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_benchmark_writes_rows_for_both_frameworks_and_variants(tmp_path):
+    out = tmp_path / "bench.json"
+    res = run("benchmark.py", "--models", "deit_tiny_patch16_224", "--batch-sizes", "1", "--runs", "2",
+              "--warmup", "1", "--token-ops", "--output-json", out)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["framework"], r["variant"]) for r in rows} == {
+        ("mindspore", "dense"), ("mindspore", "ppt"), ("mindspore", "ppt_without_token_ops"),
+        ("pytorch", "dense"), ("pytorch", "ppt")}
+    for r in rows:
+        assert r["batch_size"] == 1 and r["images_per_s"] > 0 and r["latency_ms"] > 0
+    assert "PPT speed-up" in res.stdout and "MindSpore / PyTorch" in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "resnet50"], "unknown model"),
+    (["--batch-sizes", "0"], "must be positive"),
+    (["--output-json", "/nonexistent/dir/b.json"], "output folder does not exist"),
+])
+def test_benchmark_bad_arguments(args, message):
+    res = run("benchmark.py", *args)
+    assert res.returncode == 2 and message in res.stderr
+
+
+def test_parity_script_reports_the_promised_keys(tmp_path):
+    need_shared_data()
+    out = tmp_path / "parity.json"
+    res = run("parity.py", "--checkpoint", DEIT_TINY, "--data-path", FOOLBOX, "--limit", "6", "--batch-size", "3",
+              "--mode", "pynative", "--quiet", "--output-json", out)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    for key in ("num_images", "policy_disagreements", "selection_disagreements", "unexplained_disagreements",
+                "max_abs_logit_diff", "top1_pt", "top1_ms", "prediction_differences"):
+        assert key in report
+    assert report["num_images"] == 6 and report["unexplained_disagreements"] == 0
+    assert report["max_abs_logit_diff"] < 1e-9  # float64 by default
+    assert "identical traces: 6" in res.stdout
+
+
+def test_parity_and_float16_scripts_refuse_bad_input(tmp_path):
+    res = run("parity.py", "--data-path", tmp_path / "missing", "--quiet")
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    res = run("float16_report.py", "--checkpoint", tmp_path / "missing.pth", "--quiet")
+    assert res.returncode == 2 and "checkpoint not found" in res.stderr
