@@ -114,10 +114,10 @@ def reduce_tokens(x, scores, metric, size, r, threshold, source=None):
     return x_out, size_out, source, (pooling, variance, scores, node_max, dest, size_out)
 
 
-def initial_source(x):
+def initial_source(batch_size, num_tokens, like):
     """Identity source map [B, N0, N0]: every token is its own patch."""
-    B, N, _ = x.shape
-    return ops.broadcast_to(ops.eye(N, N, x.dtype)[None], (B, N, N))
+    eye = ops.eye(num_tokens, num_tokens, like.dtype)
+    return ops.broadcast_to(eye[None], (batch_size, num_tokens, num_tokens))
 
 
 def proportional_bias(size):

@@ -219,7 +219,7 @@ class VisionTransformer(nn.Cell):
         cls = ops.broadcast_to(self.cls_token, (B, 1, x.shape[2]))
         x = ops.concat([cls, x], 1) + self.pos_embed
         size = ops.ones((B, x.shape[1], 1), _accum_dtype(x.dtype))
-        source = ppt.initial_source(x) if self.trace_source else None
+        source = ppt.initial_source(B, x.shape[1], x) if self.trace_source else None
         records = ()
         for blk in self.blocks:
             x, size, source, record = blk(x, size, source)

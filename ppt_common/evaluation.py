@@ -223,10 +223,11 @@ def write_outputs(args, report: dict, metrics: Metrics, policies: np.ndarray) ->
 
 
 def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, pp_blocks: List[int],
-                 seconds_per_batch: float, timing_batch: int, skipped: List[str], extra_config: dict) -> dict:
+                 seconds_per_batch: float, skipped: List[str], extra_config: dict) -> dict:
     arch = get_arch(args.model)
     cfg = ppt_config(args)
     result = metrics.result()
+    timing_batch = args.batch_size  # throughput is timed on one batch of the evaluation's batch size
     report = {
         "framework": framework,
         "demo": is_demo(args),
@@ -253,8 +254,7 @@ def finish(args, framework: str, metrics: Metrics, pp_blocks: List[int], seconds
            skipped: List[str], extra_config: dict) -> dict:
     """Build the report, write the requested outputs, return the report."""
     policies = metrics.policy_matrix(len(pp_blocks))
-    report = build_report(args, framework, metrics, policies, pp_blocks, seconds_per_batch, args.batch_size,
-                          skipped, extra_config)
+    report = build_report(args, framework, metrics, policies, pp_blocks, seconds_per_batch, skipped, extra_config)
     write_outputs(args, report, metrics, policies)
     return report
 

@@ -131,10 +131,6 @@ def compare_traces(a: List[BlockTrace], b: List[BlockTrace], rtol: float = 1e-9,
     return diffs
 
 
-def policy_counts(traces: List[BlockTrace]) -> List[Dict[str, int]]:
-    return [{"block": t.block, "pooled": int(t.policy.sum()), "pruned": int((1 - t.policy).sum())} for t in traces]
-
-
 def prune_margin(t: BlockTrace, i: int, other_kept: np.ndarray = None) -> float:
     """Score gap where two prune orders part: at the first position where `other_kept` differs (two tokens
     swapped), or at the cut (last kept minus first dropped) when no other order is given."""

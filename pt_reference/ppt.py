@@ -135,10 +135,10 @@ def reduce_tokens(x, scores, metric, size, r, threshold, source=None, block=-1, 
     return x_out, size_out, source_out, trace
 
 
-def initial_source(x: torch.Tensor) -> torch.Tensor:
+def initial_source(batch_size: int, num_tokens: int, like: torch.Tensor) -> torch.Tensor:
     """Identity source map [B, N0, N0]: every token is its own patch."""
-    B, N, _ = x.shape
-    return torch.eye(N, dtype=x.dtype, device=x.device)[None].expand(B, N, N).contiguous()
+    eye = torch.eye(num_tokens, dtype=like.dtype, device=like.device)
+    return eye[None].expand(batch_size, num_tokens, num_tokens).contiguous()
 
 
 def proportional_bias(size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -73,7 +73,7 @@ class PPTVisionTransformer(VisionTransformer):
         info["source"] = None
         if cfg.trace_source:
             n0 = self.patch_embed.num_patches + self.num_prefix_tokens
-            info["source"] = torch.eye(n0, dtype=x.dtype, device=x.device)[None].expand(x.shape[0], n0, n0)
+            info["source"] = ppt.initial_source(x.shape[0], n0, x)
         return super().forward(x, *args, **kwargs)
 
     @property
