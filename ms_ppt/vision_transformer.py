@@ -142,6 +142,32 @@ class Mlp(nn.Cell):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class TokenReduction(nn.Cell):
+    """PPT's reduction of a PP block: ppt.reduce_tokens as graph ops, or in float32 on CPU one compiled kernel
+    (kernels/ppt_reduce_cpu.cc) that takes the same decisions with ~60 fewer ops and only the policy each image
+    takes. The graph path stays the reference: float64, float16, other backends and MindIR export use it."""
+
+    def __init__(self, r: int, threshold: float, custom_kernels: bool):
+        super().__init__()
+        self.r = r
+        self.threshold = threshold
+        self.threshold_tensor = Tensor([threshold], ms.float32)
+        self.fused = kernels.ppt_reduce_op(r) if custom_kernels else None
+        self.use_fused = self.fused is not None
+
+    def drop_fast_kernel(self) -> None:
+        self.fused = None
+        self.use_fused = False
+
+    def construct(self, x, scores, metric, size, source):
+        if self.use_fused:
+            x, size, dest, pooling, variance, node_max = self.fused(x, scores, metric, size, self.threshold_tensor)
+            if source is not None:
+                source = ppt.apply_dest(source, dest, x.shape[1])
+            return x, size, source, (pooling, variance, scores, node_max, dest, size)
+        return ppt.reduce_tokens(x, scores, metric, size, self.r, self.threshold, source)
+
+
 class Block(nn.Cell):
     """Pre-norm block; a PP block reduces tokens between the attention residual and the MLP."""
 
@@ -149,9 +175,7 @@ class Block(nn.Cell):
                  custom_kernels: bool):
         super().__init__()
         dim = arch.embed_dim
-        self.r = plan.r
         self.reduces = plan.r > 0
-        self.threshold = float(ppt_cfg.threshold)
         self.merge_with_sizes = ppt_cfg.prop_attn  # with prop_attn off every PP block merges with unit sizes
         self.trace = trace
         self.trace_source = ppt_cfg.trace_source
@@ -159,6 +183,8 @@ class Block(nn.Cell):
         self.attn = Attention(dim, arch.num_heads, arch.qkv_bias, use_size=use_size, with_scores=self.reduces)
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, arch.mlp_hidden, custom_kernels)
+        if self.reduces:
+            self.reduction = TokenReduction(plan.r, float(ppt_cfg.threshold), custom_kernels)
 
     def construct(self, x, size, source):
         record = ()
@@ -168,9 +194,9 @@ class Block(nn.Cell):
             if not self.merge_with_sizes:
                 size = ops.ones_like(size)
             if self.trace_source:
-                x, size, source, raw = ppt.reduce_tokens(x, scores, metric, size, self.r, self.threshold, source)
+                x, size, source, raw = self.reduction(x, scores, metric, size, source)
             else:
-                x, size, _, raw = ppt.reduce_tokens(x, scores, metric, size, self.r, self.threshold)
+                x, size, _, raw = self.reduction(x, scores, metric, size, None)
             if self.trace:
                 record = (raw,)
         else:
@@ -238,7 +264,7 @@ class VisionTransformer(nn.Cell):
             p.set_dtype(dtype)
         if dtype != ms.float32:
             for _, cell in self.cells_and_names():
-                if isinstance(cell, GELU):
+                if isinstance(cell, (GELU, TokenReduction)):
                     cell.drop_fast_kernel()
         return self
 

@@ -6,14 +6,22 @@ import numpy as np
 import pytest
 from mindspore import nn
 
+import ms_ppt
+from conftest import DEIT_TINY
 from ms_ppt import kernels
-from ms_ppt.vision_transformer import GELU
+from ms_ppt.factory import run_with_trace
+from ms_ppt.vision_transformer import GELU, TokenReduction
+from ppt_common.trace import compare_traces
+
+
+def need_kernel(name):
+    if kernels.build(name) is None:
+        pytest.skip("no C++ compiler on this machine: the model uses MindSpore's own ops (tested everywhere else)")
 
 
 def test_gelu_kernel_matches_exact_gelu_to_float32_accuracy():
     from scipy.special import erfc
-    if kernels.build("gelu_cpu") is None:
-        pytest.skip("no C++ compiler on this machine: the model uses MindSpore's GELU (tested everywhere else)")
+    need_kernel("gelu_cpu")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     x = np.concatenate([np.linspace(-12, 12, 100001), np.random.RandomState(0).randn(50000) * 3]).astype(np.float32)
     fast = GELU(custom_kernels=True)
@@ -58,3 +66,78 @@ def test_kernel_builds_from_source_into_an_empty_cache(monkeypatch, tmp_path):
         assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(path)]  # no temporary left behind
     finally:
         kernels.build.cache_clear()
+
+
+def reduction_inputs(rng, batch=6, n=27, c=8, d=5):
+    """Random block inputs with the traps in them: equal scores, duplicated merge-metric rows (equal
+    similarities), and token sizes above 1."""
+    x = rng.randn(batch, n, c)
+    scores = rng.rand(batch, n)
+    scores[:, 5] = scores[:, 9] = scores[:, 12]  # three-way tie
+    scores[:, 1:] /= scores[:, 1:].sum(-1, keepdims=True)
+    scores[:, 0] = 2.0
+    metric = rng.randn(batch, n, d)
+    metric[:, 6] = metric[:, 4]  # A tokens 4 and 6: equal node_max, so a tie in the merge order
+    metric[:, 7] = metric[:, 3]  # B tokens 3 and 7: two equally good partners for A token 2
+    metric[:, 2] = metric[:, 3]
+    size = rng.randint(1, 5, size=(batch, n, 1))
+    return [ms.Tensor(a.astype(np.float32)) for a in (x, scores, metric, size)]
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_fused_reduction_takes_the_graph_reductions_decisions(mode, rng):
+    """The compiled reduction against ppt.reduce_tokens in float32: same policies, same dest maps, same sizes,
+    and the same merged tokens up to float32 rounding, in a batch that mixes both policies."""
+    need_kernel("ppt_reduce_cpu")
+    ms.set_context(mode=mode)
+    x, scores, metric, size = reduction_inputs(rng)
+    variances = np.var(scores.asnumpy()[:, 1:], axis=1, ddof=1)
+    threshold = float(np.median(variances))  # half the images pool, half prune
+    fused, graph = TokenReduction(8, threshold, True), TokenReduction(8, threshold, False)
+    assert fused.use_fused and not graph.use_fused
+    got = [t.asnumpy() for t in fused(x, scores, metric, size, None)[3]]
+    want = [t.asnumpy() for t in graph(x, scores, metric, size, None)[3]]
+    pooling, variance, _, node_max, dest, size_out = got
+    assert set(pooling.tolist()) == {0, 1}
+    np.testing.assert_array_equal(pooling, want[0].astype(np.int32))
+    np.testing.assert_allclose(variance, want[1], rtol=1e-5)
+    np.testing.assert_array_equal(dest, want[4])
+    np.testing.assert_array_equal(size_out, want[5])
+    pooled = pooling == 1
+    np.testing.assert_allclose(node_max[pooled], want[3][pooled], rtol=1e-6)
+    assert np.isnan(node_max[~pooled]).all()
+    x_fused = fused(x, scores, metric, size, None)[0].asnumpy()
+    x_graph = graph(x, scores, metric, size, None)[0].asnumpy()
+    np.testing.assert_array_equal(x_fused[~pooled], x_graph[~pooled])  # pruning copies tokens exactly
+    np.testing.assert_allclose(x_fused[pooled], x_graph[pooled], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_reduction_keeps_tied_tokens_in_position_order():
+    need_kernel("ppt_reduce_cpu")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    scores = np.array([[2.0, 0.1, 0.3, 0.1, 0.3, 0.2]], np.float32)
+    x = np.arange(6 * 2, dtype=np.float32).reshape(1, 6, 2)
+    fused = TokenReduction(2, 0.0, True)  # threshold 0: prune
+    out, size, _, (pooling, _, _, _, dest, _) = fused(ms.Tensor(x), ms.Tensor(scores), ms.Tensor(x),
+                                                      ms.Tensor(np.ones((1, 6, 1), np.float32)), None)
+    assert pooling.asnumpy().tolist() == [0]
+    assert dest.asnumpy()[0].tolist() == [0, -1, 1, -1, 2, 3]  # kept: CLS, 2, 4 (tie, earlier first), 5
+    np.testing.assert_array_equal(out.asnumpy()[0], x[0, [0, 2, 4, 5]])
+
+
+def test_float32_model_with_fused_reduction_equals_graph_reduction(real_images):
+    """Real DeiT-Tiny, paper settings, mixed batch: the fused kernel and the graph ops give identical traces and
+    source maps, and logits within float32 noise."""
+    need_kernel("ppt_reduce_cpu")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x = real_images[0][:24]
+    runs = []
+    for custom in (True, False):
+        model = ms_ppt.create_model("deit_tiny_patch16_224", checkpoint=DEIT_TINY, trace=True, trace_source=True,
+                                    custom_kernels=custom)
+        runs.append(run_with_trace(model, x))
+    (logits_a, traces_a, source_a), (logits_b, traces_b, source_b) = runs
+    assert {0, 1} <= set(np.concatenate([t.policy for t in traces_a]).tolist())
+    assert compare_traces(traces_a, traces_b, rtol=1e-5, atol=1e-7) == []
+    np.testing.assert_array_equal(source_a, source_b)
+    np.testing.assert_allclose(logits_a, logits_b, rtol=0, atol=1e-4)

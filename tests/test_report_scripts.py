@@ -21,11 +21,13 @@ def test_benchmark_writes_rows_for_both_frameworks_and_variants(tmp_path):
     assert res.returncode == 0, res.stderr
     rows = json.loads(out.read_text())["rows"]
     assert {(r["framework"], r["variant"]) for r in rows} == {
-        ("mindspore", "dense"), ("mindspore", "ppt"), ("mindspore", "ppt_without_token_ops"),
+        ("mindspore", "dense"), ("mindspore", "ppt"), ("mindspore", "ppt_graph_reduction"),
+        ("mindspore", "ppt_without_token_ops"),
         ("pytorch", "dense"), ("pytorch", "ppt")}
     for r in rows:
         assert r["batch_size"] == 1 and r["images_per_s"] > 0 and r["latency_ms"] > 0
     assert "PPT speed-up" in res.stdout and "MindSpore / PyTorch" in res.stdout
+    assert "graph-op reduction" in res.stdout and "token ops" in res.stdout
 
 
 @pytest.mark.parametrize("args, message", [
