@@ -76,7 +76,8 @@ class PatchEmbed(nn.Cell):
 
 
 class Attention(nn.Cell):
-    """Multi-head self-attention; with `with_scores` it also returns importance scores and the merge metric."""
+    """Multi-head self-attention; with `with_scores` it also returns what PPT's scores and merge metric are made
+    of: the attention map, v and k (float32 for float16 models)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_size: bool, with_scores: bool):
         super().__init__()
@@ -101,8 +102,7 @@ class Attention(nn.Cell):
         out = ops.matmul(attn.astype(x.dtype), v).transpose(0, 2, 1, 3).reshape(B, N, C)
         out = self.proj(out)
         if self.with_scores:
-            scores = ppt.importance_scores(attn, v.astype(accum))
-            return out, scores, k.astype(accum).mean(1)
+            return out, attn, v.astype(accum), k.astype(accum)
         return out
 
 
@@ -143,9 +143,10 @@ class Mlp(nn.Cell):
 
 
 class TokenReduction(nn.Cell):
-    """PPT's reduction of a PP block: ppt.reduce_tokens as graph ops, or in float32 on CPU one compiled kernel
-    (kernels/ppt_reduce_cpu.cc) that takes the same decisions with ~60 fewer ops and only the policy each image
-    takes. The graph path stays the reference: float64, float16, other backends and MindIR export use it."""
+    """PPT's reduction of a PP block: importance scores, merge metric (k averaged over heads) and
+    ppt.reduce_tokens as graph ops, or in float32 on CPU one compiled kernel (kernels/ppt_reduce_cpu.cc) taking
+    the same decisions in one op instead of ~75, for only the policy each image takes. The graph ops stay the
+    reference: float64, float16, other backends and MindIR export use them."""
 
     def __init__(self, r: int, threshold: float, custom_kernels: bool):
         super().__init__()
@@ -159,13 +160,15 @@ class TokenReduction(nn.Cell):
         self.fused = None
         self.use_fused = False
 
-    def construct(self, x, scores, metric, size, source):
+    def construct(self, x, attn, v, k, size, source):
         if self.use_fused:
-            x, size, dest, pooling, variance, node_max = self.fused(x, scores, metric, size, self.threshold_tensor)
+            x, size, dest, pooling, variance, scores, node_max = self.fused(x, attn, v, k, size,
+                                                                            self.threshold_tensor)
             if source is not None:
                 source = ppt.apply_dest(source, dest, x.shape[1])
             return x, size, source, (pooling, variance, scores, node_max, dest, size)
-        return ppt.reduce_tokens(x, scores, metric, size, self.r, self.threshold, source)
+        scores = ppt.importance_scores(attn, v)
+        return ppt.reduce_tokens(x, scores, k.mean(1), size, self.r, self.threshold, source)
 
 
 class Block(nn.Cell):
@@ -189,14 +192,14 @@ class Block(nn.Cell):
     def construct(self, x, size, source):
         record = ()
         if self.reduces:
-            x_attn, scores, metric = self.attn(self.norm1(x), size)
+            x_attn, attn, v, k = self.attn(self.norm1(x), size)
             x = x + x_attn
             if not self.merge_with_sizes:
                 size = ops.ones_like(size)
             if self.trace_source:
-                x, size, source, raw = self.reduction(x, scores, metric, size, source)
+                x, size, source, raw = self.reduction(x, attn, v, k, size, source)
             else:
-                x, size, _, raw = self.reduction(x, scores, metric, size, None)
+                x, size, _, raw = self.reduction(x, attn, v, k, size, None)
             if self.trace:
                 record = (raw,)
         else:

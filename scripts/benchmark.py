@@ -22,9 +22,9 @@ from ppt_common.config import MODEL_CONFIGS, get_arch
 from ppt_common.evaluation import UsageError, atomic_write, fail
 
 
-def slice_instead_of_reduce(self, x, scores, metric, size, source):
+def slice_instead_of_reduce(self, x, attn, v, k, size, source):
     """Ablation of TokenReduction.construct: keep the first N-r tokens. Same shapes downstream, none of PPT's
-    token operations (the importance scores and merge metric, now unused, are left to the graph compiler)."""
+    token operations (scores, merge metric, variance, ranking, matching, merge)."""
     n_out = x.shape[1] - self.r
     return x[:, :n_out], size[:, :n_out], source, ()
 

@@ -68,59 +68,70 @@ def test_kernel_builds_from_source_into_an_empty_cache(monkeypatch, tmp_path):
         kernels.build.cache_clear()
 
 
-def reduction_inputs(rng, batch=6, n=27, c=8, d=5):
-    """Random block inputs with the traps in them: equal scores, duplicated merge-metric rows (equal
-    similarities), and token sizes above 1."""
+def reduction_inputs(rng, batch=6, n=27, c=8, heads=3, dh=5):
+    """Random attention-block outputs with the traps in them: tokens with equal scores (same CLS attention and
+    same v), A tokens with equal best similarity and an A token with two equally good B partners (duplicated k
+    rows), and token sizes above 1."""
     x = rng.randn(batch, n, c)
-    scores = rng.rand(batch, n)
-    scores[:, 5] = scores[:, 9] = scores[:, 12]  # three-way tie
-    scores[:, 1:] /= scores[:, 1:].sum(-1, keepdims=True)
-    scores[:, 0] = 2.0
-    metric = rng.randn(batch, n, d)
-    metric[:, 6] = metric[:, 4]  # A tokens 4 and 6: equal node_max, so a tie in the merge order
-    metric[:, 7] = metric[:, 3]  # B tokens 3 and 7: two equally good partners for A token 2
-    metric[:, 2] = metric[:, 3]
+    logits = rng.randn(batch, heads, n, n)
+    logits[:, :, 0, [5, 9, 12]] = logits[:, :, 0, 12:13]
+    attn = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    v = rng.randn(batch, heads, n, dh)
+    v[:, :, [5, 9]] = v[:, :, 12:13]  # tokens 5, 9, 12: a three-way score tie
+    k = rng.randn(batch, heads, n, dh)
+    k[:, :, 6] = k[:, :, 4]  # A tokens 4 and 6: equal node_max, a tie in the merge order
+    k[:, :, 7] = k[:, :, 3]  # B tokens 3 and 7: two equally good partners for A token 2
+    k[:, :, 2] = k[:, :, 3]
     size = rng.randint(1, 5, size=(batch, n, 1))
-    return [ms.Tensor(a.astype(np.float32)) for a in (x, scores, metric, size)]
+    return [ms.Tensor(a.astype(np.float32)) for a in (x, attn, v, k, size)]
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
 def test_fused_reduction_takes_the_graph_reductions_decisions(mode, rng):
-    """The compiled reduction against ppt.reduce_tokens in float32: same policies, same dest maps, same sizes,
-    and the same merged tokens up to float32 rounding, in a batch that mixes both policies."""
+    """The compiled reduction against the graph ops in float32: same policies, same dest maps, same sizes, and
+    the same scores, variances, similarities and merged tokens up to float32 rounding, in a batch that mixes
+    both policies."""
     need_kernel("ppt_reduce_cpu")
     ms.set_context(mode=mode)
-    x, scores, metric, size = reduction_inputs(rng)
-    variances = np.var(scores.asnumpy()[:, 1:], axis=1, ddof=1)
+    inputs = reduction_inputs(rng)
+    fused, graph = TokenReduction(8, 1.0, True), TokenReduction(8, 1.0, False)
+    assert fused.use_fused and not graph.use_fused
+    variances = graph(*inputs, None)[3][1].asnumpy()
     threshold = float(np.median(variances))  # half the images pool, half prune
     fused, graph = TokenReduction(8, threshold, True), TokenReduction(8, threshold, False)
-    assert fused.use_fused and not graph.use_fused
-    got = [t.asnumpy() for t in fused(x, scores, metric, size, None)[3]]
-    want = [t.asnumpy() for t in graph(x, scores, metric, size, None)[3]]
-    pooling, variance, _, node_max, dest, size_out = got
+    x_fused, size_fused, _, got = fused(*inputs, None)
+    x_graph, _, _, want = graph(*inputs, None)
+    pooling, variance, scores, node_max, dest, size_out = [t.asnumpy() for t in got]
+    want = [t.asnumpy() for t in want]
     assert set(pooling.tolist()) == {0, 1}
     np.testing.assert_array_equal(pooling, want[0].astype(np.int32))
     np.testing.assert_allclose(variance, want[1], rtol=1e-5)
+    np.testing.assert_allclose(scores, want[2], rtol=1e-5)
+    assert (scores[:, 5] == scores[:, 12]).all() and (scores[:, 9] == scores[:, 12]).all()
     np.testing.assert_array_equal(dest, want[4])
     np.testing.assert_array_equal(size_out, want[5])
+    np.testing.assert_array_equal(size_fused.asnumpy(), size_out)
     pooled = pooling == 1
     np.testing.assert_allclose(node_max[pooled], want[3][pooled], rtol=1e-6)
     assert np.isnan(node_max[~pooled]).all()
-    x_fused = fused(x, scores, metric, size, None)[0].asnumpy()
-    x_graph = graph(x, scores, metric, size, None)[0].asnumpy()
+    x_fused, x_graph = x_fused.asnumpy(), x_graph.asnumpy()
     np.testing.assert_array_equal(x_fused[~pooled], x_graph[~pooled])  # pruning copies tokens exactly
     np.testing.assert_allclose(x_fused[pooled], x_graph[pooled], rtol=1e-6, atol=1e-6)
 
 
-def test_fused_reduction_keeps_tied_tokens_in_position_order():
+def test_fused_reduction_keeps_tied_tokens_in_position_order(rng):
     need_kernel("ppt_reduce_cpu")
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    scores = np.array([[2.0, 0.1, 0.3, 0.1, 0.3, 0.2]], np.float32)
-    x = np.arange(6 * 2, dtype=np.float32).reshape(1, 6, 2)
+    n, heads, dh = 6, 2, 3
+    attn = np.zeros((1, heads, n, n), np.float32)
+    attn[0, :, 0] = [0.0, 0.1, 0.3, 0.1, 0.3, 0.2]
+    v = np.ones((1, heads, n, dh), np.float32)  # equal ||v||: scores follow the CLS attention, ties included
+    x = np.arange(n * 2, dtype=np.float32).reshape(1, n, 2)
     fused = TokenReduction(2, 0.0, True)  # threshold 0: prune
-    out, size, _, (pooling, _, _, _, dest, _) = fused(ms.Tensor(x), ms.Tensor(scores), ms.Tensor(x),
-                                                      ms.Tensor(np.ones((1, 6, 1), np.float32)), None)
+    out, _, _, (pooling, _, scores, _, dest, _) = fused(
+        ms.Tensor(x), ms.Tensor(attn), ms.Tensor(v), ms.Tensor(v), ms.Tensor(np.ones((1, n, 1), np.float32)), None)
     assert pooling.asnumpy().tolist() == [0]
+    np.testing.assert_allclose(scores.asnumpy()[0], [2.0, 0.1, 0.3, 0.1, 0.3, 0.2], rtol=1e-6)
     assert dest.asnumpy()[0].tolist() == [0, -1, 1, -1, 2, 3]  # kept: CLS, 2, 4 (tie, earlier first), 5
     np.testing.assert_array_equal(out.asnumpy()[0], x[0, [0, 2, 4, 5]])
 

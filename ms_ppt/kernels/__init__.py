@@ -2,8 +2,8 @@
 
 Two kernels, both float32 (docs/performance.md has the measurements):
 - gelu_cpu.cc: exact-semantics GELU, 9x faster than MindSpore's CPU GELU at DeiT shapes;
-- ppt_reduce_cpu.cc: PPT's whole token reduction (policy, ranking, matching, merge) in one call, replacing ~60
-  small graph ops per PP block with the same decisions.
+- ppt_reduce_cpu.cc: PPT's whole token reduction (importance scores, policy, ranking, matching, merge) in one
+  call, replacing ~75 small graph ops per PP block with the same decisions.
 They are compiled with the host's g++ for this CPU
 (-march=native) into a cache folder keyed by source, flags and CPU model; without a compiler, or with
 MS_PPT_CUSTOM_KERNELS=0, models fall back to MindSpore's own kernels.
@@ -81,20 +81,21 @@ def gelu_op():
 
 
 def ppt_reduce_op(r: int):
-    """An ops.Custom computing ms_ppt.ppt.reduce_tokens on float32 CPU tensors for a fixed r, or None.
+    """An ops.Custom computing PPT's reduction (ppt.importance_scores, the merge metric, ppt.reduce_tokens) on
+    float32 CPU tensors for a fixed r, or None.
 
-    (x, scores, metric, size, threshold[1]) -> (x_out, size_out, dest int32, pooling int32, variance, node_max)
+    (x, attn, v, k, size, threshold[1]) -> (x_out, size_out, dest int32, pooling int32, variance, scores, node_max)
     """
     path = build("ppt_reduce_cpu")
     if path is None:
         return None
     from mindspore import int32, ops
 
-    def out_shape(x, scores, metric, size, threshold):
+    def out_shape(x, attn, v, k, size, threshold):
         B, N, C = x
-        return (B, N - r, C), (B, N - r, 1), (B, N), (B,), (B,), (B, (N + 1) // 2)
+        return (B, N - r, C), (B, N - r, 1), (B, N), (B,), (B,), (B, N), (B, (N + 1) // 2)
 
-    def out_dtype(x, scores, metric, size, threshold):
-        return x, x, int32, int32, x, x
+    def out_dtype(x, attn, v, k, size, threshold):
+        return x, x, int32, int32, x, x, x
 
     return ops.Custom(f"{path}:PptReduce", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
