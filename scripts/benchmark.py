@@ -5,8 +5,8 @@
 
 Protocol: random weights and fixed random images (speed does not depend on the weights; PPT's cost does not depend
 on the policy mix, both policies are computed); graphs compiled and --warmup calls discarded first; then --runs
-rounds, each running every variant once (interleaved, so machine drift does not bias the ratios); the median per
-variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise) inside each timed call.
+rounds, each running every variant once (interleaved, so machine drift does not bias the ratios) after a short
+pause (so one framework's spinning worker threads do not slow the next call); the median per variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise) inside each timed call.
 """
 import argparse
 import json
@@ -69,6 +69,11 @@ def pytorch_runner(name, batch, variant, dtype, device):
     return run
 
 
+# Pause before each timed call: PyTorch's OpenMP workers keep spinning for a few ms after a call and slow
+# whatever runs next (measured: a 4 ms MindSpore call took 11 ms right after a PyTorch call, 3.6 ms after 20 ms).
+SETTLE_S = 0.05
+
+
 def time_interleaved(runners: dict, runs: int, warmup: int) -> dict:
     """Median seconds per variant; every round runs each variant once, so drift on a busy machine hits all
     variants alike instead of biasing the ratios."""
@@ -78,6 +83,7 @@ def time_interleaved(runners: dict, runs: int, warmup: int) -> dict:
     times = {key: [] for key in runners}
     for _ in range(runs):
         for key, run in runners.items():
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             run()
             times[key].append(time.perf_counter() - start)

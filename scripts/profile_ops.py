@@ -4,7 +4,8 @@
     python scripts/profile_ops.py --model deit_small_patch16_224 --batch-size 8
 
 Each op is compiled alone and timed on the same input arrays in both frameworks, the two timed alternately
-(median of --runs after warm-up; both include fetching the result to a NumPy array). The table gives
+(median of --runs after warm-up, each call after a short pause so the other framework's spinning threads
+are idle; both include fetching the result to a NumPy array). The table gives
 milliseconds per call, the ratio, and the per-forward total (x depth, dense).
 """
 import argparse
@@ -15,6 +16,7 @@ import _bootstrap  # noqa: F401
 
 import numpy as np
 
+from benchmark import SETTLE_S
 from ppt_common.config import MODEL_CONFIGS, get_arch
 
 
@@ -26,6 +28,7 @@ def median_ms_interleaved(fn_a, fn_b, runs, warmup=3):
     times_a, times_b = [], []
     for _ in range(runs):
         for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
