@@ -3,10 +3,12 @@
 
     python scripts/benchmark.py --models deit_tiny_patch16_224 deit_small_patch16_224 --batch-sizes 8 1
 
-Protocol: random weights and fixed random images (speed does not depend on the weights; PPT's cost does not depend
-on the policy mix, both policies are computed); graphs compiled and --warmup calls discarded first; then --runs
-rounds, each running every variant once (interleaved, so machine drift does not bias the ratios) after a short
-pause (so one framework's spinning worker threads do not slow the next call); the median per variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise) inside each timed call.
+Protocol: random weights and fixed random images (speed does not depend on the weights; the policy mix does a
+little, since the fused CPU reduction computes only the policy each image takes: these inputs pool at blocks 3 and
+6 and mostly prune at block 9, like the real DeiT-Tiny on ImageNet photos). Graphs are compiled and --warmup calls
+discarded first; then --runs rounds, each running every variant once (interleaved, so machine drift does not bias
+the ratios) after a short pause (so one framework's spinning worker threads do not slow the next call); the median
+per variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise) inside each timed call.
 """
 import argparse
 import json
