@@ -7,6 +7,9 @@ on tensor values: the same graph compiles for GRAPH_MODE, PyNative and Ascend.
 
 Ties follow the stable policy of the spec: ranks are computed by counting (greater keys, plus equal keys at lower
 positions), which is deterministic on every backend, unlike sort kernels.
+
+These functions are the reference path. In float32 on CPU, vision_transformer.TokenReduction runs the same steps
+(importance_scores, the merge metric, reduce_tokens) as one compiled op, kernels/ppt_reduce_cpu.cc.
 """
 import mindspore as ms
 from mindspore import ops
