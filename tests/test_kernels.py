@@ -152,3 +152,27 @@ def test_float32_model_with_fused_reduction_equals_graph_reduction(real_images):
     assert compare_traces(traces_a, traces_b, rtol=1e-5, atol=1e-7) == []
     np.testing.assert_array_equal(source_a, source_b)
     np.testing.assert_allclose(logits_a, logits_b, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_models_with_different_r_coexist_in_one_process(mode):
+    """Each model keeps its own reduction, whatever was built and run before it (PyNative once reused the first
+    model's fused op for every later r: same logits for r=50, 30 and 10)."""
+    need_kernel("ppt_reduce_cpu")
+    ms.set_context(mode=mode)
+    x = np.random.RandomState(0).randn(2, 3, 224, 224).astype(np.float32)
+    models = {}
+    for r in (50, 30, 10, 50):
+        ms.set_seed(0)
+        fused = ms_ppt.create_model("deit_tiny_patch16_224", r=r, threshold=1e-4, trace=True)
+        reference = ms_ppt.create_model("deit_tiny_patch16_224", r=r, threshold=1e-4, trace=True,
+                                        custom_kernels=False)
+        reference.set_train(False)
+        ms_ppt.vision_transformer.params_from_numpy(reference, {p.name: p.asnumpy() for p in fused.get_parameters()})
+        logits, traces, _ = run_with_trace(fused, x)
+        expected, expected_traces, _ = run_with_trace(reference, x)
+        assert [t.r for t in traces] == [r, r, min(r, (197 - 2 * r - 1) // 2)]
+        assert compare_traces(traces, expected_traces, rtol=1e-5, atol=1e-6) == []
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
+        models.setdefault(r, logits)
+    assert not np.allclose(models[50], models[30]) and not np.allclose(models[30], models[10])

@@ -98,4 +98,9 @@ def ppt_reduce_op(r: int):
     def out_dtype(x, attn, v, k, size, threshold):
         return x, x, int32, int32, x, x, x
 
-    return ops.Custom(f"{path}:PptReduce", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
+    op = ops.Custom(f"{path}:PptReduce", out_shape=out_shape, out_dtype=out_dtype, func_type="aot")
+    # MindSpore caches an op's inferred shapes by primitive and attributes (PyNative reuses them across models),
+    # and r lives only in out_shape's closure: without r as an attribute, a second model with another r would
+    # get the first model's output shape and reduction.
+    op.add_prim_attr("r", r)
+    return op
