@@ -3,15 +3,24 @@ import os
 import sys
 
 
-def silence_mindspore_exit_noise() -> None:
-    """Call before importing mindspore: warnings-level C++ logs off, known exit-time AttributeError dropped."""
-    os.environ.setdefault("GLOG_v", "3")  # 3 = ERROR; MindSpore warns about eliminated side-effect nodes etc.
-    previous = sys.unraisablehook
+def is_exit_noise(unraisable) -> bool:
+    """MindSpore's Cell.__del__ running at interpreter exit, after the module globals it uses were cleared
+    (AttributeError "'NoneType' object has no attribute 'del_net_res'", or on Cell.total_instance_count)."""
+    where = getattr(unraisable.object, "__qualname__", "")
+    return where == "Cell.__del__" and isinstance(unraisable.exc_value, AttributeError)
 
-    def hook(unraisable):
-        if "total_instance_count" in repr(unraisable.exc_value):
-            return
+
+def _hook(unraisable, previous):
+    if not is_exit_noise(unraisable):
         previous(unraisable)
 
-    if getattr(sys.unraisablehook, "__name__", "") != "hook":
-        sys.unraisablehook = hook
+
+def silence_mindspore_exit_noise() -> None:
+    """Warnings-level C++ logs off (effective when called before importing mindspore); exit-time noise dropped."""
+    os.environ.setdefault("GLOG_v", "3")  # 3 = ERROR; MindSpore warns about eliminated side-effect nodes etc.
+    if getattr(sys.unraisablehook, "__name__", "") != "ms_ppt_unraisablehook":
+        previous = sys.unraisablehook
+
+        def ms_ppt_unraisablehook(unraisable):
+            _hook(unraisable, previous)
+        sys.unraisablehook = ms_ppt_unraisablehook
