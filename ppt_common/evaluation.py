@@ -22,7 +22,7 @@ from ppt_common.config import DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD,
 from ppt_common.imagenet import ImageError, find_images, preprocess_pil
 from ppt_common.macs import gmacs
 
-DEMO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ms_ppt", "demo")
+DEMO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ms_ppt", "demo-data")
 DEMO_MODEL = "deit_tiny_patch16_224"
 
 

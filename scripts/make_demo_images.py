@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate the demo sample shipped in ms_ppt/demo (procedural images: no licence questions).
+"""Regenerate the demo sample shipped in ms_ppt/demo-data (procedural images: no licence questions).
 
 Each class folder is an ImageNet WordNet id, so the demo exercises the real label mapping.
 """
@@ -8,7 +8,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ms_ppt", "demo", "val")
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ms_ppt", "demo-data", "val")
 CLASSES = ["n01440764", "n02123045", "n03028079", "n04037443", "n07747607", "n09472597"]
 
 
