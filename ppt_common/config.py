@@ -6,7 +6,11 @@ either side, and both derive the static token schedule (tokens in, r, tokens out
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Dict, List, Sequence, Tuple, Union
+
+import numpy as np
 
 RSpec = Union[int, Sequence[int], Tuple[int, float]]
 
@@ -76,7 +80,7 @@ def get_arch(name: str) -> ArchConfig:
 
 def is_schedule(r) -> bool:
     """True for a ToMe-style (r, inflection) pair, as opposed to a per-PP-block list."""
-    return isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], float)
+    return isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], (float, np.floating))
 
 
 def parse_r(num_layers: int, r: RSpec) -> List[int]:
@@ -95,9 +99,31 @@ def parse_r(num_layers: int, r: RSpec) -> List[int]:
     return [int(min_val + step * i) for i in range(num_layers)]
 
 
+def _integer(value, what: str) -> int:
+    """An int (NumPy integers too); bools, floats, strings and None are refused, not truncated or parsed."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _r_spec(r, num_pp: int) -> RSpec:
+    """r as an int, a tuple with one int per PP block, or a ToMe (int r, float inflection) pair."""
+    if is_schedule(r):
+        return (_integer(r[0], "r"), float(r[1]))
+    if isinstance(r, (str, bytes)) or not isinstance(r, (numbers.Integral, Sequence, np.ndarray)):
+        raise TypeError(f"r must be an int, one int per PP block, or an (r, inflection) pair; got {r!r}")
+    if isinstance(r, numbers.Integral) or (isinstance(r, np.ndarray) and r.ndim == 0):
+        return _integer(r.item() if isinstance(r, np.ndarray) else r, "r")
+    values = tuple(_integer(v, "each r value") for v in r)
+    if len(values) != num_pp:
+        raise ValueError(f"r lists {len(values)} values for {num_pp} PP blocks: give one value, or one per PP block")
+    return values
+
+
 @dataclasses.dataclass(frozen=True)
 class PPTConfig:
-    """PPT hyper-parameters; `r` is an int, a per-PP-block list, or a ToMe (r, inflection) schedule."""
+    """PPT hyper-parameters; `r` is an int, one int per PP block, or a ToMe (r, inflection) schedule. Values are
+    checked, never coerced: a wrong type is a TypeError, a wrong value a ValueError."""
     r: RSpec = DEFAULT_R
     pp_loc_list: Tuple[int, ...] = DEFAULT_PP_LOC_LIST
     threshold: float = DEFAULT_THRESHOLD
@@ -105,23 +131,30 @@ class PPTConfig:
     trace_source: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "pp_loc_list", tuple(int(i) for i in self.pp_loc_list))
-        if not isinstance(self.r, int) and not is_schedule(self.r):
-            r = tuple(int(v) for v in self.r)
-            if len(r) > len(self.pp_loc_list):
-                raise ValueError(f"r lists {len(r)} values for {len(self.pp_loc_list)} PP blocks")
-            object.__setattr__(self, "r", r)
-        if list(self.pp_loc_list) != sorted(set(self.pp_loc_list)):
-            raise ValueError(f"pp_loc_list must be strictly increasing block indices, got {list(self.pp_loc_list)}")
-        if self.threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
-        if (self.r[0] if is_schedule(self.r) else min(self.r, default=0) if isinstance(self.r, tuple) else self.r) < 0:
+        if isinstance(self.pp_loc_list, (str, bytes)) or not isinstance(self.pp_loc_list, (Sequence, np.ndarray)):
+            raise TypeError(f"pp_loc_list must be a sequence of block indices, got {self.pp_loc_list!r}")
+        pp_loc_list = tuple(_integer(i, "each pp_loc_list entry") for i in self.pp_loc_list)
+        object.__setattr__(self, "pp_loc_list", pp_loc_list)
+        object.__setattr__(self, "r", _r_spec(self.r, len(pp_loc_list)))
+        if list(pp_loc_list) != sorted(set(pp_loc_list)) or min(pp_loc_list, default=0) < 0:
+            raise ValueError(f"pp_loc_list must be strictly increasing block indices >= 0, got {list(pp_loc_list)}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, numbers.Real):
+            raise TypeError(f"threshold must be a number, got {self.threshold!r}")
+        if not math.isfinite(self.threshold) or self.threshold < 0:
+            raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold}")
+        object.__setattr__(self, "threshold", float(self.threshold))
+        for flag in ("prop_attn", "trace_source"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+            object.__setattr__(self, flag, bool(getattr(self, flag)))
+        r_values = [self.r[0]] if is_schedule(self.r) else list(self.r) if isinstance(self.r, tuple) else [self.r]
+        if min(r_values, default=0) < 0:
             raise ValueError(f"r must be >= 0, got {self.r}")
 
     def r_per_pp_block(self, depth: int) -> List[int]:
         """The i-th PP block takes the i-th value of the schedule over all blocks (the authors' `pop(0)`)."""
         if isinstance(self.r, tuple) and not is_schedule(self.r):
-            return parse_r(len(self.pp_loc_list), list(self.r))
+            return list(self.r)
         return parse_r(depth, self.r)[:len(self.pp_loc_list)]
 
 

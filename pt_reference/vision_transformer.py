@@ -120,7 +120,7 @@ def apply_ppt(model: VisionTransformer, r: RSpec = 50, pp_loc_list=(3, 6, 9), th
               prop_attn: bool = True, trace_source: bool = False, trace: bool = False) -> VisionTransformer:
     """Turn a timm ViT/DeiT into a PPT model in place (no new parameters) and return it."""
     check_supported(model)
-    cfg = PPTConfig(r=r, pp_loc_list=tuple(pp_loc_list), threshold=threshold, prop_attn=prop_attn,
+    cfg = PPTConfig(r=r, pp_loc_list=pp_loc_list, threshold=threshold, prop_attn=prop_attn,
                     trace_source=trace_source)
     if cfg.pp_loc_list and cfg.pp_loc_list[-1] >= len(model.blocks):
         raise ValueError(f"pp_loc_list {list(cfg.pp_loc_list)} names a block beyond the model's "

@@ -1,4 +1,5 @@
 """The r schedule, the static token trajectory, and the MAC counter."""
+import numpy as np
 import pytest
 
 from ppt_common.config import PPTConfig, get_arch, parse_r, token_schedule
@@ -18,7 +19,7 @@ def test_r_is_clamped_to_half_the_patches():
 
 
 def test_per_pp_block_list_and_tome_schedule():
-    assert PPTConfig(r=[40, 30], pp_loc_list=(3, 6, 9)).r_per_pp_block(12) == [40, 30, 0]
+    assert PPTConfig(r=[40, 30, 20], pp_loc_list=(3, 6, 9)).r_per_pp_block(12) == [40, 30, 20]
     # the authors pop a 12-long ToMe schedule, one value per PP block
     assert PPTConfig(r=(50, 0.5), pp_loc_list=(3, 6, 9)).r_per_pp_block(12) == parse_r(12, (50, 0.5))[:3]
     assert parse_r(4, (10, 1.0)) == [0, 6, 13, 20]
@@ -30,10 +31,35 @@ def test_per_pp_block_list_and_tome_schedule():
     (dict(threshold=-1.0), "threshold"),
     (dict(pp_loc_list=(6, 3)), "strictly increasing"),
     (dict(r=[1, 2, 3, 4], pp_loc_list=(3, 6, 9)), "4 values for 3 PP blocks"),
+    (dict(r=[40, 30], pp_loc_list=(3, 6, 9)), "2 values for 3 PP blocks"),  # never padded with zeros
+    (dict(threshold=float("nan")), "finite"),
+    (dict(threshold=float("inf")), "finite"),
+    (dict(pp_loc_list=(-1, 3)), ">= 0"),
 ])
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PPTConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(r="50"), "r must be an int"),  # not parsed as the list ['5', '0']
+    (dict(r=True), "r must be an integer"),
+    (dict(r=None), "r must be an int"),
+    (dict(r=[50, 49.5, 48]), "each r value must be an integer"),
+    (dict(pp_loc_list=(3.0, 6, 9)), "pp_loc_list entry must be an integer"),  # not truncated
+    (dict(pp_loc_list=None), "pp_loc_list must be a sequence"),
+    (dict(threshold="7e-5"), "threshold must be a number"),
+    (dict(prop_attn=1), "prop_attn must be True or False"),
+])
+def test_wrong_types_are_refused_not_coerced(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        PPTConfig(**kwargs)
+
+
+def test_numpy_integers_are_plain_integers():
+    cfg = PPTConfig(r=np.int64(30), pp_loc_list=np.array([3, 6, 9]), threshold=np.float32(1e-4))
+    assert cfg.r == 30 and cfg.pp_loc_list == (3, 6, 9) and type(cfg.r) is int
+    assert PPTConfig(r=np.array([3, 2, 1])).r == (3, 2, 1)
 
 
 def test_pp_block_beyond_depth_is_refused():
