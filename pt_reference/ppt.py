@@ -118,7 +118,7 @@ def reduce_tokens(x, scores, metric, size, r, threshold, source=None, block=-1, 
         src_pos, order = (2 * m.src_idx).sort(dim=-1)
         merge_src[pool_ids] = src_pos.cpu()
         merge_dst[pool_ids] = (2 * m.dst_idx.gather(-1, order) + 1).cpu()
-        node_max[pool_ids] = m.node_max.double().cpu()
+        node_max[pool_ids] = m.node_max.detach().double().cpu()
     if prune_ids.numel():
         sub_source = source[prune_ids] if source is not None else None
         xq, sq, srcq, keep = prune(x[prune_ids], scores[prune_ids], r, size[prune_ids], sub_source)
@@ -127,11 +127,13 @@ def reduce_tokens(x, scores, metric, size, r, threshold, source=None, block=-1, 
             source_out[prune_ids] = srcq
         kept[prune_ids] = keep.cpu()
     trace = None
-    if want_trace:
+    if want_trace:  # a record of decisions: detached, so tracing works inside a graph that needs gradients
+        def numpy64(t):
+            return t.detach().double().cpu().numpy()
         trace = BlockTrace(block=block, tokens_in=N, r=r, policy=pooling.cpu().numpy().astype(np.int8),
-                           variance=variance.double().cpu().numpy(), scores=scores.double().cpu().numpy(),
-                           node_max=node_max.numpy(), kept=kept.numpy(), merge_src=merge_src.numpy(),
-                           merge_dst=merge_dst.numpy(), sizes=size_out[..., 0].double().cpu().numpy())
+                           variance=numpy64(variance), scores=numpy64(scores), node_max=node_max.numpy(),
+                           kept=kept.numpy(), merge_src=merge_src.numpy(), merge_dst=merge_dst.numpy(),
+                           sizes=numpy64(size_out[..., 0]))
     return x_out, size_out, source_out, trace
 
 

@@ -44,6 +44,21 @@ def test_token_trajectory_on_a_real_forward():
     assert model.ppt_source.shape == (2, 49, 197)
 
 
+def test_tracing_works_where_gradients_flow():
+    """Outside torch.no_grad() (training, a saliency map) the trace is a detached record of the same forward."""
+    _, model = tiny_pair(threshold=1e9, trace=True, trace_source=True)
+    x = images(2).requires_grad_(True)
+    model(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    traced = model.ppt_trace
+    with torch.no_grad():
+        model(x)
+    assert [t.block for t in traced] == [3, 6, 9]
+    for a, b in zip(traced, model.ppt_trace):
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.merge_src, b.merge_src)
+
+
 @pytest.mark.parametrize("threshold, expected", [(0.0, {0}), (1e9, {1})])
 def test_threshold_forces_all_prune_or_all_pool(threshold, expected):
     _, model = tiny_pair(threshold=threshold, trace=True)
