@@ -6,10 +6,11 @@ are renamed into place, so a failure never leaves a half-written checkpoint behi
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Dict
 
 import numpy as np
+
+from ppt_common.files import atomic_write, check_output
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
 StateDict = Dict[str, np.ndarray]
@@ -89,32 +90,28 @@ def read_state_dict(path) -> StateDict:
     return {k: _to_float32(k, v) for k, v in raw.items()}
 
 
+def check_output_path(path, force: bool = False) -> str:
+    """Before any reading: the output's type is known and the file can be written (files.check_output)."""
+    if _suffix(path) not in (".ckpt", ".safetensors") + TORCH_SUFFIXES:
+        raise CheckpointError(f"{path}: unknown output type '{_suffix(path)}' (use .ckpt, .pth or .safetensors)")
+    return check_output(path, force)
+
+
 def write_state_dict(state: StateDict, path, force: bool = False) -> None:
     """Write .ckpt, .pth/.pt/.bin or .safetensors atomically; refuse to overwrite unless force."""
-    path = os.fspath(path)
+    path = check_output_path(path, force)
     suffix = _suffix(path)
-    if suffix not in (".ckpt", ".safetensors") + TORCH_SUFFIXES:
-        raise CheckpointError(f"{path}: unknown output type '{suffix}' (use .ckpt, .pth or .safetensors)")
-    if os.path.exists(path) and not force:
-        raise FileExistsError(f"{path} exists; pass --force (force=True) to overwrite")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"output folder does not exist: {folder}")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
+    if suffix != ".ckpt":
+        _need_torch(path)
+
+    def write(tmp):
         if suffix == ".ckpt":
             import mindspore as ms
             ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], tmp)
         elif suffix == ".safetensors":
-            _need_torch(path)
             from safetensors.numpy import save_file
             save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp)
         else:
-            _need_torch(path)
             import torch
             torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, write)

@@ -6,6 +6,8 @@ name to itself; what this module adds is certainty that every parameter is prese
 from __future__ import annotations
 
 import re
+
+import numpy as np
 from typing import Dict, Optional, Tuple
 
 from ppt_common.config import MODEL_CONFIGS, ArchConfig, get_arch
@@ -58,27 +60,53 @@ def infer_arch(state: StateDict) -> Tuple[Optional[str], ArchConfig]:
     return (sorted(names)[0] if names else None), arch
 
 
-def check_state(state: StateDict, arch: ArchConfig) -> None:
-    """Every parameter exactly once with the right shape; all problems listed by name in one error."""
+def check_state(state: StateDict, arch: ArchConfig, model: Optional[str] = None) -> None:
+    """Every parameter exactly once with the right shape, and finite; all problems in one (bounded) error."""
     want = expected_shapes(arch)
     missing = sorted(set(want) - set(state))
     unexpected = sorted(set(state) - set(want))
     wrong = [f"{k}: {tuple(state[k].shape)} vs {want[k]}" for k in sorted(set(want) & set(state))
              if tuple(state[k].shape) != want[k]]
     if missing or unexpected or wrong:
-        raise CheckpointError(describe_mismatch(missing, unexpected, wrong))
+        raise CheckpointError(describe_mismatch(missing, unexpected, wrong, model=model,
+                                                likely=_likely_architecture(state, arch)))
+    not_finite = [k for k, v in state.items() if not np.isfinite(v).all()]
+    if not_finite:
+        raise CheckpointError(f"checkpoint holds NaN or infinite values in {len(not_finite)} tensor(s): "
+                              f"{_first(not_finite)}; its predictions would be meaningless")
 
 
-def describe_mismatch(missing, unexpected, wrong) -> str:
-    """One message naming every missing, unexpected and mis-shaped key."""
+def _first(names, shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
+def _likely_architecture(state: StateDict, target: ArchConfig) -> Optional[str]:
+    """The registry name (or a description) of what the tensors hold, when it is not `target`."""
+    try:
+        name, arch = infer_arch(state)
+    except CheckpointError:
+        return None
+    if arch == target:
+        return None
+    return name or (f"a ViT with width {arch.embed_dim}, depth {arch.depth}, patch {arch.patch_size}, "
+                    f"image size {arch.img_size}")
+
+
+def describe_mismatch(missing, unexpected, wrong, model: Optional[str] = None, likely: Optional[str] = None) -> str:
+    """One message with the count and the first few names of each kind of problem, and what the checkpoint
+    looks like instead."""
     parts = []
     if missing:
-        parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        parts.append(f"{len(missing)} missing keys ({_first(missing)})")
     if unexpected:
-        parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        parts.append(f"{len(unexpected)} unexpected keys ({_first(unexpected)})")
     if wrong:
-        parts.append(f"wrong shapes ({len(wrong)}; checkpoint vs model): {', '.join(wrong)}")
-    return "checkpoint does not match the model: " + "; ".join(parts)
+        parts.append(f"{len(wrong)} tensors of the wrong shape, checkpoint vs model ({_first(wrong, 3)})")
+    target = f"the model {model}" if model else "the model"
+    message = f"checkpoint does not match {target}: " + "; ".join(parts)
+    if likely:
+        message += f". Its tensors look like {likely}"
+    return message
 
 
 def resolve_arch(state: StateDict, model: Optional[str] = None) -> Tuple[str, ArchConfig]:

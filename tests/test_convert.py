@@ -70,9 +70,12 @@ def test_missing_unexpected_and_misshaped_keys_are_listed_together(tmp_path, tin
 
 def test_model_mismatch_is_an_error_not_a_partial_load(tmp_path, tiny_state):
     torch.save(tiny_state, tmp_path / "tiny.pth")
-    with pytest.raises(CheckpointError, match="wrong shapes"):
+    with pytest.raises(CheckpointError) as e:
         convert.pt2ms(tmp_path / "tiny.pth", tmp_path / "x.ckpt", model="deit_small_patch16_224")
     assert os.listdir(tmp_path) == ["tiny.pth"]
+    message = str(e.value)  # a summary, not 150 shapes on one line
+    assert "151 tensors of the wrong shape" in message and "(148 more)" in message and len(message) < 600
+    assert message.endswith("look like deit_tiny_patch16_224")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -123,6 +126,10 @@ def test_cli_converts_and_reports_errors_with_exit_code(tmp_path, tiny_state):
     assert "Traceback" not in missing.stderr and "total_instance_count" not in missing.stderr
     no_dir = run_cli("ms2pt", tmp_path / "a.ckpt", tmp_path / "no" / "dir" / "a.pth")
     assert no_dir.returncode == 2 and "output folder does not exist" in no_dir.stderr
+    read_only = run_cli("ms2pt", tmp_path / "a.ckpt", "/proc/a.pth")
+    assert read_only.returncode == 2 and "not writable" in read_only.stderr and "Traceback" not in read_only.stderr
+    folder = run_cli("ms2pt", tmp_path / "a.ckpt", tmp_path)
+    assert folder.returncode == 2 and "Traceback" not in folder.stderr
 
 
 def test_real_deit_tiny_converts_and_gives_timm_logits(tmp_path):
