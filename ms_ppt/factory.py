@@ -1,6 +1,7 @@
 """create_model in the mindcv style, the model registry, and mindcv registration (`ppt_<name>`)."""
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -37,6 +38,9 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
         raise ValueError("no hosted weights are published for ms-ppt: pass checkpoint=PATH (an official DeiT .pth, "
                          "a timm state dict or .safetensors, or a MindSpore .ckpt)")
     arch = get_arch(name)
+    ppt_cfg = PPTConfig(r=r, pp_loc_list=pp_loc_list, threshold=threshold, prop_attn=prop_attn,
+                        trace_source=trace_source)  # checked before any slow checkpoint reading
+    dtype = resolve_dtype(dtype)
     state = None
     if checkpoint:
         from convert import load_checked
@@ -46,14 +50,28 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
         if state is not None:
             raise ValueError(f"num_classes={num_classes} but the checkpoint's head has {arch.num_classes} classes")
         arch = ArchConfig(**{**arch.__dict__, "num_classes": num_classes})
-    ppt_cfg = PPTConfig(r=r, pp_loc_list=tuple(pp_loc_list), threshold=threshold, prop_attn=prop_attn,
-                        trace_source=trace_source)
     model = VisionTransformer(arch, ppt_cfg, trace=trace, custom_kernels=custom_kernels)
     if state is not None:
         params_from_numpy(model, state)
-    model.to_dtype(resolve_dtype(dtype))
+    model.to_dtype(dtype)
     model.set_train(False)
     return model
+
+
+def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> None:
+    """Load a checkpoint of any supported format into a built model, as strictly as create_model does: the file
+    must exist and hold every parameter once, with the right shape and finite values. With ema, the 'ema.'
+    copies of the parameters (a mindcv EMA checkpoint) are loaded instead."""
+    from convert import CheckpointError, check_state, read_state_dict
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path!r}")
+    state = read_state_dict(path)
+    if ema:
+        state = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
+        if not state:
+            raise CheckpointError(f"{path}: ema=True but the checkpoint holds no 'ema.' parameters")
+    check_state(state, model.arch)
+    params_from_numpy(model, state)
 
 
 def traces_from_outputs(model: VisionTransformer, records) -> List[BlockTrace]:
@@ -89,6 +107,24 @@ def _register_with_mindcv() -> None:
 
     for model_name in MODEL_CONFIGS:
         register_model(make(model_name))
+    _strict_checkpoints_in_mindcv()
+
+
+def _strict_checkpoints_in_mindcv() -> None:
+    """mindcv.create_model(..., checkpoint_path=P) loads P after building the model, and silently skips a path
+    that does not exist or a tensor the file lacks. For our models it loads through load_checkpoint instead;
+    other models keep mindcv's loader."""
+    from mindcv.models import model_factory
+    mindcv_loader = model_factory.load_model_checkpoint
+    if getattr(mindcv_loader, "ms_ppt_strict", False):
+        return
+
+    def load_model_checkpoint(model, checkpoint_path="", ema=False, auto_mapping=False):
+        if isinstance(model, VisionTransformer):
+            return load_checkpoint(model, checkpoint_path, ema=ema)
+        return mindcv_loader(model, checkpoint_path, ema, auto_mapping)
+    load_model_checkpoint.ms_ppt_strict = True
+    model_factory.load_model_checkpoint = load_model_checkpoint
 
 
 _register_with_mindcv()

@@ -1,4 +1,8 @@
 """ms_ppt models: float64 parity with the reference (every trace field, logits to 1e-9), both execution modes."""
+import os
+import subprocess
+import sys
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -6,7 +10,7 @@ import torch
 
 import ms_ppt
 import pt_reference
-from conftest import DEIT_TINY, need_shared_data
+from conftest import DEIT_TINY, ROOT, need_shared_data
 from ms_ppt.factory import run_with_trace
 from ms_ppt.vision_transformer import params_from_numpy
 from ppt_common.trace import compare_traces
@@ -154,3 +158,49 @@ def test_mindcv_registry_builds_ppt_models():
     import mindcv
     model = mindcv.create_model("ppt_deit_small_patch16_224", r=[40, 30, 20], threshold=1e-4)
     assert [p.r for p in model.pp_blocks] == [40, 30, 20] and model.ppt_config.threshold == 1e-4
+
+
+def test_mindcv_checkpoint_path_is_as_strict_as_create_model(tmp_path):
+    """mindcv alone would return random weights for a missing file and load a file lacking a tensor."""
+    import mindcv
+    import convert
+    from convert import CheckpointError
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        mindcv.create_model("ppt_deit_tiny_patch16_224", checkpoint_path=str(tmp_path / "missing.ckpt"))
+    ms.set_seed(0)
+    state = {p.name: p.asnumpy() for p in ms_ppt.create_model("deit_tiny_patch16_224").get_parameters()}
+    convert.write_state_dict(state, tmp_path / "full.ckpt")
+    model = mindcv.create_model("ppt_deit_tiny_patch16_224", checkpoint_path=str(tmp_path / "full.ckpt"))
+    np.testing.assert_array_equal(model.head.weight.asnumpy(), state["head.weight"])
+    del state["blocks.3.mlp.fc1.bias"]
+    convert.write_state_dict(state, tmp_path / "lacking.ckpt")
+    with pytest.raises(CheckpointError, match="1 missing keys \\(blocks.3.mlp.fc1.bias\\)"):
+        mindcv.create_model("ppt_deit_tiny_patch16_224", checkpoint_path=str(tmp_path / "lacking.ckpt"))
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    import convert
+    from convert import CheckpointError
+    state = {p.name: p.asnumpy() for p in ms_ppt.create_model("deit_tiny_patch16_224").get_parameters()}
+    state["blocks.5.attn.qkv.weight"][0, 0] = np.nan
+    convert.write_state_dict(state, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match="NaN or infinite values in 1 tensor.*blocks.5.attn.qkv.weight"):
+        ms_ppt.create_model("deit_tiny_patch16_224", checkpoint=str(tmp_path / "nan.ckpt"))
+
+
+def test_ppt_settings_are_checked_before_the_checkpoint_is_read(tmp_path):
+    with pytest.raises(TypeError, match="r must be an int"):
+        ms_ppt.create_model("deit_tiny_patch16_224", checkpoint=str(tmp_path / "never-read.pth"), r="50")
+
+
+def test_mindcv_and_mindspore_model_users_see_no_exit_noise(tmp_path):
+    """MindSpore's Cell.__del__ fails at interpreter exit in GRAPH_MODE ('del_net_res'); nothing reaches stderr."""
+    script = ("import ms_ppt, mindcv, numpy as np, mindspore as ms\n"
+              "from mindspore.train import Model\n"
+              "ms.set_context(mode=ms.GRAPH_MODE)\n"
+              "net = mindcv.create_model('ppt_deit_tiny_patch16_224', r=20)\n"
+              "print(Model(net).predict(ms.Tensor(np.zeros((1, 3, 224, 224), np.float32))).shape)\n")
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert res.returncode == 0 and "(1, 1000)" in res.stdout, res.stderr
+    assert "del_net_res" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
