@@ -10,16 +10,16 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ppt_common.config import DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, PPTConfig, get_arch
-from ppt_common.imagenet import ImageError, find_images, preprocess_pil
+from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, PPTConfig, get_arch,
+                               token_schedule)
+from ppt_common.files import OutputError, check_outputs, json_writer, write_all
+from ppt_common.imagenet import NUM_CLASSES, ImageError, find_images, preprocess_pil
 from ppt_common.macs import gmacs
 
 DEMO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ms_ppt", "demo-data")
@@ -52,8 +52,9 @@ def add_ppt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense", action="store_true", help="evaluate without PPT (same as --r_tokens 0)")
 
 
-def build_parser(framework: str) -> argparse.ArgumentParser:
-    """Options of both eval scripts; the authors' main.py names (--resume, --num_workers, ...) keep working."""
+def build_parser(framework: str, json_output: bool = True, predictions: bool = True) -> argparse.ArgumentParser:
+    """Options of both eval scripts; the authors' main.py names (--resume, --num_workers, ...) keep working.
+    Tools that write no JSON report or no predictions do not offer the options."""
     p = argparse.ArgumentParser(
         description=f"ImageNet evaluation of DeiT/ViT with PPT ({framework}): top-1/top-5, MACs, throughput. "
                     "With no --data-path it runs a demo on a tiny sample shipped with the package.")
@@ -70,8 +71,14 @@ def build_parser(framework: str) -> argparse.ArgumentParser:
     p.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], default="skip",
                    help="an unreadable image: skip it with a warning (counted) or stop with an error")
     p.add_argument("--throughput-runs", dest="throughput_runs", type=int, default=5)
-    p.add_argument("--output-json", dest="output_json", default=None)
-    p.add_argument("--save-predictions", dest="save_predictions", default=None, help="write an .npz of logits etc.")
+    if json_output:
+        p.add_argument("--output-json", dest="output_json", default=None, help="write the report as JSON")
+    if predictions:
+        p.add_argument("--save-predictions", dest="save_predictions", default=None,
+                       help="write an .npz of logits, labels, paths and policies")
+    if json_output or predictions:
+        p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(output_json=None, save_predictions=None, force=False)
     p.add_argument("--eval", action="store_true", help="accepted for compatibility with the authors' main.py")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -90,11 +97,27 @@ def check_args(args) -> None:
         raise UsageError(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.throughput_runs < 0:
         raise UsageError(f"--throughput-runs must be >= 0, got {args.throughput_runs}")
-    for path in (args.output_json, args.save_predictions):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise UsageError(f"output folder does not exist: {os.path.dirname(os.path.abspath(path))}")
-    if args.checkpoint and not os.path.exists(args.checkpoint):
-        raise UsageError(f"checkpoint not found: {args.checkpoint}")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise UsageError(f"checkpoint not found: {args.checkpoint}" if not os.path.exists(args.checkpoint)
+                         else f"checkpoint is not a file: {args.checkpoint}")
+    try:
+        check_outputs([("--output-json", args.output_json), ("--save-predictions", predictions_path(args))],
+                      args.force)
+    except OutputError as e:
+        raise UsageError(str(e)) from None
+
+
+def predictions_path(args) -> Optional[str]:
+    """--save-predictions with the .npz suffix that np.savez would add."""
+    path = args.save_predictions
+    return path if path is None or path.endswith(".npz") else path + ".npz"
+
+
+def check_imagenet_head(num_classes: int) -> None:
+    """Labels are ImageNet-1k indices: refuse, before any image is read, a head that cannot be scored on them."""
+    if num_classes != NUM_CLASSES:
+        raise UsageError(f"the model's head has {num_classes} classes, but evaluation scores ImageNet-1k labels "
+                         f"({NUM_CLASSES} classes): use a checkpoint with an ImageNet-1k head")
 
 
 def ppt_config(args) -> PPTConfig:
@@ -122,10 +145,21 @@ def is_demo(args) -> bool:
 
 
 def load_items(args) -> List[Tuple[str, int]]:
+    """The images of every --data-path, each file once (a folder given twice, or a root and its val/, would
+    otherwise count its images twice)."""
     try:
-        items = [it for path in (args.data_path or [DEMO_DATA]) for it in find_images(path)]
+        found = [it for path in (args.data_path or [DEMO_DATA]) for it in find_images(path)]
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise UsageError(str(e)) from None
+    items, seen = [], set()
+    for path, label in found:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            items.append((path, label))
+    if len(items) < len(found):
+        print(f"note: {len(found) - len(items)} images reached through more than one --data-path are counted once",
+              file=sys.stderr)
     return items[:args.limit] if args.limit else items
 
 
@@ -139,7 +173,7 @@ def iter_batches(items: Sequence[Tuple[str, int]], batch_size: int, preprocess: 
         except (ImageError, OSError) as e:
             if on_error == "fail":
                 raise UsageError(f"unreadable image: {e}") from None
-            warnings.warn(f"skipping unreadable image {item[0]}: {e}")
+            print(f"warning: skipped: {e}", file=sys.stderr)
             skipped.append(item[0])
             return None, item
 
@@ -163,7 +197,7 @@ class Metrics:
         self.logits, self.labels, self.paths, self.policies = [], [], [], []
 
     def add(self, logits: np.ndarray, labels: np.ndarray, paths: list, policies: Optional[np.ndarray]):
-        self.logits.append(np.asarray(logits, dtype=np.float32))
+        self.logits.append(np.asarray(logits))  # in the evaluation's dtype: float64 runs keep float64 logits
         self.labels.append(labels)
         self.paths.extend(paths)
         self.policies.append(policies)
@@ -197,29 +231,18 @@ def time_batches(run: Callable[[], None], runs: int, warmup: int = 2) -> float:
     return float(np.median(times)) if times else float("nan")
 
 
-def atomic_write(path: str, write: Callable[[str], None], suffix: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_outputs(args, report: dict, metrics: Metrics, policies: np.ndarray) -> None:
+    """The JSON report and the predictions, as one set: both written or neither."""
+    writers = []
     if args.output_json:
-        def dump(tmp):
-            with open(tmp, "w") as f:
-                json.dump(report, f, indent=2)
-        atomic_write(args.output_json, dump, ".json")
+        writers.append((args.output_json, json_writer(report)))
     if args.save_predictions:
-        path = args.save_predictions if args.save_predictions.endswith(".npz") else args.save_predictions + ".npz"
-        atomic_write(path, lambda tmp: np.savez(tmp, logits=np.concatenate(metrics.logits),
-                                                labels=np.concatenate(metrics.labels),
-                                                paths=np.array(metrics.paths), policies=policies), ".npz")
+        def save_npz(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, logits=np.concatenate(metrics.logits), labels=np.concatenate(metrics.labels),
+                         paths=np.array(metrics.paths), policies=policies)
+        writers.append((predictions_path(args), save_npz))
+    write_all(writers)
 
 
 def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, pp_blocks: List[int],
@@ -228,6 +251,7 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
     cfg = ppt_config(args)
     result = metrics.result()
     timing_batch = args.batch_size  # throughput is timed on one batch of the evaluation's batch size
+    applied = [p.r for p in token_schedule(arch.num_tokens, arch.depth, cfg) if p.is_pp]
     report = {
         "framework": framework,
         "demo": is_demo(args),
@@ -239,6 +263,8 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
         "pooled_per_block": [int(v) for v in policies.sum(0)] if policies.size else [0] * len(pp_blocks),
         "pruned_per_block": [int(v) for v in (1 - policies).sum(0)] if policies.size else [0] * len(pp_blocks),
         "pp_blocks": pp_blocks,
+        "r_requested_per_pp_block": cfg.r_per_pp_block(arch.depth),
+        "r_applied_per_pp_block": applied,  # clamped to half the patches a block sees (docs/ppt-spec.md)
         "skipped_images": skipped,
         "config": {
             "model": args.model, "checkpoint": args.checkpoint, "data_path": args.data_path or DEMO_DATA,
@@ -252,20 +278,29 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
 
 def finish(args, framework: str, metrics: Metrics, pp_blocks: List[int], seconds_per_batch: float,
            skipped: List[str], extra_config: dict) -> dict:
-    """Build the report, write the requested outputs, return the report."""
+    """Build the report, print it, then write the requested outputs: a late write error never loses the
+    summary, and it is an error (UsageError) that says nothing was written."""
     policies = metrics.policy_matrix(len(pp_blocks))
     report = build_report(args, framework, metrics, policies, pp_blocks, seconds_per_batch, skipped, extra_config)
-    write_outputs(args, report, metrics, policies)
+    print_summary(report)
+    try:
+        write_outputs(args, report, metrics, policies)
+    except OSError as e:
+        raise UsageError(f"the evaluation finished (summary above) but its outputs could not be written, so none "
+                         f"was: {e}") from None
     return report
 
 
-def print_summary(report: dict, out=sys.stdout) -> None:
+def print_summary(report: dict, out=None) -> None:
+    out = out or sys.stdout  # looked up at call time, so redirections of sys.stdout are honoured
     if report["demo"]:
         print("DEMO: tiny generated sample shipped with ms-ppt"
               + ("" if report["config"]["checkpoint"] else " and RANDOM weights (accuracy is meaningless); "
                  "pass --checkpoint and --data-path for a real evaluation"), file=out)
     c = report["config"]
-    print(f"{report['framework']} | {c['model']} | r={c['r_tokens']} at {c['pp_loc_list']} "
+    applied = report["r_applied_per_pp_block"]
+    capped = "" if applied == report["r_requested_per_pp_block"] else f" (capped at half the patches: {applied})"
+    print(f"{report['framework']} | {c['model']} | r={c['r_tokens']} at {c['pp_loc_list']}{capped} "
           f"threshold={c['threshold']:g} prop_attn={c['prop_attn']} | {c['dtype']}", file=out)
     print(f"  images      {report['num_images']}" + (f"  ({len(report['skipped_images'])} unreadable, skipped)"
                                                       if report["skipped_images"] else ""), file=out)
@@ -284,6 +319,11 @@ def print_summary(report: dict, out=sys.stdout) -> None:
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def interrupted() -> int:
+    print("interrupted: no output was written", file=sys.stderr)
+    return 130
 
 
 def progress(iterable, total: int, quiet: bool, desc: str):

@@ -14,6 +14,7 @@ import numpy as np
 IMAGENET_MEAN = np.array((0.485, 0.456, 0.406), dtype=np.float32)
 IMAGENET_STD = np.array((0.229, 0.224, 0.225), dtype=np.float32)
 DEFAULT_CROP_PCT = 0.875
+NUM_CLASSES = 1000
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 _SYNSET_FILE = os.path.join(os.path.dirname(__file__), "imagenet_synset_words.txt")
 

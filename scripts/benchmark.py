@@ -11,7 +11,6 @@ the ratios) after a short pause (so one framework's spinning worker threads do n
 per variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise) inside each timed call.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,7 +20,8 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common.config import MODEL_CONFIGS, get_arch
-from ppt_common.evaluation import UsageError, atomic_write, fail
+from ppt_common.evaluation import UsageError, fail
+from ppt_common.files import OutputError, atomic_write, check_output, json_writer
 
 
 def slice_instead_of_reduce(self, x, attn, v, k, size, source):
@@ -106,6 +106,7 @@ def main(argv=None) -> int:
                    help="also time MindSpore PPT with its token operations replaced by a slice (their cost), and "
                         "with the reduction as graph ops instead of the fused CPU kernel")
     p.add_argument("--output-json", dest="output_json", default=None)
+    p.add_argument("--force", action="store_true", help="overwrite an existing --output-json")
     args = p.parse_args(argv)
     try:
         for name in args.models:
@@ -113,9 +114,9 @@ def main(argv=None) -> int:
                 raise UsageError(f"unknown model '{name}'")
         if min(args.batch_sizes) <= 0 or args.runs <= 0 or args.warmup < 0:
             raise UsageError("batch sizes and --runs must be positive, --warmup >= 0")
-        if args.output_json and not os.path.isdir(os.path.dirname(os.path.abspath(args.output_json))):
-            raise UsageError(f"output folder does not exist: {os.path.dirname(os.path.abspath(args.output_json))}")
-    except UsageError as e:
+        if args.output_json:
+            check_output(args.output_json, args.force, option="--output-json")
+    except (UsageError, OutputError) as e:
         return fail(str(e))
     rows = []
     started = time.time()
@@ -137,11 +138,10 @@ def main(argv=None) -> int:
     print(format_table(rows))
     if args.output_json:
         report = {"rows": rows, "config": vars(args), "seconds": time.time() - started, "machine": machine()}
-
-        def dump(tmp):
-            with open(tmp, "w") as f:
-                json.dump(report, f, indent=2)
-        atomic_write(args.output_json, dump, ".json")
+        try:
+            atomic_write(args.output_json, json_writer(report))
+        except OSError as e:
+            return fail(f"the benchmark finished (table above) but {args.output_json} could not be written: {e}")
     return 0
 
 

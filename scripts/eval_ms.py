@@ -12,31 +12,6 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common import evaluation as ev
-from ppt_common.imagenet import ImageError, default_crop_pct, open_rgb
-
-
-def mindspore_preprocess(img_size: int):
-    """mindcv's ImageNet eval pipeline (Decode, bicubic Resize, CenterCrop, Normalize, HWC2CHW), per image."""
-    from mindcv.data import create_transforms
-    from mindspore.dataset import transforms
-    ops = create_transforms(dataset_name="imagenet", image_resize=img_size, is_training=False,
-                            crop_pct=default_crop_pct(img_size), interpolation="bicubic")
-    decode, rest = transforms.Compose(ops[:1]), transforms.Compose(ops[1:])
-
-    def run(path):
-        try:
-            image = decode(np.fromfile(path, dtype=np.uint8))
-            if image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError("not RGB")
-        except FileNotFoundError:
-            raise
-        except Exception:  # CMYK, greyscale-with-alpha, odd formats: let PIL decode to RGB, MindSpore the rest
-            image = np.asarray(open_rgb(path))
-        try:
-            return np.ascontiguousarray(rest(image), dtype=np.float32)
-        except Exception as e:
-            raise ImageError(f"cannot preprocess image {path}: {e}") from e
-    return run
 
 
 def main(argv=None) -> int:
@@ -60,8 +35,13 @@ def main(argv=None) -> int:
             model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, trace=True, **kwargs)
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None
+        ev.check_imagenet_head(model.arch.num_classes)
         img_size = model.arch.img_size
-        preprocess = ev.pil_preprocess(img_size) if args.preprocess == "pil" else mindspore_preprocess(img_size)
+        if args.preprocess == "pil":
+            preprocess = ev.pil_preprocess(img_size)
+        else:
+            from ms_ppt.data import mindspore_preprocess
+            preprocess = mindspore_preprocess(img_size)
         metrics, skipped, first = ev.Metrics(), [], None
         batches = ev.iter_batches(items, args.batch_size, preprocess, args.num_workers, args.on_error, skipped)
         for images, labels, paths in ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet,
@@ -78,11 +58,12 @@ def main(argv=None) -> int:
             params_from_numpy(plain, {p.name: p.asnumpy() for p in model.get_parameters()})
             batch = ms.Tensor(np.resize(first, (args.batch_size,) + first.shape[1:]), plain.cls_token.dtype)
             seconds = ev.time_batches(lambda: plain(batch).asnumpy(), args.throughput_runs)
-        report = ev.finish(args, "mindspore", metrics, [p.index for p in model.pp_blocks], seconds, skipped,
+        ev.finish(args, "mindspore", metrics, [p.index for p in model.pp_blocks], seconds, skipped,
                            {"mode": args.mode, "preprocess": args.preprocess, "device": args.device})
     except (ev.UsageError, FileNotFoundError, ValueError) as e:
         return ev.fail(str(e))
-    ev.print_summary(report)
+    except KeyboardInterrupt:
+        return ev.interrupted()
     return 0
 
 

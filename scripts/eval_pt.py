@@ -33,6 +33,7 @@ def main(argv=None) -> int:
                                               prop_attn=cfg.prop_attn, trace=True, dtype=args.dtype)
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None
+        ev.check_imagenet_head(model.num_classes)
         model = model.to(args.device)
         dtype = next(model.parameters()).dtype
         preprocess = ev.pil_preprocess(model.patch_embed.img_size[0])
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             for images, labels, paths in ev.progress(batches, ev.num_batches(len(items), args.batch_size),
                                                      args.quiet, "eval_pt"):
-                logits = model(torch.from_numpy(images).to(args.device, dtype)).float().cpu().numpy()
+                logits = model(torch.from_numpy(images).to(args.device, dtype)).cpu().numpy()
                 traces = model.ppt_trace
                 policies = np.stack([t.policy for t in traces], 1) if traces else None
                 metrics.add(logits, labels, paths, policies)
@@ -58,11 +59,12 @@ def main(argv=None) -> int:
                     if batch.is_cuda:
                         torch.cuda.synchronize()
                 seconds = ev.time_batches(run, args.throughput_runs)
-        report = ev.finish(args, "pytorch", metrics, reducing_blocks(get_arch(args.model), cfg), seconds, skipped,
+        ev.finish(args, "pytorch", metrics, reducing_blocks(get_arch(args.model), cfg), seconds, skipped,
                            {"preprocess": "pil", "device": args.device})
     except (ev.UsageError, FileNotFoundError, ValueError) as e:
         return ev.fail(str(e))
-    ev.print_summary(report)
+    except KeyboardInterrupt:
+        return ev.interrupted()
     return 0
 
 

@@ -10,9 +10,7 @@ token reduction included, exports. The file is written under a temporary name an
 """
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import _bootstrap  # noqa: F401
@@ -20,6 +18,7 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common import evaluation as ev
+from ppt_common.files import OutputError, atomic_write, check_output
 
 
 def parse(argv):
@@ -39,15 +38,7 @@ def parse(argv):
 def check(args):
     if args.batch_size <= 0:
         raise ev.UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    if not args.output.endswith(".mindir"):
-        raise ev.UsageError(f"--output must end with .mindir, got {args.output}")
-    folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(folder):
-        raise ev.UsageError(f"output folder does not exist: {folder}")
-    if not os.access(folder, os.W_OK):
-        raise ev.UsageError(f"output folder is not writable: {folder}")
-    if os.path.exists(args.output) and not args.force:
-        raise ev.UsageError(f"{args.output} exists; pass --force to overwrite")
+    check_output(args.output, args.force, suffix=".mindir", option="--output")
     if args.checkpoint and not os.path.exists(args.checkpoint):
         raise ev.UsageError(f"checkpoint not found: {args.checkpoint}")
 
@@ -57,13 +48,10 @@ def export(model, batch_size: int, output: str) -> float:
     import mindspore as ms
     size = model.arch.img_size
     example = ms.Tensor(np.zeros((batch_size, 3, size, size)), model.cls_token.dtype)
-    tmp_dir = tempfile.mkdtemp(prefix=".tmp-export-", dir=os.path.dirname(os.path.abspath(output)))
     start = time.perf_counter()
-    try:
-        ms.export(model, example, file_name=os.path.join(tmp_dir, "model"), file_format="MINDIR")
-        os.replace(os.path.join(tmp_dir, "model.mindir"), output)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    # file_name without the suffix: mindspore.export adds ".mindir" to the temporary name it is given
+    atomic_write(output, lambda tmp: ms.export(model, example, file_name=tmp[:-len(".mindir")],
+                                               file_format="MINDIR"))
     return time.perf_counter() - start
 
 
@@ -100,8 +88,10 @@ def main(argv=None) -> int:
         if args.verify:
             diff = verify(model, args.output, args.batch_size)
             print(f"reloaded with mindspore.load + nn.GraphCell: max |logit difference| vs the live cell {diff:.3g}")
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+    except (ev.UsageError, OutputError, ValueError, OSError) as e:
         return ev.fail(str(e))
+    except KeyboardInterrupt:
+        return ev.interrupted()
     return 0
 
 

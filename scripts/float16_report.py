@@ -13,6 +13,7 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common import evaluation as ev
+from ppt_common.files import atomic_write, json_writer
 from ppt_common.parity import format_report, run_both
 
 # float16 carries ~1e-3 relative error: bounds 10x wider than parity.py's float32 ones
@@ -20,7 +21,7 @@ FP16_BOUNDS = {"policy": 1e-1, "prune": 1e-1, "pool": 1e-2}
 
 
 def main(argv=None) -> int:
-    parser = ev.build_parser("float16 report")
+    parser = ev.build_parser("float16 report", predictions=False)
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
     try:
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
         kwargs = dict(r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold, prop_attn=cfg.prop_attn,
                       trace=True)
         fp32 = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, **kwargs)
+        ev.check_imagenet_head(fp32.arch.num_classes)
         fp16 = ms_ppt.create_model(args.model, num_classes=fp32.arch.num_classes, dtype="float16", **kwargs)
         params_from_numpy(fp16, {p.name: p.asnumpy() for p in fp32.get_parameters()})
 
@@ -46,9 +48,13 @@ def main(argv=None) -> int:
         report = run_both(runner(fp32, np.float32), runner(fp16, np.float16),
                           ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet, "float16"),
                           cfg.threshold, FP16_BOUNDS, names=("fp32", "fp16"))
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+        print(format_report(report))
+        if args.output_json:
+            atomic_write(args.output_json, json_writer(report))
+    except (ev.UsageError, FileNotFoundError, ValueError, OSError) as e:
         return ev.fail(str(e))
-    print(format_report(report))
+    except KeyboardInterrupt:
+        return ev.interrupted()
     return 0
 
 

@@ -7,7 +7,6 @@
 Reports per PP block the policy and selection agreement, every image's first disagreement with its margin
 (near-tie or not), the logits' max difference, top-1/top-5 of each framework and the images predicted differently.
 """
-import json
 import sys
 
 import _bootstrap  # noqa: F401
@@ -15,11 +14,12 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common import evaluation as ev
+from ppt_common.files import atomic_write, json_writer
 from ppt_common.parity import DEFAULT_BOUNDS, format_report, run_both
 
 
 def main(argv=None) -> int:
-    parser = ev.build_parser("parity")
+    parser = ev.build_parser("parity", predictions=False)
     parser.set_defaults(dtype="float64", batch_size=16)
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
             pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, **kwargs)
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None
+        ev.check_imagenet_head(pt.num_classes)
         state = {k: v.float().numpy() for k, v in pt.state_dict().items()}  # the MindSpore weights come from these
         msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, **kwargs)
         params_from_numpy(msm, state)
@@ -63,14 +64,13 @@ def main(argv=None) -> int:
                             "mode": args.mode, "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r),
                             "pp_loc_list": list(cfg.pp_loc_list), "threshold": cfg.threshold,
                             "prop_attn": cfg.prop_attn, "skipped_images": skipped}
+        print(format_report(report))
         if args.output_json:
-            def dump(tmp):
-                with open(tmp, "w") as f:
-                    json.dump(report, f, indent=2)
-            ev.atomic_write(args.output_json, dump, ".json")
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+            atomic_write(args.output_json, json_writer(report))
+    except (ev.UsageError, FileNotFoundError, ValueError, OSError) as e:
         return ev.fail(str(e))
-    print(format_report(report))
+    except KeyboardInterrupt:
+        return ev.interrupted()
     return 0
 
 

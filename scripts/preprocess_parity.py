@@ -13,11 +13,11 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common import evaluation as ev
-from eval_ms import mindspore_preprocess
+from ms_ppt.data import mindspore_preprocess
 
 
 def main(argv=None) -> int:
-    parser = ev.build_parser("preprocessing parity")
+    parser = ev.build_parser("preprocessing parity", json_output=False, predictions=False)
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
     try:
@@ -26,6 +26,7 @@ def main(argv=None) -> int:
         ev.set_mindspore_mode(args.mode)
         model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, r=cfg.r, pp_loc_list=cfg.pp_loc_list,
                                     threshold=cfg.threshold, prop_attn=cfg.prop_attn, trace=True, dtype=args.dtype)
+        ev.check_imagenet_head(model.arch.num_classes)
         size = model.arch.img_size
         pipelines = {"pil": ev.pil_preprocess(size), "mindspore": mindspore_preprocess(size)}
         std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
                 results[k]["traces"].append(traces)
     except (ev.UsageError, FileNotFoundError, ValueError) as e:
         return ev.fail(str(e))
+    except KeyboardInterrupt:
+        return ev.interrupted()
     d = np.concatenate(diffs)
     print(f"images: {len(items)}")
     print(f"pixel |difference| (8-bit levels): mean {d.mean():.3f}, 99th percentile {np.percentile(d, 99):.2f}, "

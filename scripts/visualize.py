@@ -14,6 +14,7 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common import evaluation as ev
+from ppt_common.files import OutputError, atomic_write, check_output
 from ppt_common.imagenet import ImageError, preprocess_pil
 
 
@@ -42,16 +43,13 @@ def main(argv=None) -> int:
     ev.add_ppt_args(p)
     p.add_argument("--images", nargs="+", required=True)
     p.add_argument("--output", required=True, help="PNG file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --output")
     p.add_argument("--framework", choices=["ms", "pt"], default="ms")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--scale", type=int, default=1, help="enlarge each panel by this factor")
     args = p.parse_args(argv)
     try:
-        if not args.output.lower().endswith(".png"):
-            raise ev.UsageError(f"--output must be a .png file, got {args.output}")
-        folder = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(folder):
-            raise ev.UsageError(f"output folder does not exist: {folder}")
+        check_output(args.output, args.force, suffix=".png", option="--output")
         if args.checkpoint and not os.path.exists(args.checkpoint):
             raise ev.UsageError(f"checkpoint not found: {args.checkpoint}")
         if args.scale < 1:
@@ -71,9 +69,11 @@ def main(argv=None) -> int:
             raise ev.UsageError(str(e)) from None
         figure = render_figure(images, traces, arch.patch_size, args.scale,
                                labels=[os.path.basename(path) for path in args.images])
-        ev.atomic_write(args.output, lambda tmp: figure.save(tmp, format="PNG"), ".png")
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+        atomic_write(args.output, lambda tmp: figure.save(tmp, format="PNG"))
+    except (ev.UsageError, OutputError, ValueError, OSError) as e:
         return ev.fail(str(e))
+    except KeyboardInterrupt:
+        return ev.interrupted()
     print(f"wrote {args.output} ({figure.width}x{figure.height}); policies per PP block: "
           + ", ".join(f"block {t.block}: {['prune', 'pool'][int(v)]}" for t in traces for v in t.policy[:1]))
     return 0

@@ -1,6 +1,8 @@
 """scripts/eval_ms.py and scripts/eval_pt.py end to end: outputs, agreement, and every bad input."""
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -8,12 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import DEIT_TINY, FOOLBOX, ROOT, need_shared_data
+from ppt_common.evaluation import DEMO_DATA
 
 FAST = ["--mode", "pynative", "--throughput-runs", "0", "--quiet"]
 
 
-def run(script, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *map(str, args)], cwd=ROOT,
+def run(script, *args, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -39,6 +42,11 @@ def test_demo_default_runs_and_writes_every_output(tmp_path):
     (["--output-json", "/nonexistent/dir/r.json"], "output folder does not exist"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--pp_loc_list", "3", "12"], "outside the model's blocks"),
+    (["--threshold", "nan"], "threshold must be a finite number"),
+    (["--r_tokens", "50", "40"], "2 values for 3 PP blocks"),
+    (["--output-json", "/proc/ms_ppt_report.json"], "not writable"),
+    (["--output-json", "/tmp"], "is a folder"),
+    (["--output-json", "/tmp/ms_ppt_same.npz", "--save-predictions", "/tmp/ms_ppt_same"], "name the same file"),
 ])
 def test_bad_arguments_fail_with_a_clear_message(args, message):
     res = run("eval_ms.py", *args, *FAST)
@@ -84,3 +92,83 @@ def test_ms_and_pt_report_the_same_accuracy_on_real_weights_with_pil_preprocessi
     assert (ms_rep["top1"], ms_rep["top5"]) == (pt_rep["top1"], pt_rep["top5"])
     assert ms_rep["pooled_per_block"] == pt_rep["pooled_per_block"]
     assert ms_rep["top1"] >= 60  # real ImageNet weights on real photos
+
+
+def test_bad_files_are_skipped_and_counted_and_nothing_lands_in_the_working_folder(tmp_path):
+    """MindSpore's own decoder copies bad files into the working folder (abnormal_image.jpg, unsupported_image.gif)
+    and dies with SIGFPE on some truncated JPEGs; the default pipeline must do neither."""
+    from PIL import Image
+    folder = tmp_path / "data" / "n01440764"
+    folder.mkdir(parents=True)
+    good = sorted(glob.glob(os.path.join(DEMO_DATA, "val", "*", "*.jpg")))[:2]
+    for i, path in enumerate(good):
+        shutil.copy(path, folder / f"good_{i}.JPEG")
+    raw = open(good[0], "rb").read()
+    lengths = [2, 3, 10, 50, 100, 200, 400, 620, 1000, 2000, len(raw) // 2, len(raw) - 10]
+    for n in lengths:
+        (folder / f"cut_{n:06d}.JPEG").write_bytes(raw[:n])
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(folder / "image.gif")
+    Image.new("RGBA", (300, 260), (10, 200, 10, 128)).save(folder / "alpha.png")
+    (folder / "notes.JPEG").write_text("not an image\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    res = run("eval_ms.py", "--data-path", tmp_path / "data", "--output-json", tmp_path / "r.json", *FAST, cwd=work)
+    assert res.returncode == 0, res.stderr[-2000:]
+    unreadable = len(lengths) + 1
+    assert f"({unreadable} unreadable, skipped)" in res.stdout and "top-1" in res.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["num_images"] == 4 and len(report["skipped_images"]) == unreadable
+    assert os.listdir(work) == []
+
+
+def test_outputs_are_checked_before_the_work_and_never_overwritten_without_force(tmp_path):
+    (tmp_path / "r.json").write_text("keep")
+    res = run("eval_ms.py", "--output-json", tmp_path / "r.json", "--save-predictions", tmp_path / "p", *FAST)
+    assert res.returncode == 2 and "--force" in res.stderr and "top-1" not in res.stdout
+    assert sorted(os.listdir(tmp_path)) == ["r.json"] and (tmp_path / "r.json").read_text() == "keep"
+    res = run("eval_ms.py", "--output-json", tmp_path / "q.json", "--save-predictions", "/proc/p.npz", *FAST)
+    assert res.returncode == 2 and "not writable" in res.stderr
+    assert sorted(os.listdir(tmp_path)) == ["r.json"]  # the writable one was not written alone
+    res = run("eval_ms.py", "--output-json", tmp_path / "r.json", "--force", "--limit", "2", *FAST)
+    assert res.returncode == 0 and json.loads((tmp_path / "r.json").read_text())["num_images"] == 2
+
+
+def test_a_late_write_failure_keeps_the_summary_and_writes_nothing(tmp_path, capsys):
+    from ppt_common import evaluation as ev
+    args = ev.build_parser("test").parse_args(["--output-json", str(tmp_path / "out" / "r.json"),
+                                               "--save-predictions", str(tmp_path / "out" / "p.npz")])
+    (tmp_path / "out").mkdir()
+    ev.check_args(args)
+    metrics = ev.Metrics()
+    metrics.add(np.eye(3, 1000), np.array([0, 1, 5]), ["a", "b", "c"], np.ones((3, 3)))
+    os.rmdir(tmp_path / "out")  # the folder goes away during the evaluation
+    with pytest.raises(ev.UsageError, match="summary above.*none was"):
+        ev.finish(args, "test", metrics, [3, 6, 9], float("nan"), [], {})
+    assert "top-1       66.67 %" in capsys.readouterr().out
+    assert os.listdir(tmp_path) == []
+
+
+def test_what_was_adjusted_is_said_and_float64_is_saved_in_float64(tmp_path):
+    out, npz = tmp_path / "r.json", tmp_path / "p.npz"
+    res = run("eval_ms.py", "--data-path", DEMO_DATA, DEMO_DATA, "--r_tokens", "200", "--dtype", "float64",
+              "--output-json", out, "--save-predictions", npz, *FAST)
+    assert res.returncode == 0, res.stderr
+    assert "12 images reached through more than one --data-path are counted once" in res.stderr
+    report = json.loads(out.read_text())
+    assert report["num_images"] == 12
+    assert report["r_requested_per_pp_block"] == [200, 200, 200] and report["r_applied_per_pp_block"] == [98, 49, 24]
+    assert "r=200 at [3, 6, 9] (capped at half the patches: [98, 49, 24])" in res.stdout
+    assert np.load(npz)["logits"].dtype == np.float64
+
+
+def test_a_head_that_is_not_imagenet_1k_is_refused_before_the_evaluation(tmp_path):
+    import dataclasses
+    import convert
+    from ppt_common.config import get_arch
+    arch = dataclasses.replace(get_arch("deit_tiny_patch16_224"), num_classes=10)
+    rng = np.random.RandomState(0)
+    state = {k: rng.randn(*shape).astype(np.float32) * 0.02 for k, shape in convert.expected_shapes(arch).items()}
+    convert.write_state_dict(state, tmp_path / "ten.ckpt")
+    res = run("eval_ms.py", "--checkpoint", tmp_path / "ten.ckpt", *FAST)
+    assert res.returncode == 2 and "head has 10 classes" in res.stderr and "ImageNet-1k" in res.stderr
+    assert "top-1" not in res.stdout

@@ -69,3 +69,8 @@ def test_script_errors(tmp_path):
     assert res.returncode == 2 and "missing.jpg" in res.stderr and not (tmp_path / "o.png").exists()
     res = run("--images", tmp_path / "x.jpg", "--output", tmp_path / "o.jpg")
     assert res.returncode == 2 and "must be a .png" in res.stderr
+    res = run("--images", tmp_path / "x.jpg", "--output", "/proc/o.png")
+    assert res.returncode == 2 and "not writable" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "o.png").write_bytes(b"keep")
+    res = run("--images", tmp_path / "x.jpg", "--output", tmp_path / "o.png")
+    assert res.returncode == 2 and "--force" in res.stderr and (tmp_path / "o.png").read_bytes() == b"keep"
