@@ -154,15 +154,16 @@ def test_float32_model_with_fused_reduction_equals_graph_reduction(real_images):
     np.testing.assert_allclose(logits_a, logits_b, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
-def test_models_with_different_r_coexist_in_one_process(mode):
+@pytest.mark.parametrize("mode, r_values", [(ms.PYNATIVE_MODE, (50, 20, 50)), (ms.GRAPH_MODE, (50, 20))],
+                         ids=["pynative", "graph"])
+def test_models_with_different_r_coexist_in_one_process(mode, r_values):
     """Each model keeps its own reduction, whatever was built and run before it (PyNative once reused the first
     model's fused op for every later r: same logits for r=50, 30 and 10)."""
     need_kernel("ppt_reduce_cpu")
     ms.set_context(mode=mode)
-    x = np.random.RandomState(0).randn(2, 3, 224, 224).astype(np.float32)
+    x = np.random.RandomState(0).randn(1, 3, 224, 224).astype(np.float32)
     models = {}
-    for r in (50, 30, 10, 50):
+    for r in r_values:
         ms.set_seed(0)
         fused = ms_ppt.create_model("deit_tiny_patch16_224", r=r, threshold=1e-4, trace=True)
         reference = ms_ppt.create_model("deit_tiny_patch16_224", r=r, threshold=1e-4, trace=True,
@@ -175,4 +176,4 @@ def test_models_with_different_r_coexist_in_one_process(mode):
         assert compare_traces(traces, expected_traces, rtol=1e-5, atol=1e-6) == []
         np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
         models.setdefault(r, logits)
-    assert not np.allclose(models[50], models[30]) and not np.allclose(models[30], models[10])
+    assert not np.allclose(models[50], models[20])
