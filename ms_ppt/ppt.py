@@ -18,17 +18,18 @@ CLS_SCORE = 2.0
 NEG_INF = float("-inf")
 
 
-def importance_scores(attn, v):
-    """[B, N]: CLS attention summed over heads times ||v_j||, CLS dropped and normalised, CLS set to 2.0."""
+def importance_scores(attn, v, num_prefix_tokens=1):
+    """[B, N]: CLS attention summed over heads times ||v_j||, normalised over the patches; every prefix token
+    (class, distillation) scores 2.0."""
     v_norm = ops.sqrt((v * v).sum(-1).sum(1))  # ||v_j|| over all heads: [B, N]
-    s = (attn[:, :, 0].sum(1) * v_norm)[:, 1:]
+    s = (attn[:, :, 0].sum(1) * v_norm)[:, num_prefix_tokens:]
     s = s / s.sum(-1, keepdims=True)
-    return ops.concat([ops.ones_like(s[:, :1]) * CLS_SCORE, s], -1)
+    return ops.concat([ops.ones_like(s[:, :num_prefix_tokens]) * CLS_SCORE, s], -1)
 
 
-def score_variance(scores):
+def score_variance(scores, num_prefix_tokens=1):
     """Unbiased (ddof=1) variance of the patch scores, per image [B]."""
-    s = scores[:, 1:]
+    s = scores[:, num_prefix_tokens:]
     centred = s - ops.mean(s, -1, True)
     return (centred * centred).sum(-1) / (s.shape[1] - 1)
 
@@ -61,11 +62,13 @@ def prune_dest(scores, r):
     return ops.where(rank < n_out, rank, ops.full_like(rank, -1))
 
 
-def bipartite_matching(metric, r):
+def bipartite_matching(metric, r, num_prefix_tokens=1):
     """ToMe bipartite soft matching as a dest map [B, N], with node_max [B, NA].
 
     Output order: unmerged A tokens ascending (CLS first), then the B tokens; a merged A token goes to its
-    partner's slot. A = even positions, B = odd positions; the CLS row is -inf so CLS is never merged.
+    partner's slot. A = even positions, B = odd positions. Prefix tokens are protected as in ToMe: the CLS row
+    (A[0]) is -inf so CLS is never merged, and the distillation token's column (B[0]) is -inf so nothing merges
+    into it (B tokens are never merged away).
     """
     B, N, _ = metric.shape
     num_a, num_b = (N + 1) // 2, N // 2
@@ -74,6 +77,9 @@ def bipartite_matching(metric, r):
     sim = ops.matmul(a, b.swapaxes(1, 2))  # [B, NA, NB]
     is_cls_row = (ops.arange(num_a) == 0)[None, :, None]
     sim = ops.where(is_cls_row, ops.full_like(sim, NEG_INF), sim)
+    if num_prefix_tokens > 1:
+        is_dist_column = (ops.arange(num_b) == 0)[None, None, :]
+        sim = ops.where(is_dist_column, ops.full_like(sim, NEG_INF), sim)
     node_max = ops.amax(sim, -1)
     b_index = ops.arange(num_b)[None, None, :].astype(ms.int32)
     node_idx = ops.where(sim == node_max[..., None], b_index, ops.full_like(b_index, num_b))
@@ -95,7 +101,7 @@ def apply_dest(x, dest, n_out):
     return ops.matmul(onehot, x)
 
 
-def reduce_tokens(x, scores, metric, size, r, threshold, source=None):
+def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1):
     """Per-image policy without splitting the batch: compute both dest maps, select, apply once.
 
     Pooled images merge with weights `size` (x_out = sum(x*size)/sum(size)); pruned images gather with weight 1,
@@ -103,9 +109,9 @@ def reduce_tokens(x, scores, metric, size, r, threshold, source=None):
     """
     n_in, c = x.shape[1], x.shape[2]
     n_out = n_in - r
-    variance = score_variance(scores)
+    variance = score_variance(scores, num_prefix_tokens)
     pooling = pool_policy(variance, threshold)
-    pool_dest, node_max = bipartite_matching(metric, r)
+    pool_dest, node_max = bipartite_matching(metric, r, num_prefix_tokens)
     dest = ops.where(pooling[:, None], pool_dest, prune_dest(scores, r))
     weight = ops.where(pooling[:, None, None], size.astype(x.dtype), ops.ones_like(size).astype(x.dtype))
     stacked = ops.concat([x * weight, weight, size.astype(x.dtype)], -1)

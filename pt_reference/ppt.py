@@ -17,18 +17,19 @@ from ppt_common.trace import BlockTrace
 CLS_SCORE = 2.0
 
 
-def importance_scores(attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """[B, N]: CLS attention summed over heads times ||v_j||, CLS dropped and normalised, CLS set to 2.0."""
+def importance_scores(attn: torch.Tensor, v: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """[B, N]: CLS attention summed over heads times ||v_j||, normalised over the patches; every prefix token
+    (class, distillation) scores 2.0."""
     B, H, N, d = v.shape
     v_norm = torch.linalg.norm(v.transpose(1, 2).reshape(B, N, H * d), ord=2, dim=-1)
-    s = (attn[:, :, 0].sum(dim=1) * v_norm)[:, 1:]
+    s = (attn[:, :, 0].sum(dim=1) * v_norm)[:, num_prefix_tokens:]
     s = s / s.sum(dim=-1, keepdim=True)
-    return torch.cat([torch.full_like(s[:, :1], CLS_SCORE), s], dim=-1)
+    return torch.cat([torch.full_like(s[:, :num_prefix_tokens], CLS_SCORE), s], dim=-1)
 
 
-def score_variance(scores: torch.Tensor) -> torch.Tensor:
+def score_variance(scores: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
     """Unbiased (ddof=1) variance of the patch scores, per image [B]."""
-    return torch.var(scores[:, 1:], dim=-1, correction=1)
+    return torch.var(scores[:, num_prefix_tokens:], dim=-1, correction=1)
 
 
 def pool_policy(variance: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -48,12 +49,15 @@ class Matching(NamedTuple):
     node_max: torch.Tensor  # [B, NA]
 
 
-def bipartite_matching(metric: torch.Tensor, r: int) -> Matching:
-    """ToMe bipartite soft matching: A = even positions, B = odd; CLS (A[0]) is never merged."""
+def bipartite_matching(metric: torch.Tensor, r: int, num_prefix_tokens: int = 1) -> Matching:
+    """ToMe bipartite soft matching: A = even positions, B = odd; CLS (A[0]) is never merged and, as in ToMe,
+    nothing merges into the distillation token (B[0])."""
     metric = metric / metric.norm(dim=-1, keepdim=True)
     a, b = metric[:, ::2], metric[:, 1::2]
     sim = a @ b.transpose(-1, -2)
     sim[:, 0, :] = -math.inf
+    if num_prefix_tokens > 1:
+        sim[:, :, 0] = -math.inf
     node_max = sim.amax(dim=-1)
     node_idx = sim.argmax(dim=-1)  # first maximal index
     edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)
@@ -73,9 +77,9 @@ def merge(x: torch.Tensor, m: Matching, mode: str) -> torch.Tensor:
     return torch.cat([unm, dst], dim=1)
 
 
-def pool(x, metric, r, size, source=None):
+def pool(x, metric, r, size, source=None, num_prefix_tokens=1):
     """Size-weighted merge of the r most similar A tokens into their B partners."""
-    m = bipartite_matching(metric, r)
+    m = bipartite_matching(metric, r, num_prefix_tokens)
     x = merge(x * size, m, "sum")
     size = merge(size, m, "sum")
     if source is not None:
@@ -95,10 +99,11 @@ def prune(x, scores, r, size, source=None):
     return batch_index_select(x, keep), batch_index_select(size, keep), source, keep
 
 
-def reduce_tokens(x, scores, metric, size, r, threshold, source=None, block=-1, want_trace=False):
+def reduce_tokens(x, scores, metric, size, r, threshold, source=None, block=-1, want_trace=False,
+                  num_prefix_tokens=1):
     """Per-image policy; each sub-batch is reduced on its own and written back at its batch positions."""
     B, N, C = x.shape
-    variance = score_variance(scores)
+    variance = score_variance(scores, num_prefix_tokens)
     pooling = pool_policy(variance, threshold)
     pool_ids = pooling.nonzero().squeeze(-1)
     prune_ids = (~pooling).nonzero().squeeze(-1)
@@ -111,7 +116,7 @@ def reduce_tokens(x, scores, metric, size, r, threshold, source=None, block=-1, 
     node_max = torch.full((B, (N + 1) // 2), math.nan, dtype=torch.float64)
     if pool_ids.numel():
         sub_source = source[pool_ids] if source is not None else None
-        xp, sp, srcp, m = pool(x[pool_ids], metric[pool_ids], r, size[pool_ids], sub_source)
+        xp, sp, srcp, m = pool(x[pool_ids], metric[pool_ids], r, size[pool_ids], sub_source, num_prefix_tokens)
         x_out[pool_ids], size_out[pool_ids] = xp, sp
         if source is not None:
             source_out[pool_ids] = srcp

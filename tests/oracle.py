@@ -5,17 +5,17 @@ Slow and obvious on purpose: both frameworks' token operations are tested agains
 import numpy as np
 
 
-def importance_scores(attn, v):
-    """attn [H, N, N], v [H, N, d] -> [N]"""
+def importance_scores(attn, v, prefix=1):
+    """attn [H, N, N], v [H, N, d] -> [N]; the first `prefix` tokens (class, distillation) score 2.0"""
     H, N, d = v.shape
     raw = np.array([sum(attn[h, 0, j] for h in range(H)) * np.sqrt(sum(v[h, j, k] ** 2 for h in range(H)
                                                                         for k in range(d))) for j in range(N)])
-    patches = raw[1:] / raw[1:].sum()
-    return np.concatenate([[2.0], patches])
+    patches = raw[prefix:] / raw[prefix:].sum()
+    return np.concatenate([[2.0] * prefix, patches])
 
 
-def variance(scores):
-    s = scores[1:]
+def variance(scores, prefix=1):
+    s = scores[prefix:]
     return sum((x - s.mean()) ** 2 for x in s) / (len(s) - 1)
 
 
@@ -25,14 +25,15 @@ def prune_keep(scores, r):
     return order[:len(scores) - r]
 
 
-def bipartite(metric, r):
-    """Returns (merged list of (a_pos, b_pos), node_max per A token) for one image; metric [N, d]."""
+def bipartite(metric, r, prefix=1):
+    """Returns (merged list of (a_pos, b_pos), node_max per A token) for one image; metric [N, d]. No prefix token
+    is merged away (CLS is A's first) and nothing merges into one (the distillation token is B's first)."""
     N = len(metric)
     m = metric / np.linalg.norm(metric, axis=1, keepdims=True)
     a_pos, b_pos = list(range(0, N, 2)), list(range(1, N, 2))
     node_max, node_idx = [], []
     for ai, p in enumerate(a_pos):
-        sims = [-np.inf if ai == 0 else float(m[p] @ m[q]) for q in b_pos]
+        sims = [-np.inf if p < prefix or q < prefix else float(m[p] @ m[q]) for q in b_pos]
         best = max(sims)
         node_max.append(best)
         node_idx.append(sims.index(best))  # first maximal index
@@ -56,11 +57,11 @@ def prune_tokens(x, size, keep):
     return x[keep], size[keep], [[i] for i in keep]
 
 
-def reduce(x, scores, metric, size, r, threshold):
+def reduce(x, scores, metric, size, r, threshold, prefix=1):
     """One image through a PP block's reduction: (x_out, size_out, groups, policy)."""
-    r = min(r, (len(x) - 1) // 2)
-    if variance(scores) < threshold:
-        merged, _ = bipartite(metric, r)
+    r = min(r, (len(x) - prefix) // 2)
+    if variance(scores, prefix) < threshold:
+        merged, _ = bipartite(metric, r, prefix)
         return (*pool_tokens(x, size, merged), 1)
     return (*prune_tokens(x, size, prune_keep(scores, r)), 0)
 

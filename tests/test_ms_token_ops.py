@@ -89,3 +89,32 @@ def test_pruned_tokens_are_copied_exactly_in_float32(rng):
 def test_proportional_bias_is_log_size_over_keys(rng):
     size = np.array([[[1.0], [2], [3]]])
     np.testing.assert_allclose(ppt.proportional_bias(T(size)).asnumpy().reshape(-1), np.log([1, 2, 3]))
+
+
+def test_distillation_token_is_never_pruned_or_merged_even_when_tempting(rng):
+    """Two prefix tokens (distilled DeiT): the distillation token gets no CLS attention (pruning would drop it)
+    and every A token is most similar to it (pooling would merge them all into it). Neither happens."""
+    B, N, C, r, H = 2, 13, 4, 5, 2
+    attn = rng.dirichlet(np.ones(N), size=(B, H, N))
+    attn[:, :, 0, 1] = 0.0  # the distillation token is the least attended
+    v = rng.randn(B, H, N, 3)
+    scores = ppt.importance_scores(T(attn), T(v), 2).asnumpy()
+    for b in range(B):
+        np.testing.assert_allclose(scores[b], oracle.importance_scores(attn[b], v[b], prefix=2), rtol=1e-12)
+    metric = rng.randn(B, N, 3) * 0.01
+    metric[:, 0::2] += metric[:, 1:2]  # every A token points where the distillation token (B[0]) points
+    metric[:, 1] *= 100
+    x, size = rng.randn(B, N, C), np.ones((B, N, 1))
+    for threshold in (0.0, 1e9):  # all prune, all pool
+        xo, so, _, raw = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold, num_prefix_tokens=2)
+        record = record_from_dest(0, r, *[t.asnumpy() for t in raw])
+        for b in range(B):
+            ex, es, groups, policy = oracle.reduce(x[b], scores[b], metric[b], size[b, :, 0], r, threshold, prefix=2)
+            assert record.policy[b] == policy
+            assert groups[0] == [0] and [1] in groups  # class and distillation tokens alone, untouched
+            np.testing.assert_allclose(xo.asnumpy()[b], ex, rtol=1e-12)
+            np.testing.assert_array_equal(so.asnumpy()[b, :, 0], es)
+        if threshold == 0.0:
+            assert (record.kept[:, :2] == [0, 1]).all()
+        else:
+            assert not np.isin(record.merge_src, [0, 1]).any() and not (record.merge_dst == 1).any()
