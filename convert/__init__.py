@@ -1,11 +1,11 @@
 """Checkpoint conversion between PyTorch (official DeiT .pth, timm state dicts, safetensors) and MindSpore .ckpt."""
 from convert.io import CheckpointError, check_output_path, read_state_dict, write_state_dict
-from convert.mapping import check_state, expected_shapes, infer_arch, resolve_arch
+from convert.mapping import check_state, expected_shapes, infer_arch, resolve_arch, timm_names
 
 
 def load_checked(path, model=None):
     """Read a checkpoint of any supported format and check it strictly; returns (name, arch, state)."""
-    state = read_state_dict(path)
+    state = timm_names(read_state_dict(path))
     name, arch = resolve_arch(state, model)
     check_state(state, arch, model)
     return name, arch, state
@@ -32,4 +32,4 @@ def ms2pt(src, dst, model=None, force=False):
 
 
 __all__ = ["CheckpointError", "read_state_dict", "write_state_dict", "check_state", "expected_shapes",
-           "infer_arch", "resolve_arch", "load_checked", "pt2ms", "ms2pt"]
+           "infer_arch", "resolve_arch", "timm_names", "load_checked", "pt2ms", "ms2pt"]

@@ -5,6 +5,7 @@ name to itself; what this module adds is certainty that every parameter is prese
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -17,45 +18,80 @@ HEAD_DIM = 64  # heads are not visible in the weights; every DeiT/ViT config use
 
 
 def expected_shapes(arch: ArchConfig) -> Dict[str, Tuple[int, ...]]:
+    """timm's parameter names and shapes for the architecture its flags describe."""
     C, P, hidden = arch.embed_dim, arch.patch_size, arch.mlp_hidden
-    shapes = {
-        "cls_token": (1, 1, C),
-        "pos_embed": (1, arch.num_tokens, C),
-        "patch_embed.proj.weight": (C, arch.in_chans, P, P),
-        "patch_embed.proj.bias": (C,),
-    }
+    shapes = {"cls_token": (1, 1, C)}
+    if arch.distilled:
+        shapes["dist_token"] = (1, 1, C)
+    shapes["pos_embed"] = (1, arch.pos_embed_tokens, C)
+    shapes["patch_embed.proj.weight"] = (C, arch.in_chans, P, P)
+    if arch.patch_bias:
+        shapes["patch_embed.proj.bias"] = (C,)
+    if arch.pre_norm:
+        shapes.update({"norm_pre.weight": (C,), "norm_pre.bias": (C,)})
     for i in range(arch.depth):
         b = f"blocks.{i}."
+        shapes.update({b + "norm1.weight": (C,), b + "norm1.bias": (C,), b + "attn.qkv.weight": (3 * C, C)})
+        if arch.qkv_bias:
+            shapes[b + "attn.qkv.bias"] = (3 * C,)
+        shapes.update({b + "attn.proj.weight": (C, C), b + "attn.proj.bias": (C,)})
+        if arch.init_values is not None:
+            shapes.update({b + "ls1.gamma": (C,), b + "ls2.gamma": (C,)})
         shapes.update({
-            b + "norm1.weight": (C,), b + "norm1.bias": (C,),
-            b + "attn.qkv.weight": (3 * C, C), b + "attn.qkv.bias": (3 * C,),
-            b + "attn.proj.weight": (C, C), b + "attn.proj.bias": (C,),
             b + "norm2.weight": (C,), b + "norm2.bias": (C,),
             b + "mlp.fc1.weight": (hidden, C), b + "mlp.fc1.bias": (hidden,),
             b + "mlp.fc2.weight": (C, hidden), b + "mlp.fc2.bias": (C,),
         })
     shapes.update({"norm.weight": (C,), "norm.bias": (C,),
                    "head.weight": (arch.num_classes, C), "head.bias": (arch.num_classes,)})
+    if arch.distilled:
+        shapes.update({"head_dist.weight": (arch.num_classes, C), "head_dist.bias": (arch.num_classes,)})
     return shapes
 
 
+# The official DeiT-III release (models_v2.py) names LayerScale gamma_1/gamma_2; timm names it ls1/ls2.gamma.
+_OFFICIAL_KEYS = [(re.compile(r"^(blocks\.\d+\.)gamma_([12])$"), r"\1ls\2.gamma")]
+
+
+def timm_names(state: StateDict) -> StateDict:
+    """The state dict with official release names mapped to timm's (other names unchanged)."""
+    out = {}
+    for k, v in state.items():
+        for pattern, replacement in _OFFICIAL_KEYS:
+            k = pattern.sub(replacement, k)
+        out[k] = v
+    return out
+
+
 def infer_arch(state: StateDict) -> Tuple[Optional[str], ArchConfig]:
-    """Depth, width, heads (64-wide), patch, image size and classes from the tensors; the registry name if any."""
-    if "dist_token" in state or "head_dist.weight" in state:
-        raise CheckpointError("checkpoint is a distilled DeiT (dist_token/head_dist): not supported by PPT here")
+    """The flags, depth, width, heads (64-wide), patch, image size and classes from the tensors; the registry name
+    if any. Norm epsilon and activation leave no trace in the weights: pre-norm towers are taken as CLIP's (1e-5,
+    GELU); pass the model name for quick-GELU ones."""
     for key in ("pos_embed", "patch_embed.proj.weight", "head.weight", "blocks.0.mlp.fc1.weight"):
         if key not in state:
             raise CheckpointError(f"cannot infer the architecture: key '{key}' is missing "
                                   f"(is this a ViT/DeiT checkpoint? first keys: {', '.join(list(state)[:5])})")
+    if "reg_token" in state:
+        raise CheckpointError("checkpoint has register tokens (reg_token): PPT here protects class and "
+                              "distillation tokens only")
     C, in_chans, P, _ = state["patch_embed.proj.weight"].shape
-    grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
-    if grid * grid + 1 != state["pos_embed"].shape[1]:
-        raise CheckpointError(f"pos_embed has {state['pos_embed'].shape[1]} tokens: not a square grid plus CLS")
+    prefix = 2 if "dist_token" in state else 1
+    pos_tokens = state["pos_embed"].shape[1]
+    grid = int(round((pos_tokens - prefix) ** 0.5))
+    no_embed_class = False
+    if grid * grid + prefix != pos_tokens:
+        grid = int(round(pos_tokens ** 0.5))
+        no_embed_class = True
+        if grid * grid != pos_tokens:
+            raise CheckpointError(f"pos_embed has {pos_tokens} tokens: not a square grid (plus prefix tokens)")
+    pre_norm = "norm_pre.weight" in state
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     arch = ArchConfig(img_size=grid * P, patch_size=P, embed_dim=C, depth=max(blocks) + 1 if blocks else 0,
                       num_heads=max(C // HEAD_DIM, 1), mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / C,
                       qkv_bias="blocks.0.attn.qkv.bias" in state, num_classes=state["head.weight"].shape[0],
-                      in_chans=in_chans)
+                      in_chans=in_chans, num_prefix_tokens=prefix, no_embed_class=no_embed_class,
+                      init_values=1e-6 if "blocks.0.ls1.gamma" in state else None, pre_norm=pre_norm,
+                      norm_eps=1e-5 if pre_norm else 1e-6)
     names = [n for n, a in MODEL_CONFIGS.items() if a == arch]
     return (sorted(names)[0] if names else None), arch
 
@@ -116,5 +152,5 @@ def resolve_arch(state: StateDict, model: Optional[str] = None) -> Tuple[str, Ar
         return inferred_name or "custom", inferred
     arch = get_arch(model)
     if arch.num_classes != inferred.num_classes:
-        arch = ArchConfig(**{**arch.__dict__, "num_classes": inferred.num_classes})
+        arch = dataclasses.replace(arch, num_classes=inferred.num_classes)
     return model, arch

@@ -1,14 +1,15 @@
 """create_model in the mindcv style, the model registry, and mindcv registration (`ppt_<name>`)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import List, Optional, Sequence
 
 import numpy as np
 import mindspore as ms
 
-from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, ArchConfig,
-                               PPTConfig, RSpec, get_arch)
+from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, PPTConfig, RSpec,
+                               get_arch)
 from ppt_common.trace import BlockTrace, record_from_dest
 from ms_ppt.vision_transformer import SUPPORTED_DTYPES, VisionTransformer, params_from_numpy
 
@@ -49,7 +50,7 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
     if num_classes is not None and num_classes != arch.num_classes:
         if state is not None:
             raise ValueError(f"num_classes={num_classes} but the checkpoint's head has {arch.num_classes} classes")
-        arch = ArchConfig(**{**arch.__dict__, "num_classes": num_classes})
+        arch = dataclasses.replace(arch, num_classes=num_classes)
     model = VisionTransformer(arch, ppt_cfg, trace=trace, custom_kernels=custom_kernels)
     if state is not None:
         params_from_numpy(model, state)
@@ -62,10 +63,10 @@ def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> N
     """Load a checkpoint of any supported format into a built model, as strictly as create_model does: the file
     must exist and hold every parameter once, with the right shape and finite values. With ema, the 'ema.'
     copies of the parameters (a mindcv EMA checkpoint) are loaded instead."""
-    from convert import CheckpointError, check_state, read_state_dict
+    from convert import CheckpointError, check_state, read_state_dict, timm_names
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    state = read_state_dict(path)
+    state = timm_names(read_state_dict(path))
     if ema:
         state = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
         if not state:

@@ -1,7 +1,7 @@
 """DeiT/ViT with PPT in MindSpore (read beside pt_reference/vision_transformer.py).
 
 Parameter names are timm's dotted names (`blocks.0.attn.qkv.weight`, ...), so checkpoints map one to one.
-The token schedule is static (see ppt_common.config.token_schedule): every block knows at construction how many
+The token schedule is static (see ppt_common.config.arch_schedule): every block knows at construction how many
 tokens it sees and how many it removes, which is what lets the graph compile with fixed shapes.
 """
 from typing import List, Optional
@@ -11,7 +11,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from ppt_common.config import ArchConfig, BlockPlan, PPTConfig, token_schedule
+from ppt_common.config import ArchConfig, BlockPlan, PPTConfig, arch_schedule
 from ms_ppt import kernels, ppt
 
 # float16 runs matmuls in float16; softmax, scores, variance, similarity and LayerNorm run in float32.
@@ -23,7 +23,8 @@ def _accum_dtype(dtype):
 
 
 class LayerNorm(nn.Cell):
-    """LayerNorm with timm's parameter names (weight, bias) and eps 1e-6 (MindSpore's default is 1e-7)."""
+    """LayerNorm with timm's parameter names (weight, bias) and the model's eps (DeiT 1e-6, CLIP 1e-5; MindSpore's
+    default is 1e-7)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -48,12 +49,14 @@ class LayerNorm(nn.Cell):
 class PatchProjection(nn.Cell):
     """The patch convolution (kernel = stride = patch) as a matmul; works in every dtype, float64 included."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int):
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, bias: bool = True):
         super().__init__()
         self.patch_size = patch_size
         self.weight = Parameter(initializer(TruncatedNormal(0.02), (embed_dim, in_chans, patch_size, patch_size),
                                             ms.float32), name="weight")
-        self.bias = Parameter(initializer("zeros", (embed_dim,), ms.float32), name="bias")
+        self.has_bias = bias
+        if bias:
+            self.bias = Parameter(initializer("zeros", (embed_dim,), ms.float32), name="bias")
 
     def construct(self, x):
         B, C, H, W = x.shape
@@ -61,15 +64,18 @@ class PatchProjection(nn.Cell):
         gh, gw = H // p, W // p
         patches = x.reshape(B, C, gh, p, gw, p).transpose(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * p * p)
         w = self.weight.reshape(self.weight.shape[0], -1)
-        return ops.matmul(patches, w.swapaxes(0, 1)) + self.bias
+        out = ops.matmul(patches, w.swapaxes(0, 1))
+        if self.has_bias:
+            out = out + self.bias
+        return out
 
 
 class PatchEmbed(nn.Cell):
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
         super().__init__()
         self.img_size = img_size
         self.num_patches = (img_size // patch_size) ** 2
-        self.proj = PatchProjection(in_chans, embed_dim, patch_size)
+        self.proj = PatchProjection(in_chans, embed_dim, patch_size, bias)
 
     def construct(self, x):
         return self.proj(x)
@@ -131,11 +137,34 @@ class GELU(nn.Cell):
         return self.exact(x)
 
 
+class QuickGELU(nn.Cell):
+    """CLIP's activation, x * sigmoid(1.702 x) (timm's 'quick_gelu')."""
+
+    def __init__(self):
+        super().__init__()
+        # a float64 constant cast to x's dtype: a Python scalar would be taken as float32 (1.70200002...)
+        self.alpha = Tensor(1.702, ms.float64)
+
+    def construct(self, x):
+        return x * ops.sigmoid(x * self.alpha.astype(x.dtype))
+
+
+class LayerScale(nn.Cell):
+    """timm's LayerScale (DeiT-III): a learned per-channel factor `gamma`."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.gamma = Parameter(initializer(init_values, (dim,), ms.float32), name="gamma")
+
+    def construct(self, x):
+        return x * self.gamma
+
+
 class Mlp(nn.Cell):
-    def __init__(self, dim: int, hidden: int, custom_kernels: bool):
+    def __init__(self, dim: int, hidden: int, custom_kernels: bool, act: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Dense(dim, hidden)
-        self.act = GELU(custom_kernels)
+        self.act = QuickGELU() if act == "quick_gelu" else GELU(custom_kernels)
         self.fc2 = nn.Dense(hidden, dim)
 
     def construct(self, x):
@@ -148,12 +177,14 @@ class TokenReduction(nn.Cell):
     the same decisions in one op instead of ~75, for only the policy each image takes. The graph ops stay the
     reference: float64, float16, other backends and MindIR export use them."""
 
-    def __init__(self, r: int, threshold: float, custom_kernels: bool):
+    def __init__(self, r: int, threshold: float, custom_kernels: bool, num_prefix_tokens: int = 1):
         super().__init__()
         self.r = r
         self.threshold = threshold
+        self.num_prefix_tokens = num_prefix_tokens
         self.threshold_tensor = Tensor([threshold], ms.float32)
-        self.fused = kernels.ppt_reduce_op(r) if custom_kernels else None
+        # the fused kernel protects the class token only
+        self.fused = kernels.ppt_reduce_op(r) if custom_kernels and num_prefix_tokens == 1 else None
         self.use_fused = self.fused is not None
 
     def drop_fast_kernel(self) -> None:
@@ -167,8 +198,8 @@ class TokenReduction(nn.Cell):
             if source is not None:
                 source = ppt.apply_dest(source, dest, x.shape[1])
             return x, size, source, (pooling, variance, scores, node_max, dest, size)
-        scores = ppt.importance_scores(attn, v)
-        return ppt.reduce_tokens(x, scores, k.mean(1), size, self.r, self.threshold, source)
+        scores = ppt.importance_scores(attn, v, self.num_prefix_tokens)
+        return ppt.reduce_tokens(x, scores, k.mean(1), size, self.r, self.threshold, source, self.num_prefix_tokens)
 
 
 class Block(nn.Cell):
@@ -182,18 +213,28 @@ class Block(nn.Cell):
         self.merge_with_sizes = ppt_cfg.prop_attn  # with prop_attn off every PP block merges with unit sizes
         self.trace = trace
         self.trace_source = ppt_cfg.trace_source
-        self.norm1 = LayerNorm(dim)
+        self.norm1 = LayerNorm(dim, arch.norm_eps)
         self.attn = Attention(dim, arch.num_heads, arch.qkv_bias, use_size=use_size, with_scores=self.reduces)
-        self.norm2 = LayerNorm(dim)
-        self.mlp = Mlp(dim, arch.mlp_hidden, custom_kernels)
+        self.layer_scale = arch.init_values is not None
+        if self.layer_scale:
+            self.ls1 = LayerScale(dim, arch.init_values)
+            self.ls2 = LayerScale(dim, arch.init_values)
+        self.norm2 = LayerNorm(dim, arch.norm_eps)
+        self.mlp = Mlp(dim, arch.mlp_hidden, custom_kernels, arch.act)
         if self.reduces:
-            self.reduction = TokenReduction(plan.r, float(ppt_cfg.threshold), custom_kernels)
+            self.reduction = TokenReduction(plan.r, float(ppt_cfg.threshold), custom_kernels, arch.num_prefix_tokens)
+
+    def scale1(self, x):
+        return self.ls1(x) if self.layer_scale else x
+
+    def scale2(self, x):
+        return self.ls2(x) if self.layer_scale else x
 
     def construct(self, x, size, source):
         record = ()
         if self.reduces:
             x_attn, attn, v, k = self.attn(self.norm1(x), size)
-            x = x + x_attn
+            x = x + self.scale1(x_attn)
             if not self.merge_with_sizes:
                 size = ops.ones_like(size)
             if self.trace_source:
@@ -203,14 +244,14 @@ class Block(nn.Cell):
             if self.trace:
                 record = (raw,)
         else:
-            x = x + self.attn(self.norm1(x), size)
-        x = x + self.mlp(self.norm2(x))
+            x = x + self.scale1(self.attn(self.norm1(x), size))
+        x = x + self.scale2(self.mlp(self.norm2(x)))
         return x, size, source, record
 
 
 class VisionTransformer(nn.Cell):
-    """ViT/DeiT classifier with PPT. `construct(images)` returns logits; with trace on (logits, records), plus the
-    source map with trace_source."""
+    """ViT/DeiT classifier with PPT, built from an ArchConfig's flags as timm's VisionTransformer. `construct(images)`
+    returns logits; with trace on (logits, records), plus the source map with trace_source."""
 
     def __init__(self, arch: ArchConfig, ppt_cfg: Optional[PPTConfig] = None, trace: bool = False,
                  custom_kernels: Optional[bool] = None):
@@ -218,14 +259,22 @@ class VisionTransformer(nn.Cell):
         ppt_cfg = ppt_cfg if ppt_cfg is not None else PPTConfig(r=0, pp_loc_list=())
         self.arch = arch
         self.ppt_config = ppt_cfg
-        self.plans: List[BlockPlan] = token_schedule(arch.num_tokens, arch.depth, ppt_cfg)
+        self.plans: List[BlockPlan] = arch_schedule(arch, ppt_cfg)
         self.trace = trace
         self.trace_source = ppt_cfg.trace_source
-        self.patch_embed = PatchEmbed(arch.img_size, arch.patch_size, arch.in_chans, arch.embed_dim)
-        self.cls_token = Parameter(initializer(TruncatedNormal(0.02), (1, 1, arch.embed_dim), ms.float32),
-                                   name="cls_token")
-        self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, arch.num_tokens, arch.embed_dim),
-                                               ms.float32), name="pos_embed")
+        self.distilled = arch.distilled
+        self.no_embed_class = arch.no_embed_class
+        self.pre_norm = arch.pre_norm
+        dim = arch.embed_dim
+        self.patch_embed = PatchEmbed(arch.img_size, arch.patch_size, arch.in_chans, dim, bias=arch.patch_bias)
+        self.cls_token = Parameter(initializer(TruncatedNormal(0.02), (1, 1, dim), ms.float32), name="cls_token")
+        if self.distilled:
+            self.dist_token = Parameter(initializer(TruncatedNormal(0.02), (1, 1, dim), ms.float32),
+                                        name="dist_token")
+        self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, arch.pos_embed_tokens, dim), ms.float32),
+                                   name="pos_embed")
+        if self.pre_norm:
+            self.norm_pre = LayerNorm(dim, arch.norm_eps)
         if custom_kernels is None:  # compiled CPU kernels only where they run: the CPU backend
             custom_kernels = ms.get_context("device_target") == "CPU"
         blocks, reduced = [], False
@@ -235,26 +284,48 @@ class VisionTransformer(nn.Cell):
                                 custom_kernels=custom_kernels))
             reduced = reduced or plan.r > 0
         self.blocks = nn.CellList(blocks)
-        self.norm = LayerNorm(arch.embed_dim)
-        self.head = nn.Dense(arch.embed_dim, arch.num_classes)
+        self.norm = LayerNorm(dim, arch.norm_eps)
+        self.head = nn.Dense(dim, arch.num_classes)
+        if self.distilled:
+            self.head_dist = nn.Dense(dim, arch.num_classes)
 
     @property
     def pp_blocks(self) -> List[BlockPlan]:
         return [p for p in self.plans if p.r > 0]
 
-    def construct(self, x):
-        x = self.patch_embed(x.astype(self.cls_token.dtype))
+    def _pos_embed(self, x):
+        """Prefix tokens (class, distillation) joined to the patches, with the position embedding: added after
+        joining, or (no_embed_class, DeiT-III) to the patches before joining."""
+        B, _, C = x.shape
+        prefix = ops.broadcast_to(self.cls_token, (B, 1, C))
+        if self.distilled:
+            prefix = ops.concat([prefix, ops.broadcast_to(self.dist_token, (B, 1, C))], 1)
+        if self.no_embed_class:
+            return ops.concat([prefix, x + self.pos_embed], 1)
+        return ops.concat([prefix, x], 1) + self.pos_embed
+
+    def forward_features(self, x):
+        x = self._pos_embed(self.patch_embed(x.astype(self.cls_token.dtype)))
+        if self.pre_norm:
+            x = self.norm_pre(x)
         B = x.shape[0]
-        cls = ops.broadcast_to(self.cls_token, (B, 1, x.shape[2]))
-        x = ops.concat([cls, x], 1) + self.pos_embed
         size = ops.ones((B, x.shape[1], 1), _accum_dtype(x.dtype))
         source = ppt.initial_source(B, x.shape[1], x) if self.trace_source else None
         records = ()
         for blk in self.blocks:
             x, size, source, record = blk(x, size, source)
             records = records + record
-        x = self.norm(x)
-        logits = self.head(x[:, 0])
+        return self.norm(x), records, source
+
+    def forward_head(self, x):
+        """The class token's logits; distilled DeiT averages them with the distillation token's (as timm in eval)."""
+        if self.distilled:
+            return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
+        return self.head(x[:, 0])
+
+    def construct(self, x):
+        x, records, source = self.forward_features(x)
+        logits = self.forward_head(x)
         if self.trace and self.trace_source:
             return logits, records, source
         if self.trace:  # no None output: with a Custom op in the graph, MindSpore 2.10 fails to infer it

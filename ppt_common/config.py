@@ -8,15 +8,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 RSpec = Union[int, Sequence[int], Tuple[int, float]]
 
 
+ACTIVATIONS = ("gelu", "quick_gelu")  # exact (erf) GELU; CLIP's x * sigmoid(1.702 x)
+
+
 @dataclasses.dataclass(frozen=True)
 class ArchConfig:
+    """A ViT as timm's VisionTransformer flags describe it; checkpoint shapes and MACs are derived from it."""
     img_size: int = 224
     patch_size: int = 16
     embed_dim: int = 768
@@ -26,26 +30,59 @@ class ArchConfig:
     qkv_bias: bool = True
     num_classes: int = 1000
     in_chans: int = 3
+    num_prefix_tokens: int = 1  # 1: class token; 2: class + distillation token (distilled DeiT, two heads)
+    init_values: Optional[float] = None  # LayerScale (DeiT-III): ls1.gamma / ls2.gamma in every block
+    no_embed_class: bool = False  # pos_embed covers the patches only and is added before the prefix is joined
+    pre_norm: bool = False  # CLIP: a LayerNorm (norm_pre) after the position embedding, no patch-projection bias
+    norm_eps: float = 1e-6
+    act: str = "gelu"
+
+    def __post_init__(self):
+        if self.num_prefix_tokens not in (1, 2):
+            raise ValueError(f"num_prefix_tokens must be 1 (class token) or 2 (class + distillation), "
+                             f"got {self.num_prefix_tokens}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
 
     @property
     def grid(self) -> int:
         return self.img_size // self.patch_size
 
     @property
+    def num_patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
     def num_tokens(self) -> int:
-        return self.grid * self.grid + 1  # patches + class token
+        return self.num_patches + self.num_prefix_tokens
+
+    @property
+    def pos_embed_tokens(self) -> int:
+        return self.num_patches if self.no_embed_class else self.num_tokens
+
+    @property
+    def distilled(self) -> bool:
+        return self.num_prefix_tokens == 2
+
+    @property
+    def patch_bias(self) -> bool:
+        return not self.pre_norm  # as timm: pre-norm (CLIP) towers have no patch-projection bias
 
     @property
     def mlp_hidden(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
 
 
-def _arch(embed_dim, depth, num_heads, img_size=224, patch_size=16) -> ArchConfig:
+def _arch(embed_dim, depth, num_heads, img_size=224, patch_size=16, **flags) -> ArchConfig:
     return ArchConfig(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                      num_heads=num_heads)
+                      num_heads=num_heads, **flags)
 
 
-# Names follow timm. DeiT and ViT share one architecture (pre-norm, class token, no LayerScale).
+DISTILLED = dict(num_prefix_tokens=2)
+DEIT3 = dict(no_embed_class=True, init_values=1e-6)
+CLIP = dict(pre_norm=True, norm_eps=1e-5)
+
+# Names and flags follow timm's registry.
 MODEL_CONFIGS: Dict[str, ArchConfig] = {
     "deit_tiny_patch16_224": _arch(192, 12, 3),
     "deit_small_patch16_224": _arch(384, 12, 6),
@@ -53,12 +90,22 @@ MODEL_CONFIGS: Dict[str, ArchConfig] = {
     "deit_tiny_patch16_384": _arch(192, 12, 3, img_size=384),
     "deit_small_patch16_384": _arch(384, 12, 6, img_size=384),
     "deit_base_patch16_384": _arch(768, 12, 12, img_size=384),
+    "deit_tiny_distilled_patch16_224": _arch(192, 12, 3, **DISTILLED),
+    "deit_small_distilled_patch16_224": _arch(384, 12, 6, **DISTILLED),
+    "deit_base_distilled_patch16_224": _arch(768, 12, 12, **DISTILLED),
+    "deit_base_distilled_patch16_384": _arch(768, 12, 12, img_size=384, **DISTILLED),
+    "deit3_small_patch16_224": _arch(384, 12, 6, **DEIT3),
+    "deit3_small_patch16_384": _arch(384, 12, 6, img_size=384, **DEIT3),
+    "deit3_base_patch16_224": _arch(768, 12, 12, **DEIT3),
+    "deit3_base_patch16_384": _arch(768, 12, 12, img_size=384, **DEIT3),
     "vit_tiny_patch16_224": _arch(192, 12, 3),
     "vit_small_patch16_224": _arch(384, 12, 6),
     "vit_base_patch16_224": _arch(768, 12, 12),
     "vit_base_patch32_224": _arch(768, 12, 12, patch_size=32),
     "vit_large_patch16_224": _arch(1024, 24, 16),
     "vit_base_patch16_384": _arch(768, 12, 12, img_size=384),
+    "vit_base_patch16_clip_224": _arch(768, 12, 12, **CLIP),
+    "vit_base_patch16_clip_quickgelu_224": _arch(768, 12, 12, act="quick_gelu", **CLIP),
 }
 
 # The paper's off-the-shelf settings (DeiT-S); DeiT-B at 11.6 GMACs corresponds to r=47.
@@ -68,10 +115,6 @@ DEFAULT_THRESHOLD = 7e-5
 
 
 def get_arch(name: str) -> ArchConfig:
-    if "distilled" in name:
-        raise ValueError(
-            f"model '{name}': distilled DeiT models are not supported (PPT would have to protect the distillation "
-            "token; see docs/ppt-spec deviations)")
     try:
         return MODEL_CONFIGS[name]
     except KeyError:
@@ -170,7 +213,12 @@ class BlockPlan:
         return self.tokens_in - self.r
 
 
-def token_schedule(num_tokens: int, depth: int, ppt: PPTConfig) -> List[BlockPlan]:
+def max_r(num_tokens: int, num_prefix_tokens: int = 1) -> int:
+    """The most tokens a PP block can remove: half its patch tokens (the prefix tokens are protected)."""
+    return (num_tokens - num_prefix_tokens) // 2
+
+
+def token_schedule(num_tokens: int, depth: int, ppt: PPTConfig, num_prefix_tokens: int = 1) -> List[BlockPlan]:
     """Static token counts: every image follows this trajectory whatever its policies."""
     for i in ppt.pp_loc_list:
         if not 0 <= i < depth:
@@ -179,7 +227,7 @@ def token_schedule(num_tokens: int, depth: int, ppt: PPTConfig) -> List[BlockPla
     plans, n = [], num_tokens
     for i in range(depth):
         is_pp = i in r_values
-        r_eff = max(0, min(r_values[i], (n - 1) // 2)) if is_pp else 0
+        r_eff = max(0, min(r_values[i], max_r(n, num_prefix_tokens))) if is_pp else 0
         plans.append(BlockPlan(index=i, tokens_in=n, r=r_eff, is_pp=is_pp))
         n -= r_eff
     return plans
@@ -187,4 +235,9 @@ def token_schedule(num_tokens: int, depth: int, ppt: PPTConfig) -> List[BlockPla
 
 def reducing_blocks(arch: ArchConfig, ppt: PPTConfig) -> List[int]:
     """Indices of the blocks that actually remove tokens (PP blocks whose clamped r is positive)."""
-    return [p.index for p in token_schedule(arch.num_tokens, arch.depth, ppt) if p.r > 0]
+    return [p.index for p in arch_schedule(arch, ppt) if p.r > 0]
+
+
+def arch_schedule(arch: ArchConfig, ppt: PPTConfig) -> List[BlockPlan]:
+    """token_schedule for a model."""
+    return token_schedule(arch.num_tokens, arch.depth, ppt, arch.num_prefix_tokens)

@@ -16,8 +16,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, PPTConfig, get_arch,
-                               token_schedule)
+from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, PPTConfig,
+                               arch_schedule, get_arch)
 from ppt_common.files import OutputError, check_outputs, json_writer, write_all
 from ppt_common.imagenet import NUM_CLASSES, ImageError, find_images, preprocess_pil
 from ppt_common.macs import gmacs
@@ -251,7 +251,7 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
     cfg = ppt_config(args)
     result = metrics.result()
     timing_batch = args.batch_size  # throughput is timed on one batch of the evaluation's batch size
-    applied = [p.r for p in token_schedule(arch.num_tokens, arch.depth, cfg) if p.is_pp]
+    applied = [p.r for p in arch_schedule(arch, cfg) if p.is_pp]
     report = {
         "framework": framework,
         "demo": is_demo(args),

@@ -7,7 +7,7 @@ This reproduces the authors' figures: DeiT-S 4.60 dense and 2.944 with PPT (r=50
 """
 from __future__ import annotations
 
-from ppt_common.config import ArchConfig, PPTConfig, token_schedule
+from ppt_common.config import ArchConfig, PPTConfig, arch_schedule
 
 
 def block_macs(n_in: int, n_out: int, dim: int, hidden: int, head_dim: int) -> int:
@@ -21,11 +21,14 @@ def block_macs(n_in: int, n_out: int, dim: int, hidden: int, head_dim: int) -> i
 def count_macs(arch: ArchConfig, ppt: PPTConfig = None) -> int:
     ppt = ppt if ppt is not None else PPTConfig(r=0, pp_loc_list=())
     C = arch.embed_dim
-    total = (arch.num_tokens - 1) * arch.in_chans * arch.patch_size ** 2 * C  # patch projection
-    for plan in token_schedule(arch.num_tokens, arch.depth, ppt):
+    total = arch.num_patches * arch.in_chans * arch.patch_size ** 2 * C  # patch projection
+    if arch.pre_norm:
+        total += arch.num_tokens * C  # norm_pre's affine step
+    for plan in arch_schedule(arch, ppt):
         total += block_macs(plan.tokens_in, plan.tokens_out, C, arch.mlp_hidden, C // arch.num_heads)
         n_final = plan.tokens_out
-    return total + n_final * C + C * arch.num_classes  # final norm, head
+    heads = 2 if arch.distilled else 1  # distilled DeiT: head and head_dist
+    return total + n_final * C + heads * C * arch.num_classes  # final norm, head(s)
 
 
 def gmacs(arch: ArchConfig, ppt: PPTConfig = None) -> float:

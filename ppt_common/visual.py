@@ -41,7 +41,7 @@ def to_uint8(image_chw: np.ndarray) -> np.ndarray:
 def render_panel(rgb: np.ndarray, token_map: np.ndarray, patch: int, scale: int) -> np.ndarray:
     """Pruned patches black; each pooled group in its mean colour; outlines where groups meet."""
     grid = rgb.shape[0] // patch
-    ids = token_map[1:].reshape(grid, grid)  # drop CLS
+    ids = token_map[-grid * grid:].reshape(grid, grid)  # the patches: after the prefix tokens
     patches = rgb.reshape(grid, patch, grid, patch, 3).astype(np.float64)
     means = patches.mean(axis=(1, 3))  # [grid, grid, 3]
     out = np.zeros((grid, grid, 3))

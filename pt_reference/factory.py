@@ -1,9 +1,12 @@
 """create_model for the PyTorch reference: a timm VisionTransformer built from the shared registry, patched."""
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
 from typing import Optional, Sequence
 
 import torch
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, ArchConfig,
@@ -18,9 +21,13 @@ def list_models():
 
 
 def build_timm_model(arch: ArchConfig) -> VisionTransformer:
-    return VisionTransformer(img_size=arch.img_size, patch_size=arch.patch_size, in_chans=arch.in_chans,
-                             num_classes=arch.num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
-                             num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio, qkv_bias=arch.qkv_bias)
+    """timm's own model for the flags (VisionTransformerDistilled for two prefix tokens)."""
+    model_class = VisionTransformerDistilled if arch.distilled else VisionTransformer
+    return model_class(img_size=arch.img_size, patch_size=arch.patch_size, in_chans=arch.in_chans,
+                       num_classes=arch.num_classes, embed_dim=arch.embed_dim, depth=arch.depth,
+                       num_heads=arch.num_heads, mlp_ratio=arch.mlp_ratio, qkv_bias=arch.qkv_bias,
+                       init_values=arch.init_values, no_embed_class=arch.no_embed_class, pre_norm=arch.pre_norm,
+                       norm_layer=partial(torch.nn.LayerNorm, eps=arch.norm_eps), act_layer=arch.act)
 
 
 def create_model(name: str, checkpoint: Optional[str] = None, r: RSpec = DEFAULT_R,
@@ -38,7 +45,7 @@ def create_model(name: str, checkpoint: Optional[str] = None, r: RSpec = DEFAULT
     if num_classes is not None and num_classes != arch.num_classes:
         if state is not None:
             raise ValueError(f"num_classes={num_classes} but the checkpoint's head has {arch.num_classes} classes")
-        arch = ArchConfig(**{**arch.__dict__, "num_classes": num_classes})
+        arch = dataclasses.replace(arch, num_classes=num_classes)
     model = build_timm_model(arch)
     if state is not None:
         model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)

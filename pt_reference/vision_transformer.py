@@ -10,9 +10,10 @@ from typing import List, Optional
 
 import torch
 from timm.layers import Attention
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from ppt_common.config import PPTConfig, RSpec
+from ppt_common.config import PPTConfig, RSpec, max_r
 from ppt_common.trace import BlockTrace
 from pt_reference import ppt
 
@@ -20,7 +21,7 @@ from pt_reference import ppt
 class PPTAttention(Attention):
     """timm attention that adds the proportional-attention bias and also returns scores and the merge metric."""
 
-    def forward_ppt(self, x: torch.Tensor, size: Optional[torch.Tensor]):
+    def forward_ppt(self, x: torch.Tensor, size: Optional[torch.Tensor], num_prefix_tokens: int = 1):
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -30,7 +31,7 @@ class PPTAttention(Attention):
         if bias is not None:
             attn = attn + bias
         attn = attn.softmax(dim=-1)
-        scores = ppt.importance_scores(attn, v)
+        scores = ppt.importance_scores(attn, v, num_prefix_tokens)
         x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)
         x = self.proj(self.norm(x))
         return x, scores, k.mean(dim=1)
@@ -42,26 +43,27 @@ class PPTBlock(Block):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         info = self._ppt_info
         cfg: PPTConfig = info["config"]
+        prefix = info["num_prefix_tokens"]
         r = info["r"].pop(0) if self._ppt_is_pp else 0
-        r = max(0, min(r, (x.shape[1] - 1) // 2))
+        r = max(0, min(r, max_r(x.shape[1], prefix)))
         size = info["size"] if cfg.prop_attn else None
         if r == 0 and size is None:
             return super().forward(x)
-        x_attn, scores, metric = self.attn.forward_ppt(self.norm1(x), size)
-        x = x + x_attn
+        x_attn, scores, metric = self.attn.forward_ppt(self.norm1(x), size, prefix)
+        x = x + self.drop_path1(self.ls1(x_attn))
         if r > 0:
             # with prop_attn off every PP block merges with unit sizes (the authors' behaviour)
             unit = torch.ones_like(x[..., :1])
             merge_size = info["size"] if (cfg.prop_attn and info["size"] is not None) else unit
             x, info["size"], info["source"], trace = ppt.reduce_tokens(
                 x, scores, metric, merge_size, r, cfg.threshold, source=info["source"], block=self._ppt_index,
-                want_trace=info["want_trace"])
+                want_trace=info["want_trace"], num_prefix_tokens=prefix)
             if trace is not None:
                 info["trace"].append(trace)
-        return x + self.mlp(self.norm2(x))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
-class PPTVisionTransformer(VisionTransformer):
+class PPTState:
     """Resets the per-forward PPT state; after a forward, `ppt_trace` and `ppt_source` hold what happened."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -74,7 +76,7 @@ class PPTVisionTransformer(VisionTransformer):
         if cfg.trace_source:
             n0 = self.patch_embed.num_patches + self.num_prefix_tokens
             info["source"] = ppt.initial_source(x.shape[0], n0, x)
-        return super().forward(x, *args, **kwargs)
+        return self._ppt_timm_class.forward(self, x, *args, **kwargs)
 
     @property
     def ppt_trace(self) -> List[BlockTrace]:
@@ -90,6 +92,17 @@ class PPTVisionTransformer(VisionTransformer):
         return self._ppt_info["config"]
 
 
+class PPTVisionTransformer(PPTState, VisionTransformer):
+    _ppt_timm_class = VisionTransformer
+
+
+class PPTVisionTransformerDistilled(PPTState, VisionTransformerDistilled):
+    _ppt_timm_class = VisionTransformerDistilled
+
+
+PPT_CLASSES = {VisionTransformer: PPTVisionTransformer, VisionTransformerDistilled: PPTVisionTransformerDistilled}
+
+
 def check_supported(model) -> None:
     """Refuse models whose structure PPT (as specified) does not cover."""
     if not isinstance(model, VisionTransformer):
@@ -97,17 +110,16 @@ def check_supported(model) -> None:
     problems = []
     if getattr(model, "cls_token", None) is None:
         problems.append("it has no class token")
-    if getattr(model, "num_prefix_tokens", 1) != 1:
-        problems.append(f"it has {model.num_prefix_tokens} prefix tokens (distillation or register tokens); "
-                        "PPT protects only the class token")
+    if getattr(model, "reg_token", None) is not None:
+        problems.append("it has register tokens (PPT here protects the class and distillation tokens only)")
+    elif getattr(model, "num_prefix_tokens", 1) != (2 if isinstance(model, VisionTransformerDistilled) else 1):
+        problems.append(f"it has {model.num_prefix_tokens} prefix tokens; PPT here protects a class token and, in "
+                        "a distilled DeiT, its distillation token")
     if getattr(model, "global_pool", "token") != "token" or getattr(model, "attn_pool", None) is not None:
         problems.append(f"it pools with '{model.global_pool}' instead of the class token")
     for i, blk in enumerate(model.blocks):
         if type(blk) not in (Block, PPTBlock):
             problems.append(f"block {i} is a {type(blk).__name__}, not a standard pre-norm Block")
-            break
-        if not isinstance(blk.ls1, torch.nn.Identity) or not isinstance(blk.ls2, torch.nn.Identity):
-            problems.append("it uses LayerScale")
             break
         if type(blk.attn) not in (Attention, PPTAttention) or getattr(blk.attn, "gate", None) is not None:
             problems.append(f"block {i} attention is a {type(blk.attn).__name__} (only plain Attention is supported)")
@@ -125,8 +137,10 @@ def apply_ppt(model: VisionTransformer, r: RSpec = 50, pp_loc_list=(3, 6, 9), th
     if cfg.pp_loc_list and cfg.pp_loc_list[-1] >= len(model.blocks):
         raise ValueError(f"pp_loc_list {list(cfg.pp_loc_list)} names a block beyond the model's "
                          f"{len(model.blocks)} blocks")
-    model.__class__ = PPTVisionTransformer
-    model._ppt_info = {"config": cfg, "want_trace": trace, "r": [], "size": None, "source": None, "trace": []}
+    timm_class = next(c for c in (VisionTransformerDistilled, VisionTransformer) if isinstance(model, c))
+    model.__class__ = PPT_CLASSES[timm_class]
+    model._ppt_info = {"config": cfg, "want_trace": trace, "r": [], "size": None, "source": None, "trace": [],
+                       "num_prefix_tokens": model.num_prefix_tokens}
     for i, blk in enumerate(model.blocks):
         blk.__class__ = PPTBlock
         blk.attn.__class__ = PPTAttention

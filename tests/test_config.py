@@ -67,11 +67,18 @@ def test_pp_block_beyond_depth_is_refused():
         token_schedule(197, 12, PPTConfig(pp_loc_list=(3, 12)))
 
 
-def test_unknown_and_distilled_models_are_refused():
+def test_unknown_models_are_refused():
     with pytest.raises(ValueError, match="unknown model"):
         get_arch("resnet50")
-    with pytest.raises(ValueError, match="distilled"):
-        get_arch("deit_small_distilled_patch16_224")
+
+
+def test_distilled_models_protect_two_prefix_tokens_in_the_schedule():
+    arch = get_arch("deit_small_distilled_patch16_224")
+    assert arch.num_tokens == 198 and arch.pos_embed_tokens == 198
+    plans = token_schedule(arch.num_tokens, arch.depth, PPTConfig(r=100, pp_loc_list=(3, 6, 9)), 2)
+    assert [p.r for p in plans if p.is_pp] == [98, 49, 24]  # half the patch tokens: (N - 2) // 2
+    assert get_arch("deit3_small_patch16_224").pos_embed_tokens == 196  # no class position embedding
+    assert gmacs(arch) == pytest.approx(4.626, abs=1e-3)  # one token more and a second head (DeiT paper: 4.6)
 
 
 @pytest.mark.parametrize("name, r, dense, ppt", [

@@ -150,3 +150,37 @@ def test_real_deit_tiny_converts_and_gives_timm_logits(tmp_path):
         model = ms_ppt.create_model("deit_tiny_patch16_224", checkpoint=str(tmp_path / "t.ckpt"), r=0, dtype=dtype)
         got = model(ms.Tensor(x, model.cls_token.dtype)).asnumpy()
         np.testing.assert_allclose(got, expected, rtol=0, atol=tol)
+
+
+NEW_BACKBONES = ["deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224",
+                 "deit_base_distilled_patch16_224", "deit_base_distilled_patch16_384", "deit3_small_patch16_224",
+                 "deit3_small_patch16_384", "deit3_base_patch16_224", "deit3_base_patch16_384",
+                 "vit_base_patch16_clip_224", "vit_base_patch16_clip_quickgelu_224"]
+
+
+@pytest.mark.parametrize("name", NEW_BACKBONES)
+def test_timm_state_dicts_of_every_backbone_round_trip_bit_exactly(tmp_path, name):
+    torch.manual_seed(0)
+    state = build_timm_model(get_arch(name)).state_dict()
+    assert set(state) == set(convert.expected_shapes(get_arch(name)))  # the shapes derive from the flags
+    torch.save(state, tmp_path / "timm.pth")
+    # the weights cannot tell quick GELU from GELU: the name says it
+    model = name if "quickgelu" in name else None
+    assert convert.pt2ms(tmp_path / "timm.pth", tmp_path / "m.ckpt", model=model) == name
+    convert.ms2pt(tmp_path / "m.ckpt", tmp_path / "back.safetensors")
+    back = convert.read_state_dict(tmp_path / "back.safetensors")
+    assert set(back) == set(state)
+    for k, v in state.items():
+        np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
+
+
+def test_official_deit3_release_with_gamma_keys_loads_through_the_cli(tmp_path):
+    torch.manual_seed(0)
+    state = build_timm_model(get_arch("deit3_small_patch16_224")).state_dict()
+    official = {k.replace("ls1.gamma", "gamma_1").replace("ls2.gamma", "gamma_2"): v for k, v in state.items()}
+    assert "blocks.0.gamma_1" in official
+    save_official(official, tmp_path / "deit_3_small_224_1k.pth")
+    res = run_cli("pt2ms", tmp_path / "deit_3_small_224_1k.pth", tmp_path / "d3.ckpt")
+    assert res.returncode == 0 and "deit3_small_patch16_224" in res.stdout, res.stderr
+    np.testing.assert_array_equal(convert.read_state_dict(tmp_path / "d3.ckpt")["blocks.11.ls2.gamma"],
+                                  state["blocks.11.ls2.gamma"].numpy())

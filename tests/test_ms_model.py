@@ -1,4 +1,5 @@
 """ms_ppt models: float64 parity with the reference (every trace field, logits to 1e-9), both execution modes."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -204,3 +205,57 @@ def test_mindcv_and_mindspore_model_users_see_no_exit_noise(tmp_path):
                          env={**os.environ, "PYTHONPATH": ROOT})
     assert res.returncode == 0 and "(1, 1000)" in res.stdout, res.stderr
     assert "del_net_res" not in res.stderr and "Exception ignored" not in res.stderr, res.stderr
+
+
+def randomised_layer_scale(pt):
+    """timm initialises LayerScale at 1e-6, which would hide the blocks: give it values that matter."""
+    with torch.no_grad():
+        for name, p in pt.named_parameters():
+            if name.endswith(".gamma"):
+                p.uniform_(0.5, 1.5)
+    return pt
+
+
+@pytest.mark.parametrize("name, mode, thresholds", [
+    ("deit_tiny_distilled_patch16_224", "pynative", ("pool", "prune", "mixed")),
+    ("deit_tiny_distilled_patch16_224", "graph", ("mixed",)),
+    ("deit3_small_patch16_224", "pynative", ("pool", "prune", "mixed")),
+    ("deit3_small_patch16_224", "graph", ("mixed",)),
+    ("vit_base_patch16_clip_quickgelu_224", "pynative", ("pool", "mixed")),
+])
+def test_new_backbones_give_the_reference_traces_and_logits_in_float64(name, mode, thresholds):
+    """Distilled DeiT (two protected prefix tokens), DeiT-III (LayerScale, no class position embedding) and CLIP
+    (pre-norm, eps 1e-5, quick GELU, no patch bias): every trace field identical, logits within 1e-9."""
+    ms.set_context(mode=MODES[mode])
+    x = images(2)
+    pt = randomised_layer_scale(pt_model(name, threshold=0.0))
+    variances = np.sort(run_pt(pt, x)[1][0].variance)
+    for policy in thresholds:
+        threshold = {"pool": 1e9, "prune": 0.0, "mixed": float(np.sqrt(variances[0] * variances[-1]))}[policy]
+        pt._ppt_info["config"] = dataclasses.replace(pt.ppt_config, threshold=threshold)
+        pt_logits, pt_trace = run_pt(pt, x)
+        ms_logits, ms_trace, _ = run_with_trace(ms_twin(pt, name, threshold=threshold), x)
+        assert compare_traces(pt_trace, ms_trace) == []
+        np.testing.assert_allclose(ms_logits, pt_logits, rtol=0, atol=1e-9)
+        assert {"pool": {1}, "prune": {0}, "mixed": {0, 1}}[policy] == set(pt_trace[0].policy.tolist())
+        if "distilled" in name:  # both prefix tokens survive every PP block on their own
+            for t in pt_trace:
+                pruned = t.policy == 0
+                assert (t.kept[pruned][:, :2] == [0, 1]).all()
+                assert not np.isin(t.merge_src, [0, 1]).any() and not (t.merge_dst == 1).any()
+
+
+@pytest.mark.parametrize("name", ["deit_small_distilled_patch16_224", "deit_base_distilled_patch16_224",
+                                  "deit3_base_patch16_224", "deit3_small_patch16_384", "vit_base_patch16_clip_224"])
+def test_dense_backbones_give_timms_logits_in_float64(name):
+    from pt_reference.factory import build_timm_model
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    torch.manual_seed(0)
+    timm_model = randomised_layer_scale(build_timm_model(ms_ppt.create_model(name, r=0).arch).double().eval())
+    size = timm_model.patch_embed.img_size[0]
+    x = np.random.RandomState(0).randn(1, 3, size, size)
+    with torch.no_grad():
+        expected = timm_model(torch.from_numpy(x)).numpy()
+    model = ms_ppt.create_model(name, r=0, dtype="float64")
+    params_from_numpy(model, {k: v.numpy() for k, v in timm_model.state_dict().items()})
+    np.testing.assert_allclose(model(ms.Tensor(x)).asnumpy(), expected, rtol=0, atol=1e-9)

@@ -154,19 +154,23 @@ def test_ties_from_duplicated_patches_follow_the_stable_policy():
 
 
 def test_unsupported_models_are_refused_with_the_reason():
-    with pytest.raises(ValueError, match="LayerScale"):
-        apply_ppt(timm.models.vision_transformer.VisionTransformer(depth=2, embed_dim=64, num_heads=2,
-                                                                   init_values=1e-5, img_size=32))
     with pytest.raises(ValueError, match="no class token"):
         apply_ppt(timm.models.vision_transformer.VisionTransformer(depth=2, embed_dim=64, num_heads=2,
                                                                    class_token=False, global_pool="avg", img_size=32))
-    with pytest.raises(ValueError, match="prefix tokens"):
+    with pytest.raises(ValueError, match="register tokens"):
         apply_ppt(timm.models.vision_transformer.VisionTransformer(depth=2, embed_dim=64, num_heads=2,
                                                                    reg_tokens=4, img_size=32))
     with pytest.raises(TypeError, match="VisionTransformer"):
         apply_ppt(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="distilled"):
-        create_model("deit_tiny_distilled_patch16_224")
+
+
+def test_timm_models_of_every_supported_family_are_patched_in_place():
+    """apply_ppt takes timm's own distilled DeiT, DeiT-III (LayerScale) and CLIP (pre-norm) models."""
+    for name in ("deit_tiny_distilled_patch16_224", "deit3_small_patch16_224", "vit_base_patch16_clip_224"):
+        model = apply_ppt(timm.create_model(name, pretrained=False).eval(), r=30, trace=True)
+        with torch.no_grad():
+            assert model(images(1, dtype=torch.float32)).shape == (1, 1000)
+        assert [t.tokens_out for t in model.ppt_trace][0] == model.patch_embed.num_patches + model.num_prefix_tokens - 30
 
 
 @pytest.mark.parametrize("name", ["deit_small_patch16_384", "vit_base_patch32_224"])
