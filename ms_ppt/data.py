@@ -9,16 +9,20 @@ from typing import Callable
 
 import numpy as np
 
+from ppt_common.config import data_config, get_arch
 from ppt_common.imagenet import ImageError, default_crop_pct, open_rgb
 
 
-def mindspore_preprocess(img_size: int) -> Callable[[str], np.ndarray]:
-    """path -> [3, img_size, img_size] float32: PIL decode, then mindcv's bicubic Resize, CenterCrop, Normalize,
-    HWC2CHW (create_transforms' eval pipeline without its Decode)."""
+def mindspore_preprocess(model: str) -> Callable[[str], np.ndarray]:
+    """path -> [3, img_size, img_size] float32 for a registered model (its DataConfig): PIL decode, then mindcv's
+    Resize, CenterCrop, Normalize, HWC2CHW (create_transforms' eval pipeline without its Decode)."""
     from mindcv.data import create_transforms
     from mindspore.dataset import transforms, vision
+    img_size, data = get_arch(model).img_size, data_config(model)
     steps = create_transforms(dataset_name="imagenet", image_resize=img_size, is_training=False,
-                              crop_pct=default_crop_pct(img_size), interpolation="bicubic")
+                              crop_pct=default_crop_pct(img_size) if data.crop_pct is None else data.crop_pct,
+                              interpolation=data.interpolation, mean=[255 * m for m in data.mean],
+                              std=[255 * s for s in data.std])
     if not isinstance(steps[0], vision.Decode):
         raise RuntimeError(f"mindcv's eval transforms no longer start with Decode: {steps}")
     rest = transforms.Compose(steps[1:])

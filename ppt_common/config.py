@@ -108,6 +108,35 @@ MODEL_CONFIGS: Dict[str, ArchConfig] = {
     "vit_base_patch16_clip_quickgelu_224": _arch(768, 12, 12, act="quick_gelu", **CLIP),
 }
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """A model's evaluation preprocessing (timm's pretrained_cfg): resize the shorter side to img_size / crop_pct,
+    centre crop img_size, scale to [0, 1], normalise with mean and std."""
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    crop_pct: Optional[float] = None  # None: the DeiT authors' eval, 0.875 at 224 and the full image at 384
+    interpolation: str = "bicubic"
+
+
+CLIP_DATA = DataConfig(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, crop_pct=0.9)  # timm's CLIP towers
+DATA_CONFIGS: Dict[str, DataConfig] = {
+    "vit_base_patch16_clip_224": CLIP_DATA,
+    "vit_base_patch16_clip_quickgelu_224": CLIP_DATA,
+}
+
+
+def data_config(name: str) -> DataConfig:
+    """The preprocessing a registered model was trained with (DeiT's unless listed in DATA_CONFIGS)."""
+    get_arch(name)
+    return DATA_CONFIGS.get(name, DataConfig())
+
+
 # The paper's off-the-shelf settings (DeiT-S); DeiT-B at 11.6 GMACs corresponds to r=47.
 DEFAULT_R = 50
 DEFAULT_PP_LOC_LIST = (3, 6, 9)

@@ -6,7 +6,7 @@ report the same things in the same format.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import math
 import os
 import sys
@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, PPTConfig,
-                               arch_schedule, get_arch)
+                               arch_schedule, data_config, get_arch)
 from ppt_common.files import OutputError, check_outputs, json_writer, write_all
 from ppt_common.imagenet import NUM_CLASSES, ImageError, find_images, preprocess_pil
 from ppt_common.macs import gmacs
@@ -188,8 +188,10 @@ def iter_batches(items: Sequence[Tuple[str, int]], batch_size: int, preprocess: 
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def pil_preprocess(img_size: int) -> Callable[[str], np.ndarray]:
-    return lambda path: preprocess_pil(path, img_size)
+def pil_preprocess(model: str) -> Callable[[str], np.ndarray]:
+    """The model's eval transform (its DataConfig) on PIL images, bit-identical to timm/torchvision."""
+    arch, data = get_arch(model), data_config(model)
+    return lambda path: preprocess_pil(path, arch.img_size, data.crop_pct, data.mean, data.std)
 
 
 class Metrics:
@@ -270,7 +272,8 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
             "model": args.model, "checkpoint": args.checkpoint, "data_path": args.data_path or DEMO_DATA,
             "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r), "pp_loc_list": list(cfg.pp_loc_list),
             "threshold": cfg.threshold, "prop_attn": cfg.prop_attn, "batch_size": args.batch_size,
-            "dtype": args.dtype, "limit": args.limit, "timing_batch_size": timing_batch, **extra_config,
+            "dtype": args.dtype, "limit": args.limit, "timing_batch_size": timing_batch,
+            "data_config": dataclasses.asdict(data_config(args.model)), **extra_config,
         },
     }
     return report

@@ -11,8 +11,10 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-IMAGENET_MEAN = np.array((0.485, 0.456, 0.406), dtype=np.float32)
-IMAGENET_STD = np.array((0.229, 0.224, 0.225), dtype=np.float32)
+from ppt_common import config
+
+IMAGENET_MEAN = np.array(config.IMAGENET_MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(config.IMAGENET_STD, dtype=np.float32)
 DEFAULT_CROP_PCT = 0.875
 NUM_CLASSES = 1000
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
@@ -88,7 +90,8 @@ def open_rgb(path: str):
         raise ImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
-def preprocess_pil(path: str, img_size: int = 224, crop_pct: Optional[float] = None) -> np.ndarray:
+def preprocess_pil(path: str, img_size: int = 224, crop_pct: Optional[float] = None,
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """[3, img_size, img_size] float32, exactly torchvision's eval transform on the PIL image."""
     from PIL import Image
     img = open_rgb(path)
@@ -105,5 +108,5 @@ def preprocess_pil(path: str, img_size: int = 224, crop_pct: Optional[float] = N
     left = int(round((new_w - crop) / 2.0))
     img = img.crop((left, top, left + crop, top + crop))
     arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255)
-    arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
+    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

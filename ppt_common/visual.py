@@ -32,9 +32,9 @@ def group_sizes(token_map: np.ndarray, num_tokens: int) -> np.ndarray:
     return np.bincount(token_map[token_map >= 0], minlength=num_tokens).astype(np.float64)
 
 
-def to_uint8(image_chw: np.ndarray) -> np.ndarray:
-    """Undo the ImageNet normalisation: [3,H,W] float -> [H,W,3] uint8."""
-    rgb = image_chw.transpose(1, 2, 0).astype(np.float32) * IMAGENET_STD + IMAGENET_MEAN
+def to_uint8(image_chw: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """Undo the normalisation (ImageNet's unless given): [3,H,W] float -> [H,W,3] uint8."""
+    rgb = image_chw.transpose(1, 2, 0).astype(np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
 
@@ -63,7 +63,7 @@ def render_panel(rgb: np.ndarray, token_map: np.ndarray, patch: int, scale: int)
 
 
 def render_figure(images: np.ndarray, traces: Sequence[BlockTrace], patch: int, scale: int = 1,
-                  labels: Sequence[str] = ()) -> "Image.Image":
+                  labels: Sequence[str] = (), mean=IMAGENET_MEAN, std=IMAGENET_STD) -> "Image.Image":
     """One row per image: the input, then the token map after each PP block, the policy written above."""
     from PIL import Image, ImageDraw
     n, size = images.shape[0], images.shape[2] * scale
@@ -72,7 +72,7 @@ def render_figure(images: np.ndarray, traces: Sequence[BlockTrace], patch: int, 
     canvas = Image.new("RGB", (cols * (size + pad) + pad, n * (size + title + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
-        rgb = to_uint8(images[i])
+        rgb = to_uint8(images[i], mean, std)
         top = pad + i * (size + title + pad)
         panels = [(labels[i] if i < len(labels) else "input", np.repeat(np.repeat(rgb, scale, 0), scale, 1))]
         for t, m in zip(traces, token_maps(traces, i)):

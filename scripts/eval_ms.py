@@ -36,12 +36,11 @@ def main(argv=None) -> int:
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None
         ev.check_imagenet_head(model.arch.num_classes)
-        img_size = model.arch.img_size
         if args.preprocess == "pil":
-            preprocess = ev.pil_preprocess(img_size)
+            preprocess = ev.pil_preprocess(args.model)
         else:
             from ms_ppt.data import mindspore_preprocess
-            preprocess = mindspore_preprocess(img_size)
+            preprocess = mindspore_preprocess(args.model)
         metrics, skipped, first = ev.Metrics(), [], None
         batches = ev.iter_batches(items, args.batch_size, preprocess, args.num_workers, args.on_error, skipped)
         for images, labels, paths in ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet,

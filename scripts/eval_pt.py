@@ -36,7 +36,7 @@ def main(argv=None) -> int:
         ev.check_imagenet_head(model.num_classes)
         model = model.to(args.device)
         dtype = next(model.parameters()).dtype
-        preprocess = ev.pil_preprocess(model.patch_embed.img_size[0])
+        preprocess = ev.pil_preprocess(args.model)
         metrics, skipped, first = ev.Metrics(), [], None
         batches = ev.iter_batches(items, args.batch_size, preprocess, args.num_workers, args.on_error, skipped)
         with torch.no_grad():

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
             return run
 
         skipped = []
-        batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(fp32.arch.img_size), args.num_workers,
+        batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(args.model), args.num_workers,
                                   args.on_error, skipped)
         report = run_both(runner(fp32, np.float32), runner(fp16, np.float16),
                           ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet, "float16"),

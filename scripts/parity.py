@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, **kwargs)
         params_from_numpy(msm, state)
         skipped = []
-        batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(msm.arch.img_size), args.num_workers,
+        batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(args.model), args.num_workers,
                                   args.on_error, skipped)
         np_dtype = np.float64 if args.dtype == "float64" else np.float32
 

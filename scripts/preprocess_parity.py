@@ -14,6 +14,7 @@ import numpy as np
 
 from ppt_common import evaluation as ev
 from ms_ppt.data import mindspore_preprocess
+from ppt_common.config import data_config
 
 
 def main(argv=None) -> int:
@@ -27,9 +28,8 @@ def main(argv=None) -> int:
         model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, r=cfg.r, pp_loc_list=cfg.pp_loc_list,
                                     threshold=cfg.threshold, prop_attn=cfg.prop_attn, trace=True, dtype=args.dtype)
         ev.check_imagenet_head(model.arch.num_classes)
-        size = model.arch.img_size
-        pipelines = {"pil": ev.pil_preprocess(size), "mindspore": mindspore_preprocess(size)}
-        std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+        pipelines = {"pil": ev.pil_preprocess(args.model), "mindspore": mindspore_preprocess(args.model)}
+        std = np.array(data_config(args.model).std, np.float32)[:, None, None]
         diffs, results = [], {k: {"logits": [], "traces": []} for k in pipelines}
         labels = np.array([lbl for _, lbl in items])
         for start in ev.progress(range(0, len(items), args.batch_size), ev.num_batches(len(items), args.batch_size),

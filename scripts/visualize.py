@@ -15,7 +15,7 @@ import numpy as np
 
 from ppt_common import evaluation as ev
 from ppt_common.files import OutputError, atomic_write, check_output
-from ppt_common.imagenet import ImageError, preprocess_pil
+from ppt_common.imagenet import ImageError
 
 
 def traces_for(args, cfg, images):
@@ -55,11 +55,12 @@ def main(argv=None) -> int:
         if args.scale < 1:
             raise ev.UsageError("--scale must be >= 1")
         cfg = ev.ppt_config(args)
-        from ppt_common.config import get_arch
+        from ppt_common.config import data_config, get_arch
         from ppt_common.visual import render_figure
-        arch = get_arch(args.model)
+        arch, data = get_arch(args.model), data_config(args.model)
+        preprocess = ev.pil_preprocess(args.model)
         try:
-            images = np.stack([preprocess_pil(path, arch.img_size) for path in args.images])
+            images = np.stack([preprocess(path) for path in args.images])
         except ImageError as e:
             raise ev.UsageError(str(e)) from None
         from convert import CheckpointError
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None
         figure = render_figure(images, traces, arch.patch_size, args.scale,
-                               labels=[os.path.basename(path) for path in args.images])
+                               labels=[os.path.basename(path) for path in args.images], mean=data.mean, std=data.std)
         atomic_write(args.output, lambda tmp: figure.save(tmp, format="PNG"))
     except (ev.UsageError, OutputError, ValueError, OSError) as e:
         return ev.fail(str(e))

@@ -59,3 +59,22 @@ def test_pil_preprocessing_is_bit_identical_to_timm_eval_transform():
         with Image.open(path) as img:
             expected = transform(img.convert("RGB")).numpy()
         np.testing.assert_array_equal(preprocess_pil(path), expected, err_msg=path)
+
+
+def test_each_model_is_preprocessed_as_timm_prepares_it():
+    """CLIP towers: OpenAI mean/std and crop 0.9 (timm's pretrained_cfg), bit-identical to timm's transform."""
+    need_shared_data()
+    from PIL import Image
+    from timm.data import create_transform
+    from ppt_common.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, data_config
+    from ppt_common.evaluation import pil_preprocess
+    data = data_config("vit_base_patch16_clip_224")
+    assert (data.mean, data.std, data.crop_pct) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 0.9)
+    assert data_config("deit3_small_patch16_224").mean == (0.485, 0.456, 0.406)
+    transform = create_transform(input_size=(3, 224, 224), interpolation="bicubic", mean=OPENAI_CLIP_MEAN,
+                                 std=OPENAI_CLIP_STD, crop_pct=0.9)
+    preprocess = pil_preprocess("vit_base_patch16_clip_224")
+    for path, _ in find_images(FOOLBOX)[:3]:
+        with Image.open(path) as img:
+            expected = transform(img.convert("RGB")).numpy()
+        np.testing.assert_array_equal(preprocess(path), expected, err_msg=path)
