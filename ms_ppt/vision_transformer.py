@@ -199,7 +199,8 @@ class TokenReduction(nn.Cell):
                 source = ppt.apply_dest(source, dest, x.shape[1])
             return x, size, source, (pooling, variance, scores, node_max, dest, size)
         scores = ppt.importance_scores(attn, v, self.num_prefix_tokens)
-        return ppt.reduce_tokens(x, scores, k.mean(1), size, self.r, self.threshold, source, self.num_prefix_tokens)
+        return ppt.reduce_tokens(x, scores, k.mean(1), size, self.r, self.threshold, source,
+                                 num_prefix_tokens=self.num_prefix_tokens)
 
 
 class Block(nn.Cell):

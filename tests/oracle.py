@@ -73,3 +73,15 @@ def attention_with_bias(q, k, size, scale):
         logits = logits + np.log(size)[None, None, :]
     e = np.exp(logits - logits.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def tempting_distilled_inputs(rng, B=2, N=13, C=4, H=2):
+    """Inputs where an unprotected reduction would drop the distillation token (position 1, no CLS attention) and
+    merge every A token into it (all A tokens point where it points): (attn, v, metric, x, size)."""
+    attn = rng.dirichlet(np.ones(N), size=(B, H, N))
+    attn[:, :, 0, 1] = 0.0
+    v = rng.randn(B, H, N, 3)
+    metric = rng.randn(B, N, 3) * 0.01
+    metric[:, 0::2] += metric[:, 1:2]
+    metric[:, 1] *= 100
+    return attn, v, metric, rng.randn(B, N, C), np.ones((B, N, 1))

@@ -101,17 +101,11 @@ def test_proportional_attention_adds_log_size_over_keys(rng):
 def test_distillation_token_is_never_pruned_or_merged_even_when_tempting(rng):
     """Two prefix tokens (distilled DeiT): the distillation token gets no CLS attention (pruning would drop it)
     and every A token is most similar to it (pooling would merge them all into it). Neither happens."""
-    B, N, C, r, H = 2, 13, 4, 5, 2
-    attn = rng.dirichlet(np.ones(N), size=(B, H, N))
-    attn[:, :, 0, 1] = 0.0  # the distillation token is the least attended
-    v = rng.randn(B, H, N, 3)
+    B, r = 2, 5
+    attn, v, metric, x, size = oracle.tempting_distilled_inputs(rng, B)
     scores = ppt.importance_scores(torch.from_numpy(attn), torch.from_numpy(v), 2).numpy()
     for b in range(B):
         np.testing.assert_allclose(scores[b], oracle.importance_scores(attn[b], v[b], prefix=2), rtol=1e-12)
-    metric = rng.randn(B, N, 3) * 0.01
-    metric[:, 0::2] += metric[:, 1:2]  # every A token points where the distillation token (B[0]) points
-    metric[:, 1] *= 100
-    x, size = rng.randn(B, N, C), np.ones((B, N, 1))
     for threshold in (0.0, 1e9):  # all prune, all pool
         xo, so, _, trace = ppt.reduce_tokens(*(torch.from_numpy(a) for a in (x, scores, metric, size)), r, threshold,
                                               want_trace=True, num_prefix_tokens=2)
