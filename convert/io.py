@@ -6,7 +6,7 @@ are renamed into place, so a failure never leaves a half-written checkpoint behi
 from __future__ import annotations
 
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -57,6 +57,36 @@ def unwrap_state_dict(obj, path) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in tensors.items()}
 
 
+def _memory_available() -> Optional[int]:
+    """Bytes the kernel can give a new allocation (MemAvailable: free plus reclaimable page cache)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def load_mindspore_checkpoint(path: str) -> dict:
+    """mindspore.load_checkpoint, with its memory check measuring what can really be allocated.
+
+    MindSpore 2.10 refuses a .ckpt larger than *free* memory (SC_AVPHYS_PAGES), which leaves out the page cache:
+    after large file reads (a pip install, a dataset pass) a 350 MB ViT-B checkpoint was refused with 22 GB
+    available. Its check is kept, measured with MemAvailable where Linux reports it."""
+    import mindspore as ms
+    from mindspore.train import serialization
+    free_memory = getattr(serialization, "_get_available_memory", None)
+    if free_memory is None or _memory_available() is None:
+        return ms.load_checkpoint(path)
+    serialization._get_available_memory = _memory_available
+    try:
+        return ms.load_checkpoint(path)
+    finally:
+        serialization._get_available_memory = free_memory
+
+
 def read_state_dict(path) -> StateDict:
     """Read .pth/.pt/.bin/.tar (torch), .safetensors or .ckpt (MindSpore) into float32 numpy arrays."""
     path = os.fspath(path)
@@ -71,8 +101,7 @@ def read_state_dict(path) -> StateDict:
             from safetensors.torch import load_file
             raw = load_file(path)
         elif suffix == ".ckpt":
-            import mindspore as ms
-            raw = {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items()}
+            raw = {k: v.asnumpy() for k, v in load_mindspore_checkpoint(path).items()}
         elif suffix in TORCH_SUFFIXES:
             _need_torch(path)
             import torch

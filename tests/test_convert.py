@@ -184,3 +184,17 @@ def test_official_deit3_release_with_gamma_keys_loads_through_the_cli(tmp_path):
     assert res.returncode == 0 and "deit3_small_patch16_224" in res.stdout, res.stderr
     np.testing.assert_array_equal(convert.read_state_dict(tmp_path / "d3.ckpt")["blocks.11.ls2.gamma"],
                                   state["blocks.11.ls2.gamma"].numpy())
+
+
+def test_ckpt_loading_counts_the_page_cache_as_available_memory(tmp_path, tiny_state, monkeypatch):
+    """MindSpore 2.10 compares a .ckpt's size with *free* memory, which a full page cache makes tiny (CI refused a
+    350 MB ViT-B checkpoint with 22 GB available); ours measures MemAvailable."""
+    import mindspore as ms
+    save_official(tiny_state, tmp_path / "t.pth")
+    convert.pt2ms(tmp_path / "t.pth", tmp_path / "t.ckpt")
+    real_sysconf = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real_sysconf(name))
+    with pytest.raises(ValueError, match="exceeds current available memory"):
+        ms.load_checkpoint(str(tmp_path / "t.ckpt"))
+    state = convert.read_state_dict(tmp_path / "t.ckpt")
+    np.testing.assert_array_equal(state["pos_embed"], tiny_state["pos_embed"].numpy())
