@@ -1,4 +1,7 @@
 """Checkpoint conversion between PyTorch (official DeiT .pth, timm state dicts, safetensors) and MindSpore .ckpt."""
+import dataclasses
+
+from ppt_common.config import TRAINING_FLAGS, ArchConfig, get_arch
 from convert.io import CheckpointError, check_output_path, read_state_dict, write_state_dict
 from convert.mapping import check_state, expected_shapes, infer_arch, resolve_arch, timm_names
 
@@ -9,6 +12,24 @@ def load_checked(path, model=None):
     name, arch = resolve_arch(state, model)
     check_state(state, arch, model)
     return name, arch, state
+
+
+def resolve_model(name, checkpoint=None, num_classes=None, **training_flags):
+    """What both frameworks' create_model build: the registered architecture (or the checkpoint's, checked
+    strictly against it), with num_classes and timm's training flags (drop rates) applied; (arch, state or None)."""
+    unknown = sorted(set(training_flags) - set(TRAINING_FLAGS))
+    if unknown:
+        raise TypeError(f"unknown model keyword(s): {', '.join(unknown)} (model flags accepted here: "
+                        f"{', '.join(TRAINING_FLAGS)})")
+    arch: ArchConfig = get_arch(name)
+    state = None
+    if checkpoint:
+        _, arch, state = load_checked(checkpoint, name)
+    if num_classes is not None and num_classes != arch.num_classes:
+        if state is not None:
+            raise ValueError(f"num_classes={num_classes} but the checkpoint's head has {arch.num_classes} classes")
+        arch = dataclasses.replace(arch, num_classes=num_classes)
+    return dataclasses.replace(arch, **training_flags), state
 
 
 def pt2ms(src, dst, model=None, force=False):
@@ -32,4 +53,4 @@ def ms2pt(src, dst, model=None, force=False):
 
 
 __all__ = ["CheckpointError", "read_state_dict", "write_state_dict", "check_state", "expected_shapes",
-           "infer_arch", "resolve_arch", "timm_names", "load_checked", "pt2ms", "ms2pt"]
+           "infer_arch", "resolve_arch", "timm_names", "load_checked", "resolve_model", "pt2ms", "ms2pt"]

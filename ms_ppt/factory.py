@@ -1,16 +1,14 @@
 """create_model in the mindcv style, the model registry, and mindcv registration (`ppt_<name>`)."""
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import List, Optional, Sequence
 
 import numpy as np
 import mindspore as ms
 
-from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, MODEL_CONFIGS, PPTConfig, RSpec,
-                               get_arch)
-from ppt_common.trace import BlockTrace, record_from_dest
+from ppt_common.config import MODEL_CONFIGS, PPTConfig, RSpec
+from ppt_common.trace import BlockTrace, record_from_plan
 from ms_ppt.vision_transformer import SUPPORTED_DTYPES, VisionTransformer, params_from_numpy
 
 
@@ -28,30 +26,27 @@ def list_models() -> List[str]:
     return sorted(MODEL_CONFIGS)
 
 
-def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False, r: RSpec = DEFAULT_R,
-                 pp_loc_list: Sequence[int] = DEFAULT_PP_LOC_LIST, threshold: float = DEFAULT_THRESHOLD,
-                 prop_attn: bool = True, trace_source: bool = False, trace: bool = False, dtype="float32",
-                 num_classes: Optional[int] = None, custom_kernels: Optional[bool] = None) -> VisionTransformer:
+def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False,
+                 ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None, pp_loc_list: Optional[Sequence[int]] = None,
+                 threshold: Optional[float] = None, prop_attn: Optional[bool] = None,
+                 trace_source: Optional[bool] = None, trace: bool = False, dtype="float32",
+                 num_classes: Optional[int] = None, custom_kernels: Optional[bool] = None,
+                 **training_flags) -> VisionTransformer:
     """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt or a PyTorch .pth/.bin/.safetensors (converted in
-    memory). r=0 or an empty pp_loc_list gives the dense model. custom_kernels (default: on for the CPU backend)
-    uses ms_ppt's compiled CPU kernels; turn it off for graphs meant to leave this machine (MindIR export)."""
+    memory). PPT settings come as `ppt_config=PPTConfig(...)` or as its fields (r, pp_loc_list, threshold, prop_attn,
+    trace_source; unset ones take the paper's defaults); r=0 or an empty pp_loc_list gives the dense model.
+    training_flags are timm's drop rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate,
+    drop_path_rate). custom_kernels (default: on for the CPU backend) uses ms_ppt's compiled CPU kernels; turn it
+    off for graphs meant to leave this machine (MindIR export)."""
     if pretrained:
         raise ValueError("no hosted weights are published for ms-ppt: pass checkpoint=PATH (an official DeiT .pth, "
                          "a timm state dict or .safetensors, or a MindSpore .ckpt)")
-    arch = get_arch(name)
-    ppt_cfg = PPTConfig(r=r, pp_loc_list=pp_loc_list, threshold=threshold, prop_attn=prop_attn,
-                        trace_source=trace_source)  # checked before any slow checkpoint reading
+    ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold, prop_attn=prop_attn,
+                                  trace_source=trace_source)  # checked before any slow checkpoint reading
     dtype = resolve_dtype(dtype)
-    state = None
-    if checkpoint:
-        from convert import load_checked
-        _, arch_ckpt, state = load_checked(checkpoint, name)
-        arch = arch_ckpt
-    if num_classes is not None and num_classes != arch.num_classes:
-        if state is not None:
-            raise ValueError(f"num_classes={num_classes} but the checkpoint's head has {arch.num_classes} classes")
-        arch = dataclasses.replace(arch, num_classes=num_classes)
-    model = VisionTransformer(arch, ppt_cfg, trace=trace, custom_kernels=custom_kernels)
+    from convert import resolve_model
+    arch, state = resolve_model(name, checkpoint, num_classes, **training_flags)
+    model = VisionTransformer(arch, ppt_config, trace=trace, custom_kernels=custom_kernels)
     if state is not None:
         params_from_numpy(model, state)
     model.to_dtype(dtype)
@@ -75,10 +70,14 @@ def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> N
     params_from_numpy(model, state)
 
 
+def trace_record(block: int, r: int, plan, sizes) -> BlockTrace:
+    """The shared trace record of a block: its ReductionPlan and the sizes after it."""
+    return record_from_plan(block, r, *[t.asnumpy() for t in plan], sizes.asnumpy()[..., 0])
+
+
 def traces_from_outputs(model: VisionTransformer, records) -> List[BlockTrace]:
-    """Turn the raw tensors a traced model returns into the shared BlockTrace records."""
-    return [record_from_dest(plan.index, plan.r, *[t.asnumpy() for t in raw])
-            for plan, raw in zip(model.pp_blocks, records)]
+    """The shared BlockTrace records from what a traced model returns: each reducing block's (plan, sizes)."""
+    return [trace_record(block.index, block.r, plan, sizes) for block, (plan, sizes) in zip(model.pp_blocks, records)]
 
 
 def run_with_trace(model: VisionTransformer, images: np.ndarray):

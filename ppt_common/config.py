@@ -16,6 +16,7 @@ RSpec = Union[int, Sequence[int], Tuple[int, float]]
 
 
 ACTIVATIONS = ("gelu", "quick_gelu")  # exact (erf) GELU; CLIP's x * sigmoid(1.702 x)
+TRAINING_FLAGS = ("drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,12 @@ class ArchConfig:
     pre_norm: bool = False  # CLIP: a LayerNorm (norm_pre) after the position embedding, no patch-projection bias
     norm_eps: float = 1e-6
     act: str = "gelu"
+    # training-time regularisation, as timm's flags (identity in eval; no effect on checkpoints)
+    drop_rate: float = 0.0  # dropout before the head
+    pos_drop_rate: float = 0.0  # dropout after the position embedding
+    proj_drop_rate: float = 0.0  # dropout after the attention projection and after each MLP layer
+    attn_drop_rate: float = 0.0  # dropout on the attention map
+    drop_path_rate: float = 0.0  # stochastic depth of the last block; earlier blocks rise linearly from 0
 
     def __post_init__(self):
         if self.num_prefix_tokens not in (1, 2):
@@ -43,6 +50,16 @@ class ArchConfig:
                              f"got {self.num_prefix_tokens}")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
+        for flag in TRAINING_FLAGS:
+            rate = getattr(self, flag)
+            if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0.0 <= rate < 1.0:
+                raise ValueError(f"{flag} must be a number in [0, 1), got {rate!r}")
+            object.__setattr__(self, flag, float(rate))
+
+    @property
+    def drop_path_rates(self) -> List[float]:
+        """Per-block stochastic depth, timm's rule: linspace(0, drop_path_rate, depth) in float32."""
+        return np.linspace(0.0, self.drop_path_rate, self.depth, dtype=np.float32).tolist()
 
     @property
     def grid(self) -> int:
@@ -222,6 +239,23 @@ class PPTConfig:
         r_values = [self.r[0]] if is_schedule(self.r) else list(self.r) if isinstance(self.r, tuple) else [self.r]
         if min(r_values, default=0) < 0:
             raise ValueError(f"r must be >= 0, got {self.r}")
+
+    @classmethod
+    def from_settings(cls, ppt_config: Optional["PPTConfig"] = None, **settings) -> "PPTConfig":
+        """The one way factories take PPT settings: a PPTConfig, or its fields as keywords (None = default), not
+        both."""
+        given = {k: v for k, v in settings.items() if v is not None}
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown PPT setting(s): {', '.join(unknown)}")
+        if ppt_config is None:
+            return cls(**given)
+        if not isinstance(ppt_config, cls):
+            raise TypeError(f"ppt_config must be a PPTConfig, got {type(ppt_config).__name__}")
+        if given:
+            raise TypeError(f"give the PPT settings either as ppt_config=PPTConfig(...) or as keywords "
+                            f"({', '.join(sorted(given))}), not both")
+        return ppt_config
 
     def r_per_pp_block(self, depth: int) -> List[int]:
         """The i-th PP block takes the i-th value of the schedule over all blocks (the authors' `pop(0)`)."""

@@ -29,10 +29,9 @@ def main(argv=None) -> int:
         import ms_ppt
         from ms_ppt.vision_transformer import params_from_numpy
         from convert import CheckpointError
-        kwargs = dict(r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold, prop_attn=cfg.prop_attn,
-                      dtype=args.dtype)
         try:
-            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, trace=True, **kwargs)
+            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
+                                        dtype=args.dtype)
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None
         ev.check_imagenet_head(model.arch.num_classes)
@@ -53,7 +52,8 @@ def main(argv=None) -> int:
             raise ev.UsageError("no image could be read")
         seconds = float("nan")
         if args.throughput_runs:
-            plain = ms_ppt.create_model(args.model, num_classes=model.arch.num_classes, **kwargs)
+            plain = ms_ppt.create_model(args.model, num_classes=model.arch.num_classes, ppt_config=cfg,
+                                        dtype=args.dtype)
             params_from_numpy(plain, {p.name: p.asnumpy() for p in model.get_parameters()})
             batch = ms.Tensor(np.resize(first, (args.batch_size,) + first.shape[1:]), plain.cls_token.dtype)
             seconds = ev.time_batches(lambda: plain(batch).asnumpy(), args.throughput_runs)

@@ -28,9 +28,8 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = False  # parity: no TF32 on GPU
         torch.backends.cudnn.allow_tf32 = False
         try:
-            model = pt_reference.create_model(args.model, checkpoint=args.checkpoint, r=cfg.r,
-                                              pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold,
-                                              prop_attn=cfg.prop_attn, trace=True, dtype=args.dtype)
+            model = pt_reference.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
+                                              dtype=args.dtype)
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None
         ev.check_imagenet_head(model.num_classes)
@@ -42,8 +41,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             for images, labels, paths in ev.progress(batches, ev.num_batches(len(items), args.batch_size),
                                                      args.quiet, "eval_pt"):
-                logits = model(torch.from_numpy(images).to(args.device, dtype)).cpu().numpy()
-                traces = model.ppt_trace
+                logits, traces, _ = pt_reference.run_with_trace(model, images)
                 policies = np.stack([t.policy for t in traces], 1) if traces else None
                 metrics.add(logits, labels, paths, policies)
                 first = images if first is None else first

@@ -74,8 +74,7 @@ def main(argv=None) -> int:
         from convert import CheckpointError
         ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device)
         try:
-            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, r=cfg.r, pp_loc_list=cfg.pp_loc_list,
-                                        threshold=cfg.threshold, prop_attn=cfg.prop_attn, dtype=args.dtype,
+            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, dtype=args.dtype,
                                         custom_kernels=False)  # portable graph: no host-compiled .so inside
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None

@@ -29,11 +29,10 @@ def main(argv=None) -> int:
         import ms_ppt
         from ms_ppt.vision_transformer import params_from_numpy
         ev.set_mindspore_mode(args.mode)
-        kwargs = dict(r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold, prop_attn=cfg.prop_attn,
-                      trace=True)
-        fp32 = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, **kwargs)
+        fp32 = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True)
         ev.check_imagenet_head(fp32.arch.num_classes)
-        fp16 = ms_ppt.create_model(args.model, num_classes=fp32.arch.num_classes, dtype="float16", **kwargs)
+        fp16 = ms_ppt.create_model(args.model, num_classes=fp32.arch.num_classes, ppt_config=cfg, trace=True,
+                                   dtype="float16")
         params_from_numpy(fp16, {p.name: p.asnumpy() for p in fp32.get_parameters()})
 
         def runner(model, dtype):

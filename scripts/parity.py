@@ -34,15 +34,15 @@ def main(argv=None) -> int:
         from ms_ppt.vision_transformer import params_from_numpy
         ev.set_mindspore_mode(args.mode)
         torch.manual_seed(0)
-        kwargs = dict(r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold, prop_attn=cfg.prop_attn,
-                      trace=True, dtype=args.dtype)
         try:
-            pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, **kwargs)
+            pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
+                                           dtype=args.dtype)
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None
         ev.check_imagenet_head(pt.num_classes)
         state = {k: v.float().numpy() for k, v in pt.state_dict().items()}  # the MindSpore weights come from these
-        msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, **kwargs)
+        msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, ppt_config=cfg, trace=True,
+                                  dtype=args.dtype)
         params_from_numpy(msm, state)
         skipped = []
         batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(args.model), args.num_workers,
@@ -50,9 +50,8 @@ def main(argv=None) -> int:
         np_dtype = np.float64 if args.dtype == "float64" else np.float32
 
         def run_pt(images):
-            with torch.no_grad():
-                logits = pt(torch.from_numpy(images.astype(np_dtype))).double().numpy()
-            return logits, pt.ppt_trace
+            logits, traces, _ = pt_reference.run_with_trace(pt, images.astype(np_dtype))
+            return logits.astype(np.float64), traces
 
         def run_ms(images):
             logits, traces, _ = ms_ppt.run_with_trace(msm, images.astype(np_dtype))

@@ -25,8 +25,8 @@ def main(argv=None) -> int:
         cfg, items = ev.prepare(args)
         import ms_ppt
         ev.set_mindspore_mode(args.mode)
-        model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, r=cfg.r, pp_loc_list=cfg.pp_loc_list,
-                                    threshold=cfg.threshold, prop_attn=cfg.prop_attn, trace=True, dtype=args.dtype)
+        model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
+                                    dtype=args.dtype)
         ev.check_imagenet_head(model.arch.num_classes)
         pipelines = {"pil": ev.pil_preprocess(args.model), "mindspore": mindspore_preprocess(args.model)}
         std = np.array(data_config(args.model).std, np.float32)[:, None, None]

@@ -19,22 +19,18 @@ from ppt_common.imagenet import ImageError
 
 
 def traces_for(args, cfg, images):
-    kwargs = dict(checkpoint=args.checkpoint, r=cfg.r, pp_loc_list=cfg.pp_loc_list, threshold=cfg.threshold,
-                  prop_attn=cfg.prop_attn, trace=True, dtype=args.dtype)
     if args.framework == "pt":
         import torch
-        import pt_reference
+        import pt_reference as library
         torch.manual_seed(0)
-        model = pt_reference.create_model(args.model, **kwargs)
-        with torch.no_grad():
-            model(torch.from_numpy(images).to(next(model.parameters()).dtype))
-        return model.ppt_trace
-    import mindspore as ms
-    import ms_ppt
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    ms.set_seed(0)
-    model = ms_ppt.create_model(args.model, **kwargs)
-    return ms_ppt.run_with_trace(model, images)[1]
+    else:
+        import mindspore as ms
+        import ms_ppt as library
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        ms.set_seed(0)
+    model = library.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
+                                 dtype=args.dtype)
+    return library.run_with_trace(model, images)[1]
 
 
 def main(argv=None) -> int:

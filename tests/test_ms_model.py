@@ -161,6 +161,32 @@ def test_mindcv_registry_builds_ppt_models():
     assert [p.r for p in model.pp_blocks] == [40, 30, 20] and model.ppt_config.threshold == 1e-4
 
 
+def test_mindcv_registry_takes_the_arguments_of_mindcvs_train_script(tmp_path):
+    """mindcv's train.py builds its network with num_classes, in_channels, drop_rate, drop_path_rate, pretrained,
+    checkpoint_path and ema."""
+    import mindcv
+    import convert
+    ms.set_seed(0)
+    state = {p.name: p.asnumpy() for p in ms_ppt.create_model("deit_tiny_patch16_224", num_classes=10).get_parameters()}
+    convert.write_state_dict(state, tmp_path / "ten.ckpt")
+    model = mindcv.create_model("ppt_deit_tiny_patch16_224", num_classes=10, in_channels=3, drop_rate=0.1,
+                                drop_path_rate=0.2, pretrained=False, checkpoint_path=str(tmp_path / "ten.ckpt"),
+                                ema=False)
+    assert (model.arch.drop_rate, model.arch.drop_path_rate, model.arch.num_classes) == (0.1, 0.2, 10)
+    assert model.blocks[-1].drop_path1.keep == pytest.approx(0.8)
+    np.testing.assert_array_equal(model.head.weight.asnumpy(), state["head.weight"])
+    with pytest.raises(TypeError, match="unknown model keyword.*drop_out"):
+        mindcv.create_model("ppt_deit_tiny_patch16_224", drop_out=0.1)
+
+
+def test_ppt_settings_come_as_a_config_or_as_keywords_not_both():
+    cfg = ms_ppt.PPTConfig(r=[40, 30, 20], threshold=1e-4)
+    assert ms_ppt.create_model("deit_tiny_patch16_224", ppt_config=cfg).ppt_config == cfg
+    assert ms_ppt.create_model("deit_tiny_patch16_224", r=[40, 30, 20], threshold=1e-4).ppt_config == cfg
+    with pytest.raises(TypeError, match="either as ppt_config=PPTConfig.*or as keywords \\(r\\), not both"):
+        ms_ppt.create_model("deit_tiny_patch16_224", ppt_config=cfg, r=10)
+
+
 def test_mindcv_checkpoint_path_is_as_strict_as_create_model(tmp_path):
     """mindcv alone would return random weights for a missing file and load a file lacking a tensor."""
     import mindcv

@@ -4,9 +4,9 @@ import pytest
 import timm
 import torch
 
-from pt_reference import apply_ppt, create_model
+from pt_reference import apply_ppt, create_model, run_with_trace
 from pt_reference.factory import build_timm_model
-from ppt_common.config import get_arch
+from ppt_common.config import PPTConfig, get_arch
 
 TINY = "deit_tiny_patch16_224"
 
@@ -106,8 +106,8 @@ def test_reduction_of_a_mixed_batch_is_bit_identical_to_each_image_alone(rng):
     size = torch.from_numpy(rng.randint(1, 5, (B, N, 1))).float()
     source = torch.from_numpy(rng.rand(B, N, 30) > 0.5).float()
     thr = float(ppt.score_variance(scores).median())
-    xb, sb, srcb, tb = ppt.reduce_tokens(x, scores, metric, size, r, thr, source=source, want_trace=True)
-    assert set(tb.policy.tolist()) == {0, 1}
+    xb, sb, srcb, plan = ppt.reduce_tokens(x, scores, metric, size, r, thr, source=source)
+    assert set(plan.policy.tolist()) == {False, True}
     for i in range(B):
         xa, sa, srca, _ = ppt.reduce_tokens(x[i:i + 1], scores[i:i + 1], metric[i:i + 1], size[i:i + 1], r, thr,
                                              source=source[i:i + 1])
@@ -181,3 +181,22 @@ def test_other_resolutions_and_patch_sizes_follow_the_schedule(name):
         out = model(torch.randn(1, 3, arch.img_size, arch.img_size))
     assert out.shape == (1, 1000)
     assert [t.tokens_in for t in model.ppt_trace][0] == arch.num_tokens
+
+
+def test_ppt_settings_come_as_a_config_or_as_keywords_not_both():
+    cfg = PPTConfig(r=[40, 30, 20], threshold=1e-4)
+    assert create_model("deit_tiny_patch16_224", ppt_config=cfg).ppt_config == cfg
+    assert create_model("deit_tiny_patch16_224", r=[40, 30, 20], threshold=1e-4).ppt_config == cfg
+    with pytest.raises(TypeError, match="not both"):
+        create_model("deit_tiny_patch16_224", ppt_config=cfg, threshold=1e-3)
+    with pytest.raises(TypeError, match="unknown PPT setting.*ratio"):
+        apply_ppt(timm.create_model("deit_tiny_patch16_224", pretrained=False), ratio=0.5)
+
+
+def test_run_with_trace_returns_what_the_forward_recorded():
+    model = create_model("deit_tiny_patch16_224", trace=True, trace_source=True, r=20)
+    logits, traces, source = run_with_trace(model, images(2, dtype=torch.float32).numpy())
+    assert logits.shape == (2, 1000) and [t.block for t in traces] == [3, 6, 9]
+    assert source.shape == (2, traces[-1].tokens_out, 197) and (source.sum(-1) == traces[-1].sizes).all()
+    with pytest.raises(ValueError, match="trace=True"):
+        run_with_trace(create_model("deit_tiny_patch16_224"), images(1, dtype=torch.float32).numpy())
