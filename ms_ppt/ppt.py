@@ -1,5 +1,9 @@
 """PPT token operations in MindSpore, as small pure functions (read beside pt_reference/ppt.py).
 
+Decide, then apply (ToMe's shape): `decide` takes every decision of a PP block under stop_gradient and returns
+a `ReductionPlan`; `apply_reduction` applies it to the tokens and their sizes (differentiable in x) and
+`apply_to_source` to the source map. The trace of a block is its plan plus the sizes after it.
+
 Static shapes: both policies remove exactly r tokens, so each image's reduction is written as a `dest` map (the
 output slot of every input token, -1 if dropped). Pruning and pooling each produce one, the image's policy picks
 one with `where`, and a single one-hot matmul applies it. No data-dependent shapes, no `nonzero`, no Python branch
@@ -9,10 +13,12 @@ Ties follow the stable policy of the spec: ranks are computed by counting (great
 positions), which is deterministic on every backend, unlike sort kernels.
 
 These functions are the reference path. In float32 on CPU, vision_transformer.TokenReduction runs the same steps
-(importance_scores, the merge metric, reduce_tokens) as one compiled op, kernels/ppt_reduce_cpu.cc.
+(importance_scores, the merge metric, decide, apply_reduction) as one compiled op, kernels/ppt_reduce_cpu.cc.
 """
+from typing import NamedTuple
+
 import mindspore as ms
-from mindspore import ops
+from mindspore import Tensor, ops
 
 CLS_SCORE = 2.0
 NEG_INF = float("-inf")
@@ -50,14 +56,10 @@ def stable_descending_rank(keys):
     return ahead.astype(ms.int32).sum(-1)
 
 
-def prune_order(scores):
-    """Rank of every token in the stable descending score order [B, N] (0 = CLS)."""
-    return stable_descending_rank(scores)
-
-
 def prune_dest(scores, r):
-    """dest map of pruning: the first N-r ranks keep their rank as output slot, the rest are dropped."""
-    rank = prune_order(scores)
+    """dest map of pruning: a token's output slot is its rank in the stable descending score order; the last r
+    ranks are dropped."""
+    rank = stable_descending_rank(scores)
     n_out = scores.shape[1] - r
     return ops.where(rank < n_out, rank, ops.full_like(rank, -1))
 
@@ -95,32 +97,60 @@ def bipartite_matching(metric, r, num_prefix_tokens=1):
     return dest, node_max
 
 
+class ReductionPlan(NamedTuple):
+    """Every decision of one PP block (no gradient flows through it).
+
+    Inside graphs the plan travels as a plain tuple in this field order, read with the indices below:
+    MindSpore 2.10 fails to compile GRAPH_MODE gradients through a NamedTuple built in the graph. Outside,
+    `ReductionPlan(*plan)` names it."""
+    policy: Tensor  # [B] bool (int32 from the fused kernel): True where the image pools
+    variance: Tensor  # [B] unbiased variance of the patch scores
+    scores: Tensor  # [B, N] importance scores, prefix tokens 2.0
+    node_max: Tensor  # [B, ceil(N/2)] best cosine similarity of each A token (prefix rows -inf)
+    dest: Tensor  # [B, N] int32 output slot of every input token, -1 if dropped
+
+
+POLICY, VARIANCE, SCORES, NODE_MAX, DEST = range(5)
+
+
+def decide(scores, metric, r, threshold, num_prefix_tokens=1):
+    """The block's plan (a ReductionPlan as a tuple): each image's policy, and the dest map of that policy."""
+    scores, metric = ops.stop_gradient(scores), ops.stop_gradient(metric)
+    variance = score_variance(scores, num_prefix_tokens)
+    policy = pool_policy(variance, threshold)
+    pool_dest, node_max = bipartite_matching(metric, r, num_prefix_tokens)
+    dest = ops.where(policy[:, None], pool_dest, prune_dest(scores, r))
+    return policy, variance, scores, node_max, dest
+
+
 def apply_dest(x, dest, n_out):
     """Gather (one source per slot) or size-weighted merge, as one matmul with a one-hot [B, n_out, N]."""
     onehot = (dest[:, None, :] == ops.arange(n_out).astype(ms.int32)[None, :, None]).astype(x.dtype)
     return ops.matmul(onehot, x)
 
 
-def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1):
-    """Per-image policy without splitting the batch: compute both dest maps, select, apply once.
+def apply_reduction(plan, x, size, r):
+    """Pooled images merge with weights `size` (x_out = sum(x*size)/sum(size)); pruned images gather with weight 1,
+    which copies their tokens exactly. Differentiable in x; sizes carry no gradient."""
+    n_out, c = x.shape[1] - r, x.shape[2]
+    size = ops.stop_gradient(size).astype(x.dtype)
+    weight = ops.where(plan[POLICY][:, None, None], size, ops.ones_like(size))
+    out = apply_dest(ops.concat([x * weight, weight, size], -1), plan[DEST], n_out)
+    return out[..., :c] / out[..., c:c + 1], out[..., c + 1:]
 
-    Pooled images merge with weights `size` (x_out = sum(x*size)/sum(size)); pruned images gather with weight 1,
-    which copies their tokens exactly. Returns x, size, source and the raw trace tensors.
-    """
-    n_in, c = x.shape[1], x.shape[2]
-    n_out = n_in - r
-    variance = score_variance(scores, num_prefix_tokens)
-    pooling = pool_policy(variance, threshold)
-    pool_dest, node_max = bipartite_matching(metric, r, num_prefix_tokens)
-    dest = ops.where(pooling[:, None], pool_dest, prune_dest(scores, r))
-    weight = ops.where(pooling[:, None, None], size.astype(x.dtype), ops.ones_like(size).astype(x.dtype))
-    stacked = ops.concat([x * weight, weight, size.astype(x.dtype)], -1)
-    out = apply_dest(stacked, dest, n_out)
-    x_out = out[..., :c] / out[..., c:c + 1]
-    size_out = out[..., c + 1:].astype(size.dtype)
+
+def apply_to_source(plan, source, r):
+    """Source rows are 0/1 with disjoint support, so their sum is their union (ToMe's amax)."""
+    return apply_dest(source, plan[DEST], source.shape[1] - r)
+
+
+def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1):
+    """decide, then apply: (x, size, source, plan) with the block's r tokens removed from every image."""
+    plan = decide(scores, metric, r, threshold, num_prefix_tokens)
+    x_out, size_out = apply_reduction(plan, x, size, r)
     if source is not None:
-        source = apply_dest(source, dest, n_out)  # 0/1 rows with disjoint support: sum == max
-    return x_out, size_out, source, (pooling, variance, scores, node_max, dest, size_out)
+        source = apply_to_source(plan, source, r)
+    return x_out, size_out.astype(size.dtype), source, plan
 
 
 def initial_source(batch_size, num_tokens, like):

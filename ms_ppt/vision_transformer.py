@@ -85,7 +85,8 @@ class Attention(nn.Cell):
     """Multi-head self-attention; with `with_scores` it also returns what PPT's scores and merge metric are made
     of: the attention map, v and k (float32 for float16 models)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_size: bool, with_scores: bool):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_size: bool, with_scores: bool,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -93,21 +94,24 @@ class Attention(nn.Cell):
         self.use_size = use_size
         self.with_scores = with_scores
         self.qkv = nn.Dense(dim, dim * 3, has_bias=qkv_bias)
+        self.attn_drop = nn.Dropout(p=attn_drop)
         self.proj = nn.Dense(dim, dim)
+        self.proj_drop = nn.Dropout(p=proj_drop)
 
     def construct(self, x, size):
         B, N, C = x.shape
-        # one 4D transpose and a split: 8x faster on CPU than timm's 5D permute + indexing (bit-identical)
+        # one 4D transpose and three slices: 8x faster on CPU than timm's 5D permute + indexing (bit-identical)
         qkv = self.qkv(x).reshape(B, N, 3 * self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        q, k, v = ops.split(qkv, self.num_heads, 1)
+        h = self.num_heads
+        q, k, v = qkv[:, :h], qkv[:, h:2 * h], qkv[:, 2 * h:]  # slices: ops.split's gradient fails in GRAPH_MODE
         accum = _accum_dtype(x.dtype)
         attn = (ops.matmul(q, k.swapaxes(-2, -1)) * self.scale).astype(accum)
         if self.use_size:
             attn = attn + ppt.proportional_bias(size.astype(accum))
         attn = ops.softmax(attn, -1)
-        out = ops.matmul(attn.astype(x.dtype), v).transpose(0, 2, 1, 3).reshape(B, N, C)
-        out = self.proj(out)
-        if self.with_scores:
+        out = ops.matmul(self.attn_drop(attn).astype(x.dtype), v).transpose(0, 2, 1, 3).reshape(B, N, C)
+        out = self.proj_drop(self.proj(out))
+        if self.with_scores:  # PPT decides on the attention before dropout
             return out, attn, v.astype(accum), k.astype(accum)
         return out
 
@@ -123,6 +127,9 @@ class GELU(nn.Cell):
         super().__init__()
         self.exact = nn.GELU(approximate=False)
         self.fast = kernels.gelu_op() if custom_kernels else None
+        # float64 constants cast to x's dtype (a Python float would be rounded to float32)
+        self.sqrt_half = Tensor(0.5 ** 0.5, ms.float64)
+        self.inv_sqrt_2pi = Tensor((2 * np.pi) ** -0.5, ms.float64)
         self.use_fast = self.fast is not None
 
     def drop_fast_kernel(self) -> None:
@@ -135,6 +142,12 @@ class GELU(nn.Cell):
         if self.use_fast:
             return self.fast(x)
         return self.exact(x)
+
+    def bprop(self, x, out, dout):
+        """d/dx x Phi(x) = Phi(x) + x phi(x), for both paths (the compiled kernel has no backward of its own)."""
+        cdf = 0.5 * (1.0 + ops.erf(x * self.sqrt_half.astype(x.dtype)))
+        pdf = ops.exp(-0.5 * x * x) * self.inv_sqrt_2pi.astype(x.dtype)
+        return (dout * (cdf + x * pdf),)
 
 
 class QuickGELU(nn.Cell):
@@ -160,15 +173,54 @@ class LayerScale(nn.Cell):
         return x * self.gamma
 
 
+class DropPath(nn.Cell):
+    """Stochastic depth as timm's drop_path: in training, each image's residual branch is zeroed with probability
+    `rate` and the survivors scaled by 1 / (1 - rate); identity in eval."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.keep = 1.0 - rate
+
+    def construct(self, x):
+        if not self.training or self.keep == 1.0:
+            return x
+        mask = ops.rand((x.shape[0],) + (1,) * (x.ndim - 1)) < self.keep
+        return x * (mask.astype(x.dtype) / self.keep)
+
+
 class Mlp(nn.Cell):
-    def __init__(self, dim: int, hidden: int, custom_kernels: bool, act: str = "gelu"):
+    def __init__(self, dim: int, hidden: int, custom_kernels: bool, act: str = "gelu", drop: float = 0.0):
         super().__init__()
         self.fc1 = nn.Dense(dim, hidden)
         self.act = QuickGELU() if act == "quick_gelu" else GELU(custom_kernels)
+        self.drop1 = nn.Dropout(p=drop)
         self.fc2 = nn.Dense(hidden, dim)
+        self.drop2 = nn.Dropout(p=drop)
 
     def construct(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class FusedReduction(nn.Cell):
+    """The compiled reduction kernel with apply_reduction's backward: the gradient reaches x through the plan the
+    kernel took (a one-hot transpose, weighted as the forward merged); decisions and sizes get none."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def construct(self, x, attn, v, k, size, threshold):
+        return self.op(x, attn, v, k, size, threshold)
+
+    def bprop(self, x, attn, v, k, size, threshold, out, dout):
+        x_out, size_out, dest, pooling = out[0], out[1], out[2], out[3]
+        pooled = (pooling != 0)[:, None, None]
+        weight = ops.where(pooled, size, ops.ones_like(size))  # [B, N, 1]
+        total = ops.where(pooled, size_out, ops.ones_like(size_out))  # [B, N-r, 1]
+        onehot = (dest[:, None, :] == ops.arange(x_out.shape[1]).astype(ms.int32)[None, :, None]).astype(x.dtype)
+        dx = ops.matmul(onehot.swapaxes(1, 2), dout[0] / total) * weight
+        return (dx, ops.zeros_like(attn), ops.zeros_like(v), ops.zeros_like(k), ops.zeros_like(size),
+                ops.zeros_like(threshold))
 
 
 class TokenReduction(nn.Cell):
@@ -184,7 +236,8 @@ class TokenReduction(nn.Cell):
         self.num_prefix_tokens = num_prefix_tokens
         self.threshold_tensor = Tensor([threshold], ms.float32)
         # the fused kernel protects the class token only
-        self.fused = kernels.ppt_reduce_op(r) if custom_kernels and num_prefix_tokens == 1 else None
+        op = kernels.ppt_reduce_op(r) if custom_kernels and num_prefix_tokens == 1 else None
+        self.fused = FusedReduction(op) if op is not None else None
         self.use_fused = self.fused is not None
 
     def drop_fast_kernel(self) -> None:
@@ -192,22 +245,25 @@ class TokenReduction(nn.Cell):
         self.use_fused = False
 
     def construct(self, x, attn, v, k, size, source):
+        """(x, size, source, (plan, sizes)): decide, then apply; the fused kernel does both in one op."""
         if self.use_fused:
-            x, size, dest, pooling, variance, scores, node_max = self.fused(x, attn, v, k, size,
-                                                                            self.threshold_tensor)
+            x, size, dest, policy, variance, scores, node_max = self.fused(x, attn, v, k, size, self.threshold_tensor)
+            plan = (policy, variance, scores, node_max, dest)  # a ReductionPlan
             if source is not None:
-                source = ppt.apply_dest(source, dest, x.shape[1])
-            return x, size, source, (pooling, variance, scores, node_max, dest, size)
+                source = ppt.apply_to_source(plan, source, self.r)
+            return x, size, source, (plan, size)
+        attn, v, k = ops.stop_gradient(attn), ops.stop_gradient(v), ops.stop_gradient(k)  # decisions only
         scores = ppt.importance_scores(attn, v, self.num_prefix_tokens)
-        return ppt.reduce_tokens(x, scores, k.mean(1), size, self.r, self.threshold, source,
-                                 num_prefix_tokens=self.num_prefix_tokens)
+        x, size, source, plan = ppt.reduce_tokens(x, scores, k.mean(1), size, self.r, self.threshold, source,
+                                                  self.num_prefix_tokens)
+        return x, size, source, (plan, size)
 
 
 class Block(nn.Cell):
     """Pre-norm block; a PP block reduces tokens between the attention residual and the MLP."""
 
     def __init__(self, arch: ArchConfig, plan: BlockPlan, ppt_cfg: PPTConfig, use_size: bool, trace: bool,
-                 custom_kernels: bool):
+                 custom_kernels: bool, drop_path: float = 0.0):
         super().__init__()
         dim = arch.embed_dim
         self.reduces = plan.r > 0
@@ -215,38 +271,41 @@ class Block(nn.Cell):
         self.trace = trace
         self.trace_source = ppt_cfg.trace_source
         self.norm1 = LayerNorm(dim, arch.norm_eps)
-        self.attn = Attention(dim, arch.num_heads, arch.qkv_bias, use_size=use_size, with_scores=self.reduces)
+        self.attn = Attention(dim, arch.num_heads, arch.qkv_bias, use_size=use_size, with_scores=self.reduces,
+                              attn_drop=arch.attn_drop_rate, proj_drop=arch.proj_drop_rate)
         self.layer_scale = arch.init_values is not None
         if self.layer_scale:
             self.ls1 = LayerScale(dim, arch.init_values)
             self.ls2 = LayerScale(dim, arch.init_values)
         self.norm2 = LayerNorm(dim, arch.norm_eps)
-        self.mlp = Mlp(dim, arch.mlp_hidden, custom_kernels, arch.act)
+        self.mlp = Mlp(dim, arch.mlp_hidden, custom_kernels, arch.act, arch.proj_drop_rate)
+        self.drop_path1 = DropPath(drop_path)
+        self.drop_path2 = DropPath(drop_path)
         if self.reduces:
             self.reduction = TokenReduction(plan.r, float(ppt_cfg.threshold), custom_kernels, arch.num_prefix_tokens)
 
-    def scale1(self, x):
-        return self.ls1(x) if self.layer_scale else x
+    def branch1(self, x):
+        return self.drop_path1(self.ls1(x) if self.layer_scale else x)
 
-    def scale2(self, x):
-        return self.ls2(x) if self.layer_scale else x
+    def branch2(self, x):
+        return self.drop_path2(self.ls2(x) if self.layer_scale else x)
 
     def construct(self, x, size, source):
         record = ()
         if self.reduces:
             x_attn, attn, v, k = self.attn(self.norm1(x), size)
-            x = x + self.scale1(x_attn)
+            x = x + self.branch1(x_attn)
             if not self.merge_with_sizes:
                 size = ops.ones_like(size)
             if self.trace_source:
-                x, size, source, raw = self.reduction(x, attn, v, k, size, source)
+                x, size, source, block_record = self.reduction(x, attn, v, k, size, source)
             else:
-                x, size, _, raw = self.reduction(x, attn, v, k, size, None)
+                x, size, _, block_record = self.reduction(x, attn, v, k, size, None)
             if self.trace:
-                record = (raw,)
+                record = (block_record,)
         else:
-            x = x + self.scale1(self.attn(self.norm1(x), size))
-        x = x + self.scale2(self.mlp(self.norm2(x)))
+            x = x + self.branch1(self.attn(self.norm1(x), size))
+        x = x + self.branch2(self.mlp(self.norm2(x)))
         return x, size, source, record
 
 
@@ -274,18 +333,20 @@ class VisionTransformer(nn.Cell):
                                         name="dist_token")
         self.pos_embed = Parameter(initializer(TruncatedNormal(0.02), (1, arch.pos_embed_tokens, dim), ms.float32),
                                    name="pos_embed")
+        self.pos_drop = nn.Dropout(p=arch.pos_drop_rate)
         if self.pre_norm:
             self.norm_pre = LayerNorm(dim, arch.norm_eps)
         if custom_kernels is None:  # compiled CPU kernels only where they run: the CPU backend
             custom_kernels = ms.get_context("device_target") == "CPU"
         blocks, reduced = [], False
-        for plan in self.plans:
+        for plan, drop_path in zip(self.plans, arch.drop_path_rates):
             # proportional attention needs sizes only once some earlier block has reduced (log 1 = 0 before)
             blocks.append(Block(arch, plan, ppt_cfg, use_size=ppt_cfg.prop_attn and reduced, trace=trace,
-                                custom_kernels=custom_kernels))
+                                custom_kernels=custom_kernels, drop_path=drop_path))
             reduced = reduced or plan.r > 0
         self.blocks = nn.CellList(blocks)
         self.norm = LayerNorm(dim, arch.norm_eps)
+        self.head_drop = nn.Dropout(p=arch.drop_rate)
         self.head = nn.Dense(dim, arch.num_classes)
         if self.distilled:
             self.head_dist = nn.Dense(dim, arch.num_classes)
@@ -302,8 +363,8 @@ class VisionTransformer(nn.Cell):
         if self.distilled:
             prefix = ops.concat([prefix, ops.broadcast_to(self.dist_token, (B, 1, C))], 1)
         if self.no_embed_class:
-            return ops.concat([prefix, x + self.pos_embed], 1)
-        return ops.concat([prefix, x], 1) + self.pos_embed
+            return self.pos_drop(ops.concat([prefix, x + self.pos_embed], 1))
+        return self.pos_drop(ops.concat([prefix, x], 1) + self.pos_embed)
 
     def forward_features(self, x):
         x = self._pos_embed(self.patch_embed(x.astype(self.cls_token.dtype)))
@@ -319,10 +380,11 @@ class VisionTransformer(nn.Cell):
         return self.norm(x), records, source
 
     def forward_head(self, x):
-        """The class token's logits; distilled DeiT averages them with the distillation token's (as timm in eval)."""
+        """The class token's logits; distilled DeiT averages them with the distillation token's (as timm, which
+        has no head dropout there)."""
         if self.distilled:
             return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
-        return self.head(x[:, 0])
+        return self.head(self.head_drop(x[:, 0]))
 
     def construct(self, x):
         x, records, source = self.forward_features(x)

@@ -17,8 +17,9 @@ the batch. Token positions are positions in the block's *input* sequence (0 = CL
 | merge_dst   | int64 [B, r]          | pool: input position of the B token each one merged into; -1 if pruned   |
 | sizes       | float64 [B, N-r]      | token sizes after the block (patches represented by each token)          |
 
-`dest` (the output slot of every input token, -1 if dropped) is derived from kept/merge and is the form used by
-the MindSpore graph and by the visualiser.
+Both frameworks build their records with `record_from_plan` from the same fields of their `ReductionPlan` (policy,
+variance, scores, node_max, dest: the output slot of every input token, -1 if dropped). `dest_from_record` gives
+the dest map back, for the visualiser.
 """
 from __future__ import annotations
 
@@ -81,8 +82,9 @@ def dest_from_record(t: BlockTrace) -> np.ndarray:
     return dest
 
 
-def record_from_dest(block: int, r: int, policy, variance, scores, node_max, dest, sizes) -> BlockTrace:
-    """Build a record from the dest map produced by a static-shape implementation."""
+def record_from_plan(block: int, r: int, policy, variance, scores, node_max, dest, sizes) -> BlockTrace:
+    """A block's record from its ReductionPlan's fields (NumPy, either framework) and the sizes after it: the
+    dest map is read back into kept / merge_src / merge_dst."""
     policy = np.asarray(policy).astype(np.int8)
     dest = np.asarray(dest).astype(np.int64)
     B, N = dest.shape

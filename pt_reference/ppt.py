@@ -9,10 +9,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 
-from ppt_common.trace import BlockTrace
 
 CLS_SCORE = 2.0
 
@@ -37,9 +35,9 @@ def pool_policy(variance: torch.Tensor, threshold: float) -> torch.Tensor:
     return variance < threshold
 
 
-def prune_order(scores: torch.Tensor) -> torch.Tensor:
-    """Token positions by descending score; equal scores keep ascending position (stable)."""
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+def prune_indices(scores: torch.Tensor, r: int) -> torch.Tensor:
+    """Kept token positions [B, N-r], by descending score; equal scores keep ascending position (stable)."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :scores.shape[1] - r]
 
 
 class Matching(NamedTuple):
@@ -67,6 +65,61 @@ def bipartite_matching(metric: torch.Tensor, r: int, num_prefix_tokens: int = 1)
     return Matching(src_idx, dst_idx, unm_idx, node_max)
 
 
+def prune_dest(keep: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """dest map [B, N] of kept positions: the k-th kept token goes to slot k, the others are dropped (-1)."""
+    dest = torch.full((keep.shape[0], num_tokens), -1, dtype=torch.long, device=keep.device)
+    return dest.scatter_(1, keep, torch.arange(keep.shape[1], device=keep.device).expand_as(keep).contiguous())
+
+
+def matching_dest(m: Matching, num_tokens: int) -> torch.Tensor:
+    """dest map [B, N] of a matching, in merge's output order: unmerged A tokens, then the B tokens."""
+    num_a, r = m.node_max.shape[1], m.src_idx.shape[1]
+    first_b_slot = num_a - r
+    dest_a = torch.empty_like(m.node_max, dtype=torch.long)
+    dest_a.scatter_(1, m.unm_idx, torch.arange(first_b_slot, device=dest_a.device).expand_as(m.unm_idx).contiguous())
+    dest_a.scatter_(1, m.src_idx, first_b_slot + m.dst_idx)
+    dest = torch.empty(dest_a.shape[0], num_tokens, dtype=torch.long, device=dest_a.device)
+    dest[:, ::2] = dest_a
+    dest[:, 1::2] = first_b_slot + torch.arange(num_tokens // 2, device=dest.device)
+    return dest
+
+
+class ReductionPlan(NamedTuple):
+    """Every decision of one PP block (no gradient flows through it). The first five fields are those of
+    ms_ppt.ppt.ReductionPlan; the last four are the authors' index form, which apply_reduction uses."""
+    policy: torch.Tensor  # [B] bool: True where the image pools
+    variance: torch.Tensor  # [B]
+    scores: torch.Tensor  # [B, N]
+    node_max: torch.Tensor  # [B, ceil(N/2)], NaN where the image prunes
+    dest: torch.Tensor  # [B, N] output slot of every input token, -1 if dropped
+    pool_ids: torch.Tensor  # images that pool
+    prune_ids: torch.Tensor  # images that prune
+    matching: Optional[Matching]  # of the pooling images
+    keep: Optional[torch.Tensor]  # of the pruning images, prune_indices
+
+
+@torch.no_grad()
+def decide(scores, metric, r, threshold, num_prefix_tokens=1) -> ReductionPlan:
+    """The block's plan: each image's policy, then a matching for the pooling sub-batch and kept positions for
+    the pruning one (the authors' split)."""
+    B, N = scores.shape
+    variance = score_variance(scores, num_prefix_tokens)
+    policy = pool_policy(variance, threshold)
+    pool_ids = policy.nonzero().squeeze(-1)
+    prune_ids = (~policy).nonzero().squeeze(-1)
+    dest = torch.full((B, N), -1, dtype=torch.long, device=scores.device)
+    node_max = torch.full((B, (N + 1) // 2), math.nan, dtype=scores.dtype, device=scores.device)
+    matching = keep = None
+    if pool_ids.numel():
+        matching = bipartite_matching(metric[pool_ids], r, num_prefix_tokens)
+        node_max[pool_ids] = matching.node_max
+        dest[pool_ids] = matching_dest(matching, N)
+    if prune_ids.numel():
+        keep = prune_indices(scores[prune_ids], r)
+        dest[prune_ids] = prune_dest(keep, N)
+    return ReductionPlan(policy, variance, scores, node_max, dest, pool_ids, prune_ids, matching, keep)
+
+
 def merge(x: torch.Tensor, m: Matching, mode: str) -> torch.Tensor:
     """Apply a matching: [unmerged A in ascending order, then B with the merged A reduced into them]."""
     src, dst = x[:, ::2], x[:, 1::2]
@@ -77,69 +130,48 @@ def merge(x: torch.Tensor, m: Matching, mode: str) -> torch.Tensor:
     return torch.cat([unm, dst], dim=1)
 
 
-def pool(x, metric, r, size, source=None, num_prefix_tokens=1):
-    """Size-weighted merge of the r most similar A tokens into their B partners."""
-    m = bipartite_matching(metric, r, num_prefix_tokens)
-    x = merge(x * size, m, "sum")
-    size = merge(size, m, "sum")
-    if source is not None:
-        source = merge(source, m, "amax")
-    return x / size, size, source, m
-
-
 def batch_index_select(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def prune(x, scores, r, size, source=None):
-    """Keep the N-r highest-scored tokens, in descending score order."""
-    keep = prune_order(scores)[:, :x.shape[1] - r]
+def _apply_split(plan: ReductionPlan, like: torch.Tensor, r: int, pool, prune) -> torch.Tensor:
+    """Reduce each sub-batch on its own (`pool(ids)`, `prune(ids)`) and write it back at its batch positions;
+    differentiable through what the two functions return."""
+    out = like.new_empty(like.shape[0], like.shape[1] - r, like.shape[2])
+    if plan.matching is not None:
+        out[plan.pool_ids] = pool(plan.pool_ids)
+    if plan.keep is not None:
+        out[plan.prune_ids] = prune(plan.prune_ids)
+    return out
+
+
+def apply_reduction(plan: ReductionPlan, x: torch.Tensor, size: torch.Tensor, r: int):
+    """Pooling images: size-weighted merge (x_out = sum(x*size)/sum(size)); pruning images: the kept tokens, in
+    descending score order. Differentiable in x; sizes carry no gradient."""
+    size = size.detach()
+    m = plan.matching
+
+    def pool_x(ids):
+        return merge(x[ids] * size[ids], m, "sum") / merge(size[ids], m, "sum")
+    x_out = _apply_split(plan, x, r, pool_x, lambda ids: batch_index_select(x[ids], plan.keep))
+    size_out = _apply_split(plan, size, r, lambda ids: merge(size[ids], m, "sum"),
+                            lambda ids: batch_index_select(size[ids], plan.keep))
+    return x_out, size_out
+
+
+def apply_to_source(plan: ReductionPlan, source: torch.Tensor, r: int) -> torch.Tensor:
+    """Merged tokens hold the union of their sources (ToMe's amax), kept tokens their own."""
+    return _apply_split(plan, source, r, lambda ids: merge(source[ids], plan.matching, "amax"),
+                        lambda ids: batch_index_select(source[ids], plan.keep))
+
+
+def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1):
+    """decide, then apply: (x, size, source, plan) with the block's r tokens removed from every image."""
+    plan = decide(scores, metric, r, threshold, num_prefix_tokens)
+    x_out, size_out = apply_reduction(plan, x, size, r)
     if source is not None:
-        source = batch_index_select(source, keep)
-    return batch_index_select(x, keep), batch_index_select(size, keep), source, keep
-
-
-def reduce_tokens(x, scores, metric, size, r, threshold, source=None, block=-1, want_trace=False,
-                  num_prefix_tokens=1):
-    """Per-image policy; each sub-batch is reduced on its own and written back at its batch positions."""
-    B, N, C = x.shape
-    variance = score_variance(scores, num_prefix_tokens)
-    pooling = pool_policy(variance, threshold)
-    pool_ids = pooling.nonzero().squeeze(-1)
-    prune_ids = (~pooling).nonzero().squeeze(-1)
-    x_out = x.new_empty(B, N - r, C)
-    size_out = size.new_empty(B, N - r, 1)
-    source_out = source.new_empty(B, N - r, source.shape[-1]) if source is not None else None
-    kept = torch.full((B, N - r), -1, dtype=torch.long)
-    merge_src = torch.full((B, r), -1, dtype=torch.long)
-    merge_dst = torch.full((B, r), -1, dtype=torch.long)
-    node_max = torch.full((B, (N + 1) // 2), math.nan, dtype=torch.float64)
-    if pool_ids.numel():
-        sub_source = source[pool_ids] if source is not None else None
-        xp, sp, srcp, m = pool(x[pool_ids], metric[pool_ids], r, size[pool_ids], sub_source, num_prefix_tokens)
-        x_out[pool_ids], size_out[pool_ids] = xp, sp
-        if source is not None:
-            source_out[pool_ids] = srcp
-        src_pos, order = (2 * m.src_idx).sort(dim=-1)
-        merge_src[pool_ids] = src_pos.cpu()
-        merge_dst[pool_ids] = (2 * m.dst_idx.gather(-1, order) + 1).cpu()
-        node_max[pool_ids] = m.node_max.detach().double().cpu()
-    if prune_ids.numel():
-        sub_source = source[prune_ids] if source is not None else None
-        xq, sq, srcq, keep = prune(x[prune_ids], scores[prune_ids], r, size[prune_ids], sub_source)
-        x_out[prune_ids], size_out[prune_ids] = xq, sq
-        if source is not None:
-            source_out[prune_ids] = srcq
-        kept[prune_ids] = keep.cpu()
-    trace = None
-    if want_trace:  # a record of decisions: detached, so tracing works inside a graph that needs gradients
-        def numpy64(t):
-            return t.detach().double().cpu().numpy()
-        trace = BlockTrace(block=block, tokens_in=N, r=r, policy=pooling.cpu().numpy().astype(np.int8),
-                           variance=numpy64(variance), scores=numpy64(scores), node_max=node_max.numpy(),
-                           kept=kept.numpy(), merge_src=merge_src.numpy(), merge_dst=merge_dst.numpy(),
-                           sizes=numpy64(size_out[..., 0]))
-    return x_out, size_out, source_out, trace
+        source = apply_to_source(plan, source, r)
+    return x_out, size_out, source, plan
 
 
 def initial_source(batch_size: int, num_tokens: int, like: torch.Tensor) -> torch.Tensor:
@@ -153,5 +185,6 @@ def proportional_bias(size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if size is None else size.log()[:, None, None, :, 0]
 
 
-__all__ = ["importance_scores", "score_variance", "pool_policy", "prune_order", "bipartite_matching", "merge",
-           "pool", "prune", "reduce_tokens", "initial_source", "proportional_bias", "Matching", "CLS_SCORE"]
+__all__ = ["CLS_SCORE", "importance_scores", "score_variance", "pool_policy", "prune_indices", "Matching",
+           "bipartite_matching", "prune_dest", "matching_dest", "ReductionPlan", "decide", "merge",
+           "apply_reduction", "apply_to_source", "reduce_tokens", "initial_source", "proportional_bias"]

@@ -13,13 +13,14 @@ from timm.layers import Attention
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from ppt_common.config import PPTConfig, RSpec, max_r
-from ppt_common.trace import BlockTrace
+from ppt_common.config import PPTConfig, max_r
+from ppt_common.trace import BlockTrace, record_from_plan
 from pt_reference import ppt
 
 
 class PPTAttention(Attention):
-    """timm attention that adds the proportional-attention bias and also returns scores and the merge metric."""
+    """timm attention that adds the proportional-attention bias and also returns the importance scores and the
+    merge metric (k averaged over heads), both without gradient."""
 
     def forward_ppt(self, x: torch.Tensor, size: Optional[torch.Tensor], num_prefix_tokens: int = 1):
         B, N, _ = x.shape
@@ -31,10 +32,22 @@ class PPTAttention(Attention):
         if bias is not None:
             attn = attn + bias
         attn = attn.softmax(dim=-1)
-        scores = ppt.importance_scores(attn, v, num_prefix_tokens)
+        with torch.no_grad():  # decisions only; taken on the attention before dropout
+            scores = ppt.importance_scores(attn, v, num_prefix_tokens)
+            metric = k.mean(dim=1)
+        attn = self.attn_drop(attn)
         x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)
-        x = self.proj(self.norm(x))
-        return x, scores, k.mean(dim=1)
+        x = self.proj_drop(self.proj(self.norm(x)))
+        return x, scores, metric
+
+
+def trace_record(block: int, r: int, plan: ppt.ReductionPlan, size: torch.Tensor) -> BlockTrace:
+    """The shared trace record of a block: its plan and the sizes after it (detached, so tracing works inside a
+    graph that needs gradients)."""
+    def numpy64(t):
+        return t.detach().double().cpu().numpy()
+    return record_from_plan(block, r, plan.policy.cpu().numpy(), *map(numpy64, plan[1:4]), plan.dest.cpu().numpy(),
+                            numpy64(size[..., 0]))
 
 
 class PPTBlock(Block):
@@ -55,11 +68,10 @@ class PPTBlock(Block):
             # with prop_attn off every PP block merges with unit sizes (the authors' behaviour)
             unit = torch.ones_like(x[..., :1])
             merge_size = info["size"] if (cfg.prop_attn and info["size"] is not None) else unit
-            x, info["size"], info["source"], trace = ppt.reduce_tokens(
-                x, scores, metric, merge_size, r, cfg.threshold, source=info["source"], block=self._ppt_index,
-                want_trace=info["want_trace"], num_prefix_tokens=prefix)
-            if trace is not None:
-                info["trace"].append(trace)
+            x, info["size"], info["source"], plan = ppt.reduce_tokens(
+                x, scores, metric, merge_size, r, cfg.threshold, source=info["source"], num_prefix_tokens=prefix)
+            if info["want_trace"]:
+                info["trace"].append(trace_record(self._ppt_index, r, plan, info["size"]))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
@@ -128,12 +140,12 @@ def check_supported(model) -> None:
         raise ValueError("cannot apply PPT to this model: " + "; ".join(problems))
 
 
-def apply_ppt(model: VisionTransformer, r: RSpec = 50, pp_loc_list=(3, 6, 9), threshold: float = 7e-5,
-              prop_attn: bool = True, trace_source: bool = False, trace: bool = False) -> VisionTransformer:
-    """Turn a timm ViT/DeiT into a PPT model in place (no new parameters) and return it."""
+def apply_ppt(model: VisionTransformer, ppt_config: Optional[PPTConfig] = None, trace: bool = False,
+              **settings) -> VisionTransformer:
+    """Turn a timm ViT/DeiT into a PPT model in place (no new parameters) and return it. The settings are a
+    PPTConfig or its fields as keywords (r, pp_loc_list, threshold, prop_attn, trace_source)."""
     check_supported(model)
-    cfg = PPTConfig(r=r, pp_loc_list=pp_loc_list, threshold=threshold, prop_attn=prop_attn,
-                    trace_source=trace_source)
+    cfg = PPTConfig.from_settings(ppt_config, **settings)
     if cfg.pp_loc_list and cfg.pp_loc_list[-1] >= len(model.blocks):
         raise ValueError(f"pp_loc_list {list(cfg.pp_loc_list)} names a block beyond the model's "
                          f"{len(model.blocks)} blocks")

@@ -96,13 +96,14 @@ def test_fused_reduction_takes_the_graph_reductions_decisions(mode, rng):
     inputs = reduction_inputs(rng)
     fused, graph = TokenReduction(8, 1.0, True), TokenReduction(8, 1.0, False)
     assert fused.use_fused and not graph.use_fused
-    variances = graph(*inputs, None)[3][1].asnumpy()
+    variances = graph(*inputs, None)[3][0][1].asnumpy()
     threshold = float(np.median(variances))  # half the images pool, half prune
     fused, graph = TokenReduction(8, threshold, True), TokenReduction(8, threshold, False)
-    x_fused, size_fused, _, got = fused(*inputs, None)
-    x_graph, _, _, want = graph(*inputs, None)
-    pooling, variance, scores, node_max, dest, size_out = [t.asnumpy() for t in got]
-    want = [t.asnumpy() for t in want]
+    x_fused, size_fused, _, (got, got_sizes) = fused(*inputs, None)
+    x_graph, _, _, (want, want_sizes) = graph(*inputs, None)
+    pooling, variance, scores, node_max, dest = [t.asnumpy() for t in got]
+    size_out = got_sizes.asnumpy()
+    want = [t.asnumpy() for t in want] + [want_sizes.asnumpy()]
     assert set(pooling.tolist()) == {0, 1}
     np.testing.assert_array_equal(pooling, want[0].astype(np.int32))
     np.testing.assert_allclose(variance, want[1], rtol=1e-5)
@@ -119,6 +120,32 @@ def test_fused_reduction_takes_the_graph_reductions_decisions(mode, rng):
     np.testing.assert_allclose(x_fused[pooled], x_graph[pooled], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_fused_reduction_backward_is_the_graph_reductions(mode, rng):
+    """Training through the compiled reduction: the gradient with respect to x is apply_reduction's (each kept
+    token passes its gradient through, each merged token shares it by size), in a batch mixing both policies;
+    the inputs that only decide (attention, v, k, sizes) get none."""
+    need_kernel("ppt_reduce_cpu")
+    ms.set_context(mode=mode)
+    inputs = reduction_inputs(rng)
+    cotangent = ms.Tensor(rng.randn(6, 27 - 8, 8).astype(np.float32))
+    threshold = float(np.median(TokenReduction(8, 1.0, False)(*inputs, None)[3][0][1].asnumpy()))
+    grads = {}
+    for fused in (True, False):
+        cell = TokenReduction(8, threshold, fused)
+        assert cell.use_fused == fused
+
+        def loss(x, attn, v, k, size):
+            return (cell(x, attn, v, k, size, None)[0] * cotangent).sum()
+        grads[fused] = [g.asnumpy() for g in ms.grad(loss, grad_position=(0, 1, 2, 3, 4))(*inputs)]
+    policy = TokenReduction(8, threshold, False)(*inputs, None)[3][0][0].asnumpy()
+    assert set(policy.tolist()) == {False, True}
+    np.testing.assert_allclose(grads[True][0], grads[False][0], rtol=1e-6, atol=1e-7)
+    assert np.abs(grads[False][0][~policy]).max() > 0 and np.abs(grads[False][0][policy]).max() > 0
+    for got, want in zip(grads[True][1:], grads[False][1:]):
+        assert not got.any() and not want.any()
+
+
 def test_fused_reduction_keeps_tied_tokens_in_position_order(rng):
     need_kernel("ppt_reduce_cpu")
     ms.set_context(mode=ms.PYNATIVE_MODE)
@@ -128,7 +155,7 @@ def test_fused_reduction_keeps_tied_tokens_in_position_order(rng):
     v = np.ones((1, heads, n, dh), np.float32)  # equal ||v||: scores follow the CLS attention, ties included
     x = np.arange(n * 2, dtype=np.float32).reshape(1, n, 2)
     fused = TokenReduction(2, 0.0, True)  # threshold 0: prune
-    out, _, _, (pooling, _, scores, _, dest, _) = fused(
+    out, _, _, ((pooling, _, scores, _, dest), _) = fused(
         ms.Tensor(x), ms.Tensor(attn), ms.Tensor(v), ms.Tensor(v), ms.Tensor(np.ones((1, n, 1), np.float32)), None)
     assert pooling.asnumpy().tolist() == [0]
     np.testing.assert_allclose(scores.asnumpy()[0], [2.0, 0.1, 0.3, 0.1, 0.3, 0.2], rtol=1e-6)

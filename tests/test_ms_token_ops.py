@@ -6,7 +6,7 @@ from mindspore import Tensor
 
 import oracle
 from ms_ppt import ppt
-from ppt_common.trace import record_from_dest
+from ms_ppt.factory import trace_record
 
 
 @pytest.fixture(autouse=True)
@@ -69,8 +69,8 @@ def test_reduce_tokens_matches_oracle_image_by_image(rng, threshold):
     if threshold == "mixed":
         threshold = float(np.median([oracle.variance(s) for s in scores]))
     size = rng.randint(1, 3, (B, N, 1)).astype(np.float64)
-    xo, so, _, raw = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold)
-    record = record_from_dest(0, r, *[t.asnumpy() for t in raw])
+    xo, so, _, plan = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold)
+    record = trace_record(0, r, plan, so)
     for b in range(B):
         ex, es, _, policy = oracle.reduce(x[b], scores[b], metric[b], size[b, :, 0], r, threshold)
         assert record.policy[b] == policy
@@ -100,8 +100,8 @@ def test_distillation_token_is_never_pruned_or_merged_even_when_tempting(rng):
     for b in range(B):
         np.testing.assert_allclose(scores[b], oracle.importance_scores(attn[b], v[b], prefix=2), rtol=1e-12)
     for threshold in (0.0, 1e9):  # all prune, all pool
-        xo, so, _, raw = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold, num_prefix_tokens=2)
-        record = record_from_dest(0, r, *[t.asnumpy() for t in raw])
+        xo, so, _, plan = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold, num_prefix_tokens=2)
+        record = trace_record(0, r, plan, so)
         for b in range(B):
             ex, es, groups, policy = oracle.reduce(x[b], scores[b], metric[b], size[b, :, 0], r, threshold, prefix=2)
             assert record.policy[b] == policy

@@ -1,10 +1,13 @@
 """pt_reference token operations against the NumPy oracle written from the spec."""
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import oracle
 from pt_reference import ppt
+from pt_reference.vision_transformer import trace_record
 
 
 def random_attn(rng, B, H, N):
@@ -29,9 +32,22 @@ def test_variance_is_unbiased(rng):
     assert got != pytest.approx(np.var(s[0, 1:], ddof=0), rel=1e-6)
 
 
+def pool(x, metric, r, size):
+    """All images pool: (x, size, matching)."""
+    plan = ppt.decide(torch.zeros(x.shape[:2], dtype=x.dtype), metric, r, threshold=math.inf)
+    xo, so = ppt.apply_reduction(plan, x, size, r)
+    return xo, so, plan.matching
+
+
+def trace_of(x, scores, metric, size, r, threshold, num_prefix_tokens=1):
+    xo, so, _, plan = ppt.reduce_tokens(*(torch.from_numpy(a) for a in (x, scores, metric, size)), r, threshold,
+                                         num_prefix_tokens=num_prefix_tokens)
+    return xo, so, trace_record(0, r, plan, so)
+
+
 def test_prune_keeps_top_scores_in_descending_order_with_stable_ties():
     s = np.array([[2.0, 0.1, 0.3, 0.1, 0.3, 0.2]])
-    keep = ppt.prune_order(torch.from_numpy(s))[:, :4].tolist()[0]
+    keep = ppt.prune_indices(torch.from_numpy(s), 2).tolist()[0]
     assert keep == oracle.prune_keep(s[0], 2) == [0, 2, 4, 5]  # ties 0.3 at 2 and 4: lower position first
 
 
@@ -40,7 +56,7 @@ def test_bipartite_matching_and_weighted_merge_match_oracle(rng):
     metric = rng.randn(1, N, 5)
     metric[0, 4] = metric[0, 3] * 2.0  # A token 4 ties exactly in direction with B token 3
     x, size = rng.randn(1, N, C), rng.randint(1, 4, size=(1, N, 1)).astype(np.float64)
-    xo, so, _, m = ppt.pool(torch.from_numpy(x), torch.from_numpy(metric), r, torch.from_numpy(size))
+    xo, so, m = pool(torch.from_numpy(x), torch.from_numpy(metric), r, torch.from_numpy(size))
     merged, node_max = oracle.bipartite(metric[0], r)
     ex, es, groups = oracle.pool_tokens(x[0], size[0, :, 0], merged)
     np.testing.assert_allclose(xo[0].numpy(), ex, rtol=1e-12)
@@ -54,7 +70,7 @@ def test_several_sources_merge_into_one_destination():
     metric = torch.tensor([[[1.0, 0], [1, 0.01], [1, 0.005], [1, 0.5], [1, 0.02]]], dtype=torch.float64)
     x = torch.arange(5, dtype=torch.float64).reshape(1, 5, 1) * 10
     size = torch.tensor([[[1.0], [1], [1], [1], [3]]], dtype=torch.float64)
-    xo, so, _, m = ppt.pool(x, metric, 2, size)
+    xo, so, m = pool(x, metric, 2, size)
     merged, _ = oracle.bipartite(metric[0].numpy(), 2)
     assert sorted(merged) == [(2, 1), (4, 1)]
     ex, es, groups = oracle.pool_tokens(x[0].numpy(), size[0, :, 0].numpy(), merged)
@@ -65,7 +81,7 @@ def test_several_sources_merge_into_one_destination():
 
 def test_cls_is_never_merged_even_when_most_similar(rng):
     metric = torch.ones(1, 7, 3, dtype=torch.float64)  # everything identical
-    _, _, _, m = ppt.pool(torch.randn(1, 7, 2, dtype=torch.float64), metric, 3, torch.ones(1, 7, 1, dtype=torch.float64))
+    _, _, m = pool(torch.randn(1, 7, 2, dtype=torch.float64), metric, 3, torch.ones(1, 7, 1, dtype=torch.float64))
     assert 0 not in m.src_idx[0].tolist()
     # all similarities tie: the stable order merges A tokens 1,2,3 (positions 2,4,6) into B token 0 (first max)
     assert m.src_idx[0].tolist() == [1, 2, 3] and m.dst_idx[0].tolist() == [0, 0, 0]
@@ -80,8 +96,7 @@ def test_reduce_tokens_mixed_batch_matches_oracle_image_by_image(rng):
     variances = [oracle.variance(s) for s in scores]
     threshold = float(np.median(variances))
     size = np.ones((B, N, 1))
-    xo, so, _, trace = ppt.reduce_tokens(*(torch.from_numpy(a) for a in (x, scores, metric, size)), r, threshold,
-                                          want_trace=True)
+    xo, so, trace = trace_of(x, scores, metric, size, r, threshold)
     for b in range(B):
         ex, es, _, policy = oracle.reduce(x[b], scores[b], metric[b], size[b, :, 0], r, threshold)
         assert trace.policy[b] == policy
@@ -107,8 +122,7 @@ def test_distillation_token_is_never_pruned_or_merged_even_when_tempting(rng):
     for b in range(B):
         np.testing.assert_allclose(scores[b], oracle.importance_scores(attn[b], v[b], prefix=2), rtol=1e-12)
     for threshold in (0.0, 1e9):  # all prune, all pool
-        xo, so, _, trace = ppt.reduce_tokens(*(torch.from_numpy(a) for a in (x, scores, metric, size)), r, threshold,
-                                              want_trace=True, num_prefix_tokens=2)
+        xo, so, trace = trace_of(x, scores, metric, size, r, threshold, num_prefix_tokens=2)
         for b in range(B):
             ex, es, groups, policy = oracle.reduce(x[b], scores[b], metric[b], size[b, :, 0], r, threshold, prefix=2)
             assert trace.policy[b] == policy

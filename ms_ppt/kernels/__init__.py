@@ -81,10 +81,12 @@ def gelu_op():
 
 
 def ppt_reduce_op(r: int):
-    """An ops.Custom computing PPT's reduction (ppt.importance_scores, the merge metric, ppt.reduce_tokens) on
-    float32 CPU tensors for a fixed r, or None.
+    """An ops.Custom computing PPT's reduction (ppt.importance_scores, the merge metric, ppt.decide,
+    ppt.apply_reduction) on float32 CPU tensors for a fixed r, or None.
 
     (x, attn, v, k, size, threshold[1]) -> (x_out, size_out, dest int32, pooling int32, variance, scores, node_max)
+
+    It has no backward of its own: vision_transformer.FusedReduction gives it apply_reduction's.
     """
     path = build("ppt_reduce_cpu")
     if path is None:

@@ -1,0 +1,100 @@
+"""Training through PPT: gradients equal to the reference's, and timm's drop rates (identity in eval)."""
+import dataclasses
+
+import mindspore as ms
+import numpy as np
+import pytest
+import torch
+
+from ms_ppt.factory import run_with_trace
+from ms_ppt.vision_transformer import VisionTransformer, params_from_numpy
+from ppt_common.config import ArchConfig, PPTConfig
+from pt_reference.factory import build_timm_model
+from pt_reference.vision_transformer import apply_ppt
+
+SMALL = ArchConfig(img_size=64, patch_size=8, embed_dim=48, depth=4, num_heads=3, num_classes=10)
+FLAGS = {"plain": {}, "distilled_layer_scale": dict(num_prefix_tokens=2, init_values=0.5)}
+
+
+def twin_models(arch, threshold, seed=0, train=False):
+    """A float64 pt_reference model and the MindSpore model with its weights, PPT at blocks 1 and 2."""
+    torch.manual_seed(seed)
+    cfg = PPTConfig(r=10, pp_loc_list=(1, 2), threshold=threshold)
+    pt = apply_ppt(build_timm_model(arch).double().train(train), cfg, trace=True)
+    ms_model = VisionTransformer(arch, cfg, trace=True).to_dtype(ms.float64)
+    params_from_numpy(ms_model, {k: v.numpy() for k, v in pt.state_dict().items()})
+    ms_model.set_train(train)
+    return pt, ms_model
+
+
+def mixed_threshold(arch, x):
+    pt, _ = twin_models(arch, 0.0)
+    with torch.no_grad():
+        pt(torch.from_numpy(x))
+    v = np.sort(pt.ppt_trace[0].variance)
+    return float(np.sqrt(v[0] * v[-1]))
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
+@pytest.mark.parametrize("flags", sorted(FLAGS))
+def test_parameter_gradients_match_the_reference_in_float64(flags, mode, rng):
+    """Back-propagation through decide-then-apply: with the same weights, inputs and a batch that mixes pooling
+    and pruning, every parameter's gradient equals pt_reference's (autograd through the authors' gather and
+    scatter) to float64 rounding. Both models are in training mode, with no random element (drop rates 0)."""
+    ms.set_context(mode=mode)
+    arch = dataclasses.replace(SMALL, **FLAGS[flags])
+    x = rng.randn(4, 3, 64, 64)
+    cotangent = rng.randn(4, arch.num_classes)
+    pt, ms_model = twin_models(arch, mixed_threshold(arch, x), train=True)
+
+    (pt(torch.from_numpy(x)) * torch.from_numpy(cotangent)).sum().backward()
+    assert set(pt.ppt_trace[0].policy.tolist()) == {0, 1}
+    expected = {name: p.grad.numpy() for name, p in pt.named_parameters()}
+
+    params = ms_model.trainable_params()
+    c = ms.Tensor(cotangent)
+
+    def loss(images):
+        return (ms_model(images)[0] * c).sum()
+    grads = ms.grad(loss, grad_position=None, weights=params)(ms.Tensor(x))
+    assert sorted(p.name for p in params) == sorted(expected)
+    for p, g in zip(params, grads):
+        want = expected[p.name]
+        np.testing.assert_allclose(g.asnumpy(), want, rtol=0, atol=1e-9 * max(1.0, np.abs(want).max()),
+                                   err_msg=p.name)
+
+
+def test_drop_path_rates_follow_timms_linear_rule():
+    arch = dataclasses.replace(SMALL, drop_path_rate=0.3)
+    assert arch.drop_path_rates == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    timm_model = build_timm_model(arch)
+    assert [b.drop_path1.drop_prob for b in timm_model.blocks[1:]] == pytest.approx(arch.drop_path_rates[1:])
+    ms_model = VisionTransformer(arch)
+    assert [b.drop_path1.keep for b in ms_model.blocks] == pytest.approx([1 - p for p in arch.drop_path_rates])
+
+
+@pytest.mark.parametrize("flag", ["drop_rate", "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"])
+def test_drop_rates_are_identity_in_eval_and_random_in_training(flag, rng):
+    """Each rate changes nothing in eval (same logits and traces as the model without it) and draws a new mask
+    at every training step."""
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    x = rng.randn(2, 3, 64, 64).astype(np.float32)
+    cfg = PPTConfig(r=10, pp_loc_list=(1, 2))
+    plain = VisionTransformer(SMALL, cfg, trace=True)
+    dropping = VisionTransformer(dataclasses.replace(SMALL, **{flag: 0.5}), cfg, trace=True)
+    params_from_numpy(dropping, {p.name: p.asnumpy() for p in plain.get_parameters()})
+    plain.set_train(False)
+    dropping.set_train(False)
+    want_logits, want_traces, _ = run_with_trace(plain, x)
+    got_logits, got_traces, _ = run_with_trace(dropping, x)
+    np.testing.assert_array_equal(got_logits, want_logits)
+    assert [t.kept.tolist() for t in got_traces] == [t.kept.tolist() for t in want_traces]
+    dropping.set_train(True)
+    first, second = (dropping(ms.Tensor(x))[0].asnumpy() for _ in range(2))
+    assert not np.allclose(first, want_logits) and not np.allclose(first, second)
+
+
+@pytest.mark.parametrize("flag, bad", [("drop_rate", 1.0), ("drop_path_rate", -0.1), ("attn_drop_rate", "0.1")])
+def test_drop_rates_outside_zero_to_one_are_refused(flag, bad):
+    with pytest.raises(ValueError, match=flag):
+        dataclasses.replace(SMALL, **{flag: bad})
