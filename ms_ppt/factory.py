@@ -27,9 +27,10 @@ def list_models() -> List[str]:
 
 
 def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False,
-                 ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None, pp_loc_list: Optional[Sequence[int]] = None,
-                 threshold: Optional[float] = None, prop_attn: Optional[bool] = None,
-                 trace_source: Optional[bool] = None, trace: bool = False, dtype="float32",
+                 ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None,
+                 pp_loc_list: Optional[Sequence[int]] = None, threshold: Optional[float] = None,
+                 prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None, trace: bool = False,
+                 dtype="float32",
                  num_classes: Optional[int] = None, custom_kernels: Optional[bool] = None,
                  **training_flags) -> VisionTransformer:
     """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt or a PyTorch .pth/.bin/.safetensors (converted in
@@ -41,8 +42,9 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
     if pretrained:
         raise ValueError("no hosted weights are published for ms-ppt: pass checkpoint=PATH (an official DeiT .pth, "
                          "a timm state dict or .safetensors, or a MindSpore .ckpt)")
-    ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold, prop_attn=prop_attn,
-                                  trace_source=trace_source)  # checked before any slow checkpoint reading
+    # the settings are checked before any slow checkpoint reading
+    ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
+                                         prop_attn=prop_attn, trace_source=trace_source)
     dtype = resolve_dtype(dtype)
     from convert import resolve_model
     arch, state = resolve_model(name, checkpoint, num_classes, **training_flags)

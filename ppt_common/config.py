@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -158,6 +159,10 @@ def data_config(name: str) -> DataConfig:
 DEFAULT_R = 50
 DEFAULT_PP_LOC_LIST = (3, 6, 9)
 DEFAULT_THRESHOLD = 7e-5
+
+# what the eval tools run with no options: DeiT-Tiny on the sample shipped in ms_ppt/demo-data
+DEMO_MODEL = "deit_tiny_patch16_224"
+DEMO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ms_ppt", "demo-data")
 
 
 def get_arch(name: str) -> ArchConfig:

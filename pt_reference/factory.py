@@ -39,8 +39,8 @@ def create_model(name: str, checkpoint: Optional[str] = None, ppt_config: Option
     """The reference twin of ms_ppt.create_model (same arguments, same checkpoints)."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"unsupported dtype '{dtype}'; choose from {', '.join(SUPPORTED_DTYPES)}")
-    ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold, prop_attn=prop_attn,
-                                  trace_source=trace_source)
+    ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
+                                         prop_attn=prop_attn, trace_source=trace_source)
     from convert import resolve_model
     arch, state = resolve_model(name, checkpoint, num_classes, **training_flags)
     model = build_timm_model(arch)

@@ -4,6 +4,7 @@
     python scripts/eval_ms.py                     # demo: shipped sample, random weights, about a minute
     python scripts/eval_ms.py --model deit_small_patch16_224 --checkpoint deit_small_patch16_224-cd65a155.pth \
         --data-path /data/imagenet --r_tokens 50 --pp_loc_list 3 6 9 --threshold 7e-5
+    msrun --worker_num=8 --local_worker_num=8 --join=True scripts/eval_ms.py ...   # data parallel, same report
 """
 import sys
 
@@ -14,51 +15,57 @@ import numpy as np
 from ppt_common import evaluation as ev
 
 
-def main(argv=None) -> int:
+def build_parser():
     parser = ev.build_parser("MindSpore")
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     parser.add_argument("--preprocess", choices=["mindspore", "pil"], default="mindspore",
                         help="mindspore: mindcv's pipeline; pil: bit-identical to timm/torchvision (for parity)")
     parser.add_argument("--device", "--device_target", dest="device", default="CPU", choices=["CPU", "GPU", "Ascend"])
-    args = parser.parse_args(argv)
+    return parser
+
+
+def validate(args) -> dict:
+    """Evaluate as `args` say and return the report; under msrun each rank takes a shard and rank 0 prints and
+    writes the whole evaluation's report."""
+    cfg, items = ev.prepare(args)
+    import mindspore as ms
+    from ms_ppt.context import set_context
+    set_context(args.mode, args.device)
+    from ms_ppt.distributed import mindspore_world
+    world = mindspore_world()
+    ms.set_seed(0)  # the demo's random weights are the same every run, on every rank
+    import ms_ppt
+    from ms_ppt.vision_transformer import params_from_numpy
+    from convert import CheckpointError
     try:
-        cfg, items = ev.prepare(args)
-        import mindspore as ms
-        ev.set_mindspore_mode(args.mode, args.device)
-        ms.set_seed(0)  # the demo's random weights are the same every run
-        import ms_ppt
-        from ms_ppt.vision_transformer import params_from_numpy
-        from convert import CheckpointError
-        try:
-            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
-                                        dtype=args.dtype)
-        except CheckpointError as e:
-            raise ev.UsageError(str(e)) from None
-        ev.check_imagenet_head(model.arch.num_classes)
-        if args.preprocess == "pil":
-            preprocess = ev.pil_preprocess(args.model)
-        else:
-            from ms_ppt.data import mindspore_preprocess
-            preprocess = mindspore_preprocess(args.model)
-        metrics, skipped, first = ev.Metrics(), [], None
-        batches = ev.iter_batches(items, args.batch_size, preprocess, args.num_workers, args.on_error, skipped)
-        for images, labels, paths in ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet,
-                                                 "eval_ms"):
-            logits, traces, _ = ms_ppt.run_with_trace(model, images)
-            policies = np.stack([t.policy for t in traces], 1) if traces else None
-            metrics.add(logits, labels, paths, policies)
-            first = images if first is None else first
-        if first is None:
-            raise ev.UsageError("no image could be read")
-        seconds = float("nan")
-        if args.throughput_runs:
-            plain = ms_ppt.create_model(args.model, num_classes=model.arch.num_classes, ppt_config=cfg,
-                                        dtype=args.dtype)
-            params_from_numpy(plain, {p.name: p.asnumpy() for p in model.get_parameters()})
-            batch = ms.Tensor(np.resize(first, (args.batch_size,) + first.shape[1:]), plain.cls_token.dtype)
-            seconds = ev.time_batches(lambda: plain(batch).asnumpy(), args.throughput_runs)
-        ev.finish(args, "mindspore", metrics, [p.index for p in model.pp_blocks], seconds, skipped,
-                           {"mode": args.mode, "preprocess": args.preprocess, "device": args.device})
+        model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
+                                    dtype=args.dtype)
+    except CheckpointError as e:
+        raise ev.UsageError(str(e)) from None
+    ev.check_imagenet_head(model.arch.num_classes)
+    if args.preprocess == "pil":
+        preprocess = ev.pil_preprocess(args.model)
+    else:
+        from ms_ppt.data import mindspore_preprocess
+        preprocess = mindspore_preprocess(args.model)
+    result = ev.evaluate(items, lambda images: ms_ppt.run_with_trace(model, images)[:2], preprocess, args,
+                         "eval_ms", world, fixed_batch=args.mode == "graph")
+    if result.sample is None:
+        raise ev.UsageError("no image could be read")
+    seconds = float("nan")
+    if args.throughput_runs and world.is_main:
+        plain = ms_ppt.create_model(args.model, num_classes=model.arch.num_classes, ppt_config=cfg, dtype=args.dtype)
+        params_from_numpy(plain, {p.name: p.asnumpy() for p in model.get_parameters()})
+        batch = ms.Tensor(np.resize(result.sample, (args.batch_size,) + result.sample.shape[1:]), plain.cls_token.dtype)
+        seconds = ev.time_batches(lambda: plain(batch).asnumpy(), args.throughput_runs)
+    return ev.finish(args, "mindspore", result.metrics, [p.index for p in model.pp_blocks], seconds, result.skipped,
+                     {"mode": args.mode, "preprocess": args.preprocess, "device": args.device}, world, result.seconds)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        validate(args)
     except (ev.UsageError, FileNotFoundError, ValueError) as e:
         return ev.fail(str(e))
     except KeyboardInterrupt:

@@ -32,7 +32,8 @@ def main(argv=None) -> int:
         import pt_reference
         from convert import CheckpointError
         from ms_ppt.vision_transformer import params_from_numpy
-        ev.set_mindspore_mode(args.mode)
+        from ms_ppt.context import set_context
+        set_context(args.mode)
         torch.manual_seed(0)
         try:
             pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,

@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     try:
         cfg, items = ev.prepare(args)
         import ms_ppt
-        ev.set_mindspore_mode(args.mode)
+        from ms_ppt.context import set_context
+        set_context(args.mode)
         model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
                                     dtype=args.dtype)
         ev.check_imagenet_head(model.arch.num_classes)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import DEIT_TINY, FOOLBOX, ROOT, need_shared_data
-from ppt_common.evaluation import DEMO_DATA
+from ppt_common.config import DEMO_DATA
 
 FAST = ["--mode", "pynative", "--throughput-runs", "0", "--quiet"]
 

@@ -67,7 +67,7 @@ def test_each_model_is_preprocessed_as_timm_prepares_it():
     from PIL import Image
     from timm.data import create_transform
     from ppt_common.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, data_config
-    from ppt_common.evaluation import pil_preprocess
+    from ppt_common.data import pil_preprocess
     data = data_config("vit_base_patch16_clip_224")
     assert (data.mean, data.std, data.crop_pct) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 0.9)
     assert data_config("deit3_small_patch16_224").mean == (0.485, 0.456, 0.406)

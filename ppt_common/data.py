@@ -1,0 +1,67 @@
+"""The eval tools' images: listing them once each, decoding in threads, batching."""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, List, Sequence, Tuple
+
+import numpy as np
+
+from ppt_common.config import DEMO_DATA, data_config, get_arch
+from ppt_common.imagenet import ImageError, find_images, preprocess_pil
+from ppt_common.options import UsageError
+
+
+def is_demo(args) -> bool:
+    return args.data_path is None
+
+
+def load_items(args) -> List[Tuple[str, int]]:
+    """The images of every --data-path, each file once (a folder given twice, or a root and its val/, would
+    otherwise count its images twice)."""
+    try:
+        found = [it for path in (args.data_path or [DEMO_DATA]) for it in find_images(path)]
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    items, seen = [], set()
+    for path, label in found:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            items.append((path, label))
+    if len(items) < len(found):
+        print(f"note: {len(found) - len(items)} images reached through more than one --data-path are counted once",
+              file=sys.stderr)
+    return items[:args.limit] if args.limit else items
+
+
+def iter_batches(items: Sequence[Tuple[str, int]], batch_size: int, preprocess: Callable[[str], np.ndarray],
+                 num_workers: int, on_error: str, skipped: List[str]) -> Iterator[Tuple[np.ndarray, np.ndarray, list]]:
+    """Decode in threads; yields (images [B,3,H,W] float32, labels, paths). Unreadable images are skipped
+    (and appended to `skipped`) or raise, per on_error."""
+    def load(item):
+        try:
+            return preprocess(item[0]), item
+        except (ImageError, OSError) as e:
+            if on_error == "fail":
+                raise UsageError(f"unreadable image: {e}") from None
+            print(f"warning: skipped: {e}", file=sys.stderr)
+            skipped.append(item[0])
+            return None, item
+
+    pool = ThreadPoolExecutor(max(num_workers, 1))
+    try:
+        for start in range(0, len(items), batch_size):
+            loaded = [(a, it) for a, it in pool.map(load, items[start:start + batch_size]) if a is not None]
+            if loaded:
+                yield (np.stack([a for a, _ in loaded]), np.array([it[1] for _, it in loaded]),
+                       [it[0] for _, it in loaded])
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def pil_preprocess(model: str) -> Callable[[str], np.ndarray]:
+    """The model's eval transform (its DataConfig) on PIL images, bit-identical to timm/torchvision."""
+    arch, data = get_arch(model), data_config(model)
+    return lambda path: preprocess_pil(path, arch.img_size, data.crop_pct, data.mean, data.std)

@@ -1,0 +1,125 @@
+"""The eval tools' command line: options, their checks, and how a bad one is reported (one line, exit code 2)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL, MODEL_CONFIGS,
+                               PPTConfig)
+from ppt_common.files import OutputError, check_outputs
+from ppt_common.imagenet import NUM_CLASSES
+
+
+def str2bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got '{value}'")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEMO_MODEL, choices=sorted(MODEL_CONFIGS), metavar="NAME",
+                   help=f"architecture (default {DEMO_MODEL}); one of: {', '.join(sorted(MODEL_CONFIGS))}")
+    p.add_argument("--checkpoint", "--resume", dest="checkpoint", default=None,
+                   help="DeiT .pth / timm .bin / .safetensors / MindSpore .ckpt (default: random weights, demo only)")
+
+
+def add_ppt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--r_tokens", "--r-tokens", dest="r_tokens", type=int, nargs="+", default=[DEFAULT_R],
+                   help="tokens removed per PP block: one value, or one per PP block (0 = dense)")
+    p.add_argument("--pp_loc_list", "--pp-loc-list", dest="pp_loc_list", type=int, nargs="*",
+                   default=list(DEFAULT_PP_LOC_LIST), help="0-based indices of the PP blocks")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="policy threshold on score variance")
+    p.add_argument("--prop_attn", "--prop-attn", dest="prop_attn", type=str2bool, nargs="?", const=True,
+                   default=True, help="proportional attention (default true; '--prop_attn false' to disable)")
+    p.add_argument("--dense", action="store_true", help="evaluate without PPT (same as --r_tokens 0)")
+
+
+def build_parser(framework: str, json_output: bool = True, predictions: bool = True) -> argparse.ArgumentParser:
+    """Options of both eval scripts; the authors' main.py names (--resume, --num_workers, ...) keep working.
+    Tools that write no JSON report or no predictions do not offer the options."""
+    p = argparse.ArgumentParser(
+        description=f"ImageNet evaluation of DeiT/ViT with PPT ({framework}): top-1/top-5, MACs, throughput. "
+                    "With no --data-path it runs a demo on a tiny sample shipped with the package.")
+    add_model_args(p)
+    p.add_argument("--data-path", "--data_path", dest="data_path", nargs="+", default=None,
+                   help="ImageNet root holding val/, or a folder of WordNet-id class folders; several may be given "
+                        "(default: the demo sample)")
+    add_ppt_args(p)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16"])
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
+                   help="threads decoding images")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], default="skip",
+                   help="an unreadable image: skip it with a warning (counted) or stop with an error")
+    p.add_argument("--throughput-runs", dest="throughput_runs", type=int, default=5)
+    if json_output:
+        p.add_argument("--output-json", dest="output_json", default=None, help="write the report as JSON")
+    if predictions:
+        p.add_argument("--save-predictions", dest="save_predictions", default=None,
+                       help="write an .npz of logits, labels, paths and policies")
+    if json_output or predictions:
+        p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(output_json=None, save_predictions=None, force=False)
+    p.add_argument("--eval", action="store_true", help="accepted for compatibility with the authors' main.py")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+class UsageError(ValueError):
+    """Bad options or inputs: reported as one line and exit code 2."""
+
+
+def check_args(args) -> None:
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.limit is not None and args.limit <= 0:
+        raise UsageError(f"--limit must be positive, got {args.limit}")
+    if args.num_workers < 0:
+        raise UsageError(f"--num-workers must be >= 0, got {args.num_workers}")
+    if args.throughput_runs < 0:
+        raise UsageError(f"--throughput-runs must be >= 0, got {args.throughput_runs}")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise UsageError(f"checkpoint not found: {args.checkpoint}" if not os.path.exists(args.checkpoint)
+                         else f"checkpoint is not a file: {args.checkpoint}")
+    try:
+        check_outputs([("--output-json", args.output_json), ("--save-predictions", predictions_path(args))],
+                      args.force)
+    except OutputError as e:
+        raise UsageError(str(e)) from None
+
+
+def predictions_path(args) -> Optional[str]:
+    """--save-predictions with the .npz suffix that np.savez would add."""
+    path = args.save_predictions
+    return path if path is None or path.endswith(".npz") else path + ".npz"
+
+
+def check_imagenet_head(num_classes: int) -> None:
+    """Labels are ImageNet-1k indices: refuse, before any image is read, a head that cannot be scored on them."""
+    if num_classes != NUM_CLASSES:
+        raise UsageError(f"the model's head has {num_classes} classes, but evaluation scores ImageNet-1k labels "
+                         f"({NUM_CLASSES} classes): use a checkpoint with an ImageNet-1k head")
+
+
+def ppt_config(args) -> PPTConfig:
+    r = 0 if args.dense else (args.r_tokens[0] if len(args.r_tokens) == 1 else tuple(args.r_tokens))
+    try:
+        return PPTConfig(r=r, pp_loc_list=tuple(args.pp_loc_list), threshold=args.threshold,
+                         prop_attn=args.prop_attn)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def interrupted() -> int:
+    print("interrupted: no output was written", file=sys.stderr)
+    return 130
