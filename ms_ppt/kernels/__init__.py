@@ -13,10 +13,11 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import warnings
 from functools import lru_cache
 from typing import Optional
+
+from ppt_common.files import atomic_write
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # -fno-trapping-math lets the compiler if-convert and vectorise the loop; unlike -ffast-math it changes no
@@ -40,6 +41,10 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
+class _CompileError(Exception):
+    pass
+
+
 @lru_cache(maxsize=None)
 def build(name: str) -> Optional[str]:
     """Path of the compiled kernels/<name>.cc for this machine, compiling it if needed; None if impossible."""
@@ -55,17 +60,19 @@ def build(name: str) -> Optional[str]:
     target = os.path.join(cache_dir(), f"{name}-{key}.so")
     if os.path.exists(target):
         return target
-    try:
-        os.makedirs(cache_dir(), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=cache_dir())
-        os.close(fd)
+
+    def compile_to(tmp):
         result = subprocess.run([compiler, *FLAGS, "-o", tmp, source], capture_output=True, text=True)
         if result.returncode != 0:
-            os.remove(tmp)
-            warnings.warn(f"ms_ppt: compiling {name}.cc failed, using MindSpore's kernels: {result.stderr[:300]}")
-            return None
-        os.replace(tmp, target)  # atomic: concurrent processes never load a half-written library
+            raise _CompileError(result.stderr[:300])
+
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        atomic_write(target, compile_to)  # concurrent processes never load a half-written library
         return target
+    except _CompileError as e:
+        warnings.warn(f"ms_ppt: compiling {name}.cc failed, using MindSpore's kernels: {e}")
+        return None
     except OSError as e:
         warnings.warn(f"ms_ppt: cannot build {name}.cc in {cache_dir()} ({e}), using MindSpore's kernels")
         return None
