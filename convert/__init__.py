@@ -14,15 +14,21 @@ def load_checked(path, model=None):
     return name, arch, state
 
 
-def resolve_model(name, checkpoint=None, num_classes=None, **training_flags):
+def resolve_model(name, checkpoint=None, num_classes=None, pretrained=False, **training_flags):
     """What both frameworks' create_model build: the registered architecture (or the checkpoint's, checked
-    strictly against it), with num_classes and timm's training flags (drop rates) applied; (arch, state or None)."""
+    strictly against it; pretrained: the official weights, downloaded once and cached), with num_classes and timm's
+    training flags (drop rates) applied; (arch, state or None)."""
     unknown = sorted(set(training_flags) - set(TRAINING_FLAGS))
     if unknown:
         raise TypeError(f"unknown model keyword(s): {', '.join(unknown)} (model flags accepted here: "
                         f"{', '.join(TRAINING_FLAGS)})")
     arch: ArchConfig = get_arch(name)
     state = None
+    if pretrained:
+        if checkpoint:
+            raise ValueError("pretrained=True and checkpoint name two sources of weights: give one")
+        from convert.hub import pretrained_weights
+        checkpoint = pretrained_weights(name)
     if checkpoint:
         _, arch, state = load_checked(checkpoint, name)
     if num_classes is not None and num_classes != arch.num_classes:

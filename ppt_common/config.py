@@ -149,6 +149,29 @@ DATA_CONFIGS: Dict[str, DataConfig] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightsSource:
+    """Where a model's official weights are published: the file's URL and, where the publisher gives one, the
+    sha256 (or its prefix, as the DeiT file names carry)."""
+    url: str
+    sha256: Optional[str] = None
+
+    @property
+    def file_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+DEIT_RELEASES = "https://dl.fbaipublicfiles.com/deit/"
+# The DeiT authors' release files (the hash prefix is part of each name, torch.hub's convention).
+PRETRAINED: Dict[str, WeightsSource] = {
+    name: WeightsSource(f"{DEIT_RELEASES}{name}-{prefix}.pth", prefix) for name, prefix in (
+        ("deit_tiny_patch16_224", "a1311bcf"), ("deit_small_patch16_224", "cd65a155"),
+        ("deit_base_patch16_224", "b5f2ef4d"), ("deit_base_patch16_384", "8de9b5d1"),
+        ("deit_tiny_distilled_patch16_224", "b40b3cf7"), ("deit_small_distilled_patch16_224", "649709d9"),
+        ("deit_base_distilled_patch16_224", "df68dfff"), ("deit_base_distilled_patch16_384", "d0272ac0"))
+}
+
+
 def data_config(name: str) -> DataConfig:
     """The preprocessing a registered model was trained with (DeiT's unless listed in DATA_CONFIGS)."""
     get_arch(name)

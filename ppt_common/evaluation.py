@@ -16,11 +16,12 @@ from ppt_common.config import PPTConfig
 from ppt_common.data import is_demo, iter_batches, load_items, pil_preprocess
 from ppt_common.distributed import SINGLE, World, gather_objects, shard
 from ppt_common.options import (UsageError, add_model_args, add_ppt_args, build_parser, check_args,
-                                check_imagenet_head, fail, interrupted, ppt_config, predictions_path, str2bool)
+                                check_imagenet_head, check_weights, fail, interrupted, ppt_config, predictions_path,
+                                str2bool)
 from ppt_common.report import Metrics, build_report, finish, print_summary, write_outputs
 
 __all__ = ["Evaluation", "Metrics", "UsageError", "add_model_args", "add_ppt_args", "build_parser", "build_report",
-           "check_args", "check_imagenet_head", "evaluate", "fail", "finish", "interrupted", "is_demo",
+           "check_args", "check_imagenet_head", "check_weights", "evaluate", "fail", "finish", "interrupted", "is_demo",
            "iter_batches", "load_items", "num_batches", "pil_preprocess", "ppt_config", "predictions_path",
            "prepare", "print_summary", "progress", "str2bool", "time_batches", "write_outputs"]
 
@@ -28,7 +29,16 @@ __all__ = ["Evaluation", "Metrics", "UsageError", "add_model_args", "add_ppt_arg
 def prepare(args) -> Tuple[PPTConfig, List[Tuple[str, int]]]:
     """Validate the options and list the images: (PPT config, [(path, label)])."""
     check_args(args)
+    use_cached_weights_for_demo(args)
     return ppt_config(args), load_items(args)
+
+
+def use_cached_weights_for_demo(args) -> None:
+    """The demo (no --data-path, no weights named) takes the model's official weights when they are already
+    cached: offline-safe, and a real model when one is at hand."""
+    if is_demo(args) and not args.checkpoint and not args.pretrained:
+        from convert.hub import cached_weights
+        args.pretrained = cached_weights(args.model) is not None
 
 
 @dataclasses.dataclass

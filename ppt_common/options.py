@@ -25,6 +25,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"architecture (default {DEMO_MODEL}); one of: {', '.join(sorted(MODEL_CONFIGS))}")
     p.add_argument("--checkpoint", "--resume", dest="checkpoint", default=None,
                    help="DeiT .pth / timm .bin / .safetensors / MindSpore .ckpt (default: random weights, demo only)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="the model's official weights: downloaded once, verified and cached (instead of --checkpoint)")
+
+
+def check_weights(args) -> None:
+    """One source of weights, and a local one that exists."""
+    if args.checkpoint and args.pretrained:
+        raise UsageError("--checkpoint and --pretrained name two sources of weights: give one")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise UsageError(f"checkpoint not found: {args.checkpoint}" if not os.path.exists(args.checkpoint)
+                         else f"checkpoint is not a file: {args.checkpoint}")
 
 
 def add_ppt_args(p: argparse.ArgumentParser) -> None:
@@ -83,9 +94,7 @@ def check_args(args) -> None:
         raise UsageError(f"--num-workers must be >= 0, got {args.num_workers}")
     if args.throughput_runs < 0:
         raise UsageError(f"--throughput-runs must be >= 0, got {args.throughput_runs}")
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise UsageError(f"checkpoint not found: {args.checkpoint}" if not os.path.exists(args.checkpoint)
-                         else f"checkpoint is not a file: {args.checkpoint}")
+    check_weights(args)
     try:
         check_outputs([("--output-json", args.output_json), ("--save-predictions", predictions_path(args))],
                       args.force)

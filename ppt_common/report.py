@@ -100,7 +100,7 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
         "r_applied_per_pp_block": applied,  # clamped to half the patches a block sees (docs/ppt-spec.md)
         "skipped_images": skipped,
         "config": {
-            "model": args.model, "checkpoint": args.checkpoint, "data_path": args.data_path or DEMO_DATA,
+            "model": args.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained, "data_path": args.data_path or DEMO_DATA,
             "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r), "pp_loc_list": list(cfg.pp_loc_list),
             "threshold": cfg.threshold, "prop_attn": cfg.prop_attn, "batch_size": args.batch_size,
             "dtype": args.dtype, "limit": args.limit, "timing_batch_size": timing_batch,
@@ -134,8 +134,10 @@ def print_summary(report: dict, out=None) -> None:
     out = out or sys.stdout  # looked up at call time, so redirections of sys.stdout are honoured
     if report["demo"]:
         print("DEMO: tiny generated sample shipped with ms-ppt"
-              + ("" if report["config"]["checkpoint"] else " and RANDOM weights (accuracy is meaningless); "
-                 "pass --checkpoint and --data-path for a real evaluation"), file=out)
+              + (" with the official weights" if report["config"]["pretrained"] else
+                 "" if report["config"]["checkpoint"] else
+                 " and RANDOM weights (accuracy is meaningless); pass --pretrained (the official weights, downloaded "
+                 "once) or --checkpoint, and --data-path, for a real evaluation"), file=out)
     c = report["config"]
     applied = report["r_applied_per_pp_block"]
     capped = "" if applied == report["r_requested_per_pp_block"] else f" (capped at half the patches: {applied})"

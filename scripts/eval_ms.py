@@ -38,8 +38,8 @@ def validate(args) -> dict:
     from ms_ppt.vision_transformer import params_from_numpy
     from convert import CheckpointError
     try:
-        model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
-                                    dtype=args.dtype)
+        model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                    ppt_config=cfg, trace=True, dtype=args.dtype)
     except CheckpointError as e:
         raise ev.UsageError(str(e)) from None
     ev.check_imagenet_head(model.arch.num_classes)

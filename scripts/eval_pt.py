@@ -35,8 +35,8 @@ def validate(args) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False  # parity: no TF32 on GPU
     torch.backends.cudnn.allow_tf32 = False
     try:
-        model = pt_reference.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
-                                          dtype=args.dtype)
+        model = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                          ppt_config=cfg, trace=True, dtype=args.dtype)
     except CheckpointError as e:
         raise ev.UsageError(str(e)) from None
     ev.check_imagenet_head(model.num_classes)

@@ -39,8 +39,7 @@ def check(args):
     if args.batch_size <= 0:
         raise ev.UsageError(f"--batch-size must be positive, got {args.batch_size}")
     check_output(args.output, args.force, suffix=".mindir", option="--output")
-    if args.checkpoint and not os.path.exists(args.checkpoint):
-        raise ev.UsageError(f"checkpoint not found: {args.checkpoint}")
+    ev.check_weights(args)
 
 
 def export(model, batch_size: int, output: str) -> float:
@@ -74,7 +73,8 @@ def main(argv=None) -> int:
         from convert import CheckpointError
         ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device)
         try:
-            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, dtype=args.dtype,
+            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                        ppt_config=cfg, dtype=args.dtype,
                                         custom_kernels=False)  # portable graph: no host-compiled .so inside
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None

@@ -30,7 +30,8 @@ def main(argv=None) -> int:
         from ms_ppt.vision_transformer import params_from_numpy
         from ms_ppt.context import set_context
         set_context(args.mode)
-        fp32 = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True)
+        fp32 = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, ppt_config=cfg,
+                                   trace=True)
         ev.check_imagenet_head(fp32.arch.num_classes)
         fp16 = ms_ppt.create_model(args.model, num_classes=fp32.arch.num_classes, ppt_config=cfg, trace=True,
                                    dtype="float16")

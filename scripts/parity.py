@@ -36,8 +36,8 @@ def main(argv=None) -> int:
         set_context(args.mode)
         torch.manual_seed(0)
         try:
-            pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
-                                           dtype=args.dtype)
+            pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                           ppt_config=cfg, trace=True, dtype=args.dtype)
         except CheckpointError as e:
             raise ev.UsageError(str(e)) from None
         ev.check_imagenet_head(pt.num_classes)

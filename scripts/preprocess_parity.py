@@ -26,8 +26,8 @@ def main(argv=None) -> int:
         import ms_ppt
         from ms_ppt.context import set_context
         set_context(args.mode)
-        model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
-                                    dtype=args.dtype)
+        model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                    ppt_config=cfg, trace=True, dtype=args.dtype)
         ev.check_imagenet_head(model.arch.num_classes)
         pipelines = {"pil": ev.pil_preprocess(args.model), "mindspore": mindspore_preprocess(args.model)}
         std = np.array(data_config(args.model).std, np.float32)[:, None, None]

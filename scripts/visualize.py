@@ -28,8 +28,8 @@ def traces_for(args, cfg, images):
         import ms_ppt as library
         ms.set_context(mode=ms.PYNATIVE_MODE)
         ms.set_seed(0)
-    model = library.create_model(args.model, checkpoint=args.checkpoint, ppt_config=cfg, trace=True,
-                                 dtype=args.dtype)
+    model = library.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, ppt_config=cfg,
+                                 trace=True, dtype=args.dtype)
     return library.run_with_trace(model, images)[1]
 
 
@@ -46,8 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         check_output(args.output, args.force, suffix=".png", option="--output")
-        if args.checkpoint and not os.path.exists(args.checkpoint):
-            raise ev.UsageError(f"checkpoint not found: {args.checkpoint}")
+        ev.check_weights(args)
         if args.scale < 1:
             raise ev.UsageError("--scale must be >= 1")
         cfg = ev.ppt_config(args)

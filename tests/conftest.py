@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +12,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ppt_common.quiet import silence_mindspore_exit_noise  # noqa: E402
 
 silence_mindspore_exit_noise()
+
+# no test reads or fills the user's weights cache (pretrained=True, and the demo's use of cached weights)
+os.environ["MS_PPT_WEIGHTS_DIR"] = os.path.join(tempfile.mkdtemp(prefix="ms-ppt-test-weights-"), "cache")
 
 SHARED_DATA = os.environ.get("PPT_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 DEIT_TINY = os.path.join(SHARED_DATA, "deit_tiny_patch16_224.pth")

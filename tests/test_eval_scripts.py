@@ -39,6 +39,7 @@ def test_demo_default_runs_and_writes_every_output(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--data-path", "/nonexistent/imagenet"], "does not exist"),
     (["--checkpoint", "/nonexistent/w.pth"], "checkpoint not found"),
+    (["--checkpoint", "/nonexistent/w.pth", "--pretrained"], "two sources of weights"),
     (["--output-json", "/nonexistent/dir/r.json"], "output folder does not exist"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--pp_loc_list", "3", "12"], "outside the model's blocks"),

@@ -1,0 +1,166 @@
+"""pretrained=True: official weights downloaded once (from a local HTTP server here), verified, cached, reused
+offline; every failure is one clear error and leaves nothing in the cache."""
+import hashlib
+import http.server
+import os
+import threading
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+import ms_ppt
+import pt_reference
+from conftest import DEIT_TINY, need_shared_data
+from convert import hub
+from convert.hub import PretrainedError
+from ppt_common import config
+
+NAME = "deit_tiny_patch16_224"
+
+
+class Server:
+    """Serves the shared DeiT-Tiny file at /good.pth, half of it (with the full Content-Length) at /truncated.pth,
+    and 404 for anything else."""
+
+    def __init__(self):
+        data = open(DEIT_TINY, "rb").read()
+        self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(handler):
+                self.requests.append(handler.path)
+                name = handler.path.rsplit("/", 1)[-1]
+                if name not in ("good.pth", "truncated.pth"):
+                    handler.send_error(404, "Not Found")
+                    return
+                handler.send_response(200)
+                handler.send_header("Content-Length", str(len(data)))
+                handler.end_headers()
+                handler.wfile.write(data if name == "good.pth" else data[:len(data) // 2])
+
+            def log_message(handler, *args):
+                pass
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/deit/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    """The official source of DeiT-Tiny pointed at the local server (with the served file's real sha256), and an
+    empty cache."""
+    need_shared_data()
+    sha256 = hashlib.sha256(open(DEIT_TINY, "rb").read()).hexdigest()
+    srv = Server()
+    monkeypatch.setitem(config.PRETRAINED, NAME, config.WeightsSource(srv.url + "good.pth", sha256))
+    monkeypatch.setenv("MS_PPT_WEIGHTS_DIR", str(tmp_path / "cache"))
+    yield srv
+    srv.stop()
+
+
+def cache_files(tmp_path):
+    folder = tmp_path / "cache"
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+
+def test_first_download_is_cached_and_reused_offline_with_the_same_logits_as_the_local_file(server, tmp_path):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    x = ms.Tensor(np.random.RandomState(0).randn(2, 3, 224, 224))
+    fresh = ms_ppt.create_model(NAME, pretrained=True, dtype="float64")
+    assert cache_files(tmp_path) == ["good.pth"] and len(server.requests) == 1
+    server.stop()  # offline from now on
+    cached = ms_ppt.create_model(NAME, pretrained=True, dtype="float64")
+    local = ms_ppt.create_model(NAME, checkpoint=DEIT_TINY, dtype="float64")
+    want = local(x).asnumpy()
+    np.testing.assert_array_equal(fresh(x).asnumpy(), want)
+    np.testing.assert_array_equal(cached(x).asnumpy(), want)
+    reference = pt_reference.create_model(NAME, pretrained=True)
+    assert reference.head.weight.detach().numpy().tobytes() == local.head.weight.asnumpy().astype(np.float32).tobytes()
+
+
+def test_a_truncated_download_fails_the_hash_and_caches_nothing(server, tmp_path, monkeypatch):
+    good = config.PRETRAINED[NAME]
+    monkeypatch.setitem(config.PRETRAINED, NAME, config.WeightsSource(server.url + "truncated.pth", good.sha256))
+    with pytest.raises(PretrainedError, match="does not match its published sha256.*nothing was cached.*checkpoint=PATH"):
+        hub.pretrained_weights(NAME, progress=False)
+    assert cache_files(tmp_path) == []
+
+
+def test_a_wrong_hash_caches_nothing(server, tmp_path, monkeypatch):
+    monkeypatch.setitem(config.PRETRAINED, NAME, config.WeightsSource(server.url + "good.pth", "a1311bcf"))
+    with pytest.raises(PretrainedError, match="a1311bcf"):
+        hub.pretrained_weights(NAME, progress=False)
+    assert cache_files(tmp_path) == []
+
+
+def test_a_missing_file_on_the_server_says_what_the_server_answered(server, tmp_path, monkeypatch):
+    monkeypatch.setitem(config.PRETRAINED, NAME, config.WeightsSource(server.url + "gone.pth", None))
+    with pytest.raises(PretrainedError, match="the server answered 404.*not cached.*checkpoint=PATH"):
+        ms_ppt.create_model(NAME, pretrained=True)
+    assert cache_files(tmp_path) == []
+
+
+def test_offline_and_not_cached_is_one_clear_error(server, tmp_path):
+    server.stop()
+    with pytest.raises(PretrainedError, match="cannot download deit_tiny_patch16_224's weights.*MS_PPT_WEIGHTS_URL"):
+        hub.pretrained_weights(NAME, progress=False)
+
+
+def test_a_cache_that_cannot_be_written_is_named(server, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("MS_PPT_WEIGHTS_DIR", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(PretrainedError, match="cannot create the weights cache.*MS_PPT_WEIGHTS_DIR"):
+        hub.pretrained_weights(NAME, progress=False)
+
+
+def test_a_mirror_serves_the_same_file_names(server, tmp_path, monkeypatch):
+    monkeypatch.setitem(config.PRETRAINED, NAME,
+                        config.WeightsSource("https://unreachable.invalid/deit/good.pth", config.PRETRAINED[NAME].sha256))
+    monkeypatch.setenv("MS_PPT_WEIGHTS_URL", server.url)
+    assert os.path.basename(hub.pretrained_weights(NAME, progress=False)) == "good.pth"
+    assert server.requests == ["/deit/good.pth"]
+
+
+def test_the_cache_follows_torch_hubs_convention(monkeypatch, tmp_path):
+    monkeypatch.delenv("MS_PPT_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    assert hub.weights_dir() == str(tmp_path / "th" / "hub" / "checkpoints")
+    monkeypatch.delenv("TORCH_HOME")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.weights_dir() == str(tmp_path / "xdg" / "torch" / "hub" / "checkpoints")
+    assert config.PRETRAINED[NAME].file_name == "deit_tiny_patch16_224-a1311bcf.pth"
+
+
+def test_the_demo_uses_cached_official_weights_and_says_so(tmp_path):
+    """Offline-safe first command: with the weights in the cache the demo evaluates the real model; without them
+    it says how to get them."""
+    need_shared_data()
+    import shutil
+    import subprocess
+    import sys
+    from conftest import ROOT
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    script = [sys.executable, os.path.join(ROOT, "scripts", "eval_ms.py"), "--mode", "pynative", "--throughput-runs",
+              "0", "--quiet"]
+    empty = subprocess.run(script, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "MS_PPT_WEIGHTS_DIR": str(cache)})
+    assert empty.returncode == 0 and "RANDOM weights" in empty.stdout and "--pretrained" in empty.stdout
+    shutil.copy(DEIT_TINY, cache / config.PRETRAINED[NAME].file_name)
+    cached = subprocess.run(script, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "MS_PPT_WEIGHTS_DIR": str(cache)})
+    assert cached.returncode == 0, cached.stderr
+    assert "with the official weights" in cached.stdout and "RANDOM" not in cached.stdout
+
+
+def test_mindcv_pretrained_takes_the_official_weights(server, tmp_path):
+    import mindcv
+    model = mindcv.create_model("ppt_deit_tiny_patch16_224", pretrained=True)
+    local = ms_ppt.create_model(NAME, checkpoint=DEIT_TINY)
+    assert model.head.weight.asnumpy().tobytes() == local.head.weight.asnumpy().tobytes()
+    assert cache_files(tmp_path) == ["good.pth"]
