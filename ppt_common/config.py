@@ -142,10 +142,22 @@ class DataConfig:
     interpolation: str = "bicubic"
 
 
-CLIP_DATA = DataConfig(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, crop_pct=0.9)  # timm's CLIP towers
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)
+AUGREG_224 = DataConfig(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9)  # timm's ViT weights (augreg)
+# As timm's pretrained_cfg of each name's default weights, except DeiT's own models, which keep the DeiT authors'
+# eval (0.875 at 224; timm says 0.9).
 DATA_CONFIGS: Dict[str, DataConfig] = {
-    "vit_base_patch16_clip_224": CLIP_DATA,
-    "vit_base_patch16_clip_quickgelu_224": CLIP_DATA,
+    "deit3_small_patch16_224": DataConfig(crop_pct=0.9),
+    "deit3_base_patch16_224": DataConfig(crop_pct=0.9),
+    "vit_tiny_patch16_224": AUGREG_224,
+    "vit_small_patch16_224": AUGREG_224,
+    "vit_base_patch16_224": AUGREG_224,
+    "vit_base_patch32_224": AUGREG_224,
+    "vit_large_patch16_224": AUGREG_224,
+    "vit_base_patch16_384": DataConfig(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0),
+    # CLIP towers: OpenAI's mean/std; timm's default weights are laion2b_ft_in12k_in1k and metaclip_2pt5b
+    "vit_base_patch16_clip_224": DataConfig(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, crop_pct=0.95),
+    "vit_base_patch16_clip_quickgelu_224": DataConfig(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, crop_pct=1.0),
 }
 
 

@@ -62,19 +62,39 @@ def test_pil_preprocessing_is_bit_identical_to_timm_eval_transform():
 
 
 def test_each_model_is_preprocessed_as_timm_prepares_it():
-    """CLIP towers: OpenAI mean/std and crop 0.9 (timm's pretrained_cfg), bit-identical to timm's transform."""
+    """CLIP towers: OpenAI mean/std and timm's crop for the default weights, bit-identical to timm's transform."""
     need_shared_data()
     from PIL import Image
     from timm.data import create_transform
     from ppt_common.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, data_config
     from ppt_common.data import pil_preprocess
     data = data_config("vit_base_patch16_clip_224")
-    assert (data.mean, data.std, data.crop_pct) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 0.9)
-    assert data_config("deit3_small_patch16_224").mean == (0.485, 0.456, 0.406)
+    assert (data.mean, data.std, data.crop_pct) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, 0.95)
     transform = create_transform(input_size=(3, 224, 224), interpolation="bicubic", mean=OPENAI_CLIP_MEAN,
-                                 std=OPENAI_CLIP_STD, crop_pct=0.9)
+                                 std=OPENAI_CLIP_STD, crop_pct=0.95)
     preprocess = pil_preprocess("vit_base_patch16_clip_224")
     for path, _ in find_images(FOOLBOX)[:3]:
         with Image.open(path) as img:
             expected = transform(img.convert("RGB")).numpy()
         np.testing.assert_array_equal(preprocess(path), expected, err_msg=path)
+
+
+def test_every_model_is_preprocessed_as_timms_default_weights_expect():
+    """Each registered name's mean, std, crop and interpolation are those of timm's pretrained_cfg for that name's
+    default weights (ViT: 0.5/0.5 from augreg; DeiT-III at 224: crop 0.9); only DeiT's own models keep the DeiT
+    authors' crop 0.875 at 224 (timm says 0.9)."""
+    from timm.models import get_pretrained_cfg
+    from ppt_common.config import MODEL_CONFIGS, data_config
+    from ppt_common.imagenet import default_crop_pct
+    for name, arch in MODEL_CONFIGS.items():
+        timm_cfg, ours = get_pretrained_cfg(name), data_config(name)
+        crop = default_crop_pct(arch.img_size) if ours.crop_pct is None else ours.crop_pct
+        if timm_cfg is None:  # DeiT-T/S at 384: no weights in timm; the DeiT authors' eval (the full image)
+            assert name.startswith("deit_") and crop == 1.0 and ours == data_config("deit_base_patch16_384"), name
+            continue
+        assert tuple(ours.mean) == pytest.approx(timm_cfg.mean) and tuple(ours.std) == pytest.approx(timm_cfg.std), name
+        assert ours.interpolation == timm_cfg.interpolation, name
+        if name.startswith("deit_") and arch.img_size == 224:
+            assert (crop, timm_cfg.crop_pct) == (0.875, 0.9), name
+        else:
+            assert crop == timm_cfg.crop_pct, name
