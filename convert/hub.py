@@ -71,7 +71,7 @@ def pretrained_weights(name: str, progress: bool = True) -> str:
     except OSError as e:
         raise PretrainedError(f"cannot create the weights cache {folder} ({e.strerror or e}): set MS_PPT_WEIGHTS_DIR "
                               "to a writable folder, " + LOCAL_FILE_HINT) from None
-    download = f"{target}.{uuid.uuid4().hex}.download"
+    download = os.path.join(folder, f".{uuid.uuid4().hex}.{source.file_name}")  # keeps the suffix: the format
     try:
         download_url_to_file(url, download, hash_prefix=source.sha256, progress=progress)
         if source.sha256 is None:  # nothing published to check against: prove the file whole by reading it

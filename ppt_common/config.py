@@ -182,6 +182,9 @@ PRETRAINED: Dict[str, WeightsSource] = {
         ("deit_tiny_distilled_patch16_224", "b40b3cf7"), ("deit_small_distilled_patch16_224", "649709d9"),
         ("deit_base_distilled_patch16_224", "df68dfff"), ("deit_base_distilled_patch16_384", "d0272ac0"))
 }
+# DeiT-III's release files publish no hash: a download is proven whole by reading it strictly.
+PRETRAINED.update({f"deit3_{size}_patch16_{res}": WeightsSource(f"{DEIT_RELEASES}deit_3_{size}_{res}_1k.pth")
+                   for size in ("small", "base") for res in (224, 384)})
 
 
 def data_config(name: str) -> DataConfig:

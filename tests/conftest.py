@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -14,7 +16,9 @@ from ppt_common.quiet import silence_mindspore_exit_noise  # noqa: E402
 silence_mindspore_exit_noise()
 
 # no test reads or fills the user's weights cache (pretrained=True, and the demo's use of cached weights)
-os.environ["MS_PPT_WEIGHTS_DIR"] = os.path.join(tempfile.mkdtemp(prefix="ms-ppt-test-weights-"), "cache")
+_WEIGHTS = tempfile.mkdtemp(prefix="ms-ppt-test-weights-")
+atexit.register(shutil.rmtree, _WEIGHTS, ignore_errors=True)
+os.environ["MS_PPT_WEIGHTS_DIR"] = os.path.join(_WEIGHTS, "cache")
 
 SHARED_DATA = os.environ.get("PPT_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
 DEIT_TINY = os.path.join(SHARED_DATA, "deit_tiny_patch16_224.pth")

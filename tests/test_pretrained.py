@@ -164,3 +164,15 @@ def test_mindcv_pretrained_takes_the_official_weights(server, tmp_path):
     local = ms_ppt.create_model(NAME, checkpoint=DEIT_TINY)
     assert model.head.weight.asnumpy().tobytes() == local.head.weight.asnumpy().tobytes()
     assert cache_files(tmp_path) == ["good.pth"]
+
+
+def test_without_a_published_hash_a_download_is_cached_only_if_it_reads_whole(server, tmp_path, monkeypatch):
+    """DeiT-III's release files carry no hash: the download is read strictly before it enters the cache."""
+    assert config.PRETRAINED["deit3_small_patch16_224"].url.endswith("/deit/deit_3_small_224_1k.pth")
+    assert config.PRETRAINED["deit3_small_patch16_224"].sha256 is None
+    monkeypatch.setitem(config.PRETRAINED, NAME, config.WeightsSource(server.url + "truncated.pth"))
+    with pytest.raises(PretrainedError, match="is not a whole deit_tiny_patch16_224 checkpoint.*nothing was cached"):
+        hub.pretrained_weights(NAME, progress=False)
+    assert cache_files(tmp_path) == []
+    monkeypatch.setitem(config.PRETRAINED, NAME, config.WeightsSource(server.url + "good.pth"))
+    assert os.path.basename(hub.pretrained_weights(NAME, progress=False)) == "good.pth"
