@@ -167,10 +167,11 @@ class WeightsSource:
     sha256 (or its prefix, as the DeiT file names carry)."""
     url: str
     sha256: Optional[str] = None
+    cache_name: Optional[str] = None  # the file's name in the cache, where the URL's own is not unique
 
     @property
     def file_name(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
+        return self.cache_name or self.url.rsplit("/", 1)[-1]
 
 
 DEIT_RELEASES = "https://dl.fbaipublicfiles.com/deit/"
@@ -185,6 +186,17 @@ PRETRAINED: Dict[str, WeightsSource] = {
 # DeiT-III's release files publish no hash: a download is proven whole by reading it strictly.
 PRETRAINED.update({f"deit3_{size}_patch16_{res}": WeightsSource(f"{DEIT_RELEASES}deit_3_{size}_{res}_1k.pth")
                    for size in ("small", "base") for res in (224, 384)})
+# ViT and CLIP: timm's default weights for the name, as safetensors on the Hugging Face hub (read strictly too).
+PRETRAINED.update({name: WeightsSource(f"https://huggingface.co/timm/{repo}/resolve/main/model.safetensors",
+                                       cache_name=f"{repo}.safetensors") for name, repo in (
+    ("vit_tiny_patch16_224", "vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+    ("vit_small_patch16_224", "vit_small_patch16_224.augreg_in21k_ft_in1k"),
+    ("vit_base_patch16_224", "vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+    ("vit_base_patch32_224", "vit_base_patch32_224.augreg_in21k_ft_in1k"),
+    ("vit_large_patch16_224", "vit_large_patch16_224.augreg_in21k_ft_in1k"),
+    ("vit_base_patch16_384", "vit_base_patch16_384.augreg_in21k_ft_in1k"),
+    ("vit_base_patch16_clip_224", "vit_base_patch16_clip_224.laion2b_ft_in12k_in1k"),
+    ("vit_base_patch16_clip_quickgelu_224", "vit_base_patch16_clip_224.metaclip_2pt5b"))})  # a 512-d embedding head
 
 
 def data_config(name: str) -> DataConfig:

@@ -20,24 +20,26 @@ NAME = "deit_tiny_patch16_224"
 
 
 class Server:
-    """Serves the shared DeiT-Tiny file at /good.pth, half of it (with the full Content-Length) at /truncated.pth,
-    and 404 for anything else."""
+    """Serves `files` (name -> bytes; default: the shared DeiT-Tiny file as good.pth, and half of it with the full
+    Content-Length as truncated.pth) under /deit/ and any other folder, and 404 for any other name."""
 
-    def __init__(self):
+    def __init__(self, files=None):
         data = open(DEIT_TINY, "rb").read()
+        files = files or {"good.pth": data, "truncated.pth": data}
         self.requests = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(handler):
                 self.requests.append(handler.path)
                 name = handler.path.rsplit("/", 1)[-1]
-                if name not in ("good.pth", "truncated.pth"):
+                if name not in files:
                     handler.send_error(404, "Not Found")
                     return
+                body = files[name]
                 handler.send_response(200)
-                handler.send_header("Content-Length", str(len(data)))
+                handler.send_header("Content-Length", str(len(body)))
                 handler.end_headers()
-                handler.wfile.write(data if name == "good.pth" else data[:len(data) // 2])
+                handler.wfile.write(body[:len(body) // 2] if name.startswith("truncated") else body)
 
             def log_message(handler, *args):
                 pass
@@ -176,3 +178,37 @@ def test_without_a_published_hash_a_download_is_cached_only_if_it_reads_whole(se
     assert cache_files(tmp_path) == []
     monkeypatch.setitem(config.PRETRAINED, NAME, config.WeightsSource(server.url + "good.pth"))
     assert os.path.basename(hub.pretrained_weights(NAME, progress=False)) == "good.pth"
+
+
+def test_every_model_names_the_weights_its_preprocessing_was_made_for():
+    """Each registered name has an official source, each cached under its own file name; for ViT and CLIP it is
+    timm's default weights for the name (whose pretrained_cfg the preprocessing follows), on the hub."""
+    from timm.models._registry import get_pretrained_cfg
+    timm_names = [n for n in config.MODEL_CONFIGS if get_pretrained_cfg(n) is not None]
+    assert sorted(config.PRETRAINED) == sorted(timm_names)  # deit_{tiny,small}_patch16_384 have no weights
+    assert len({s.file_name for s in config.PRETRAINED.values()}) == len(config.PRETRAINED)
+    for name, source in config.PRETRAINED.items():
+        timm_cfg = get_pretrained_cfg(name)
+        if "huggingface.co" in source.url:
+            assert f"/{timm_cfg.hf_hub_id}/resolve/main/model.safetensors" in source.url, name
+        else:
+            assert source.url == timm_cfg.url, name
+
+
+def test_hub_safetensors_are_cached_under_their_repository_name(tmp_path, monkeypatch):
+    """timm's hub files are all called model.safetensors: each is cached as <repo>.safetensors, read strictly."""
+    need_shared_data()
+    import convert
+    convert.ms2pt(DEIT_TINY, str(tmp_path / "model.safetensors"), model=NAME)
+    srv = Server({"model.safetensors": (tmp_path / "model.safetensors").read_bytes()})
+    try:
+        monkeypatch.setenv("MS_PPT_WEIGHTS_DIR", str(tmp_path / "cache"))
+        monkeypatch.setitem(config.PRETRAINED, NAME, config.WeightsSource(
+            srv.url + "timm/deit_tiny_patch16_224.fb_in1k/resolve/main/model.safetensors",
+            cache_name="deit_tiny_patch16_224.fb_in1k.safetensors"))
+        model = ms_ppt.create_model(NAME, pretrained=True)
+        assert cache_files(tmp_path) == ["deit_tiny_patch16_224.fb_in1k.safetensors"]
+        local = ms_ppt.create_model(NAME, checkpoint=DEIT_TINY)
+        assert model.head.weight.asnumpy().tobytes() == local.head.weight.asnumpy().tobytes()
+    finally:
+        srv.stop()
