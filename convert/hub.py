@@ -3,12 +3,14 @@ offline.
 
 The cache is torch.hub's own checkpoint folder ($TORCH_HOME/hub/checkpoints, TORCH_HOME defaulting to
 $XDG_CACHE_HOME/torch or ~/.cache/torch), so a file a timm or torch user already downloaded is reused;
-$MS_PPT_WEIGHTS_DIR overrides it. $MS_PPT_WEIGHTS_URL, if set, is a mirror folder that replaces the publisher's
+$MS_PPT_WEIGHTS_DIR overrides it. Hub weights timm already fetched are taken from the Hugging Face cache (HF_HUB_CACHE,
+HF_HOME). $MS_PPT_WEIGHTS_URL, if set, is a mirror folder that replaces the publisher's
 (the file names stay the same). A download becomes a cache entry only once it is verified: its sha256 against the
 published one, or, where none is published, by reading it strictly; a failed or interrupted download leaves
 nothing behind.
 """
 import os
+import re
 import uuid
 from typing import Optional
 from urllib.error import HTTPError, URLError
@@ -39,12 +41,35 @@ def source_of(name: str) -> WeightsSource:
     return PRETRAINED[name]
 
 
+HUB_FILE = re.compile(r"^https://huggingface\.co/([^/]+/[^/]+)/resolve/main/([^/]+)$")
+
+
+def hf_hub_cache() -> str:
+    """The Hugging Face hub's cache folder, as huggingface_hub resolves it (HF_HUB_CACHE, HF_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    hf_home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+    return os.path.join(hf_home, "hub")
+
+
 def cached_weights(name: str) -> Optional[str]:
-    """The cached file of a model's official weights, or None (never downloads)."""
+    """The cached file of a model's official weights, or None (never downloads): ours, or for hub weights the one
+    timm already fetched into the Hugging Face cache."""
     if name not in PRETRAINED:
         return None
     path = os.path.join(weights_dir(), PRETRAINED[name].file_name)
-    return path if os.path.isfile(path) else None
+    if os.path.isfile(path):
+        return path
+    hub_file = HUB_FILE.match(PRETRAINED[name].url)
+    if hub_file:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        found = try_to_load_from_cache(hub_file.group(1), hub_file.group(2), cache_dir=hf_hub_cache())
+        return found if isinstance(found, str) and os.path.isfile(found) else None
+    return None
 
 
 def download_url(source: WeightsSource) -> str:

@@ -212,3 +212,18 @@ def test_hub_safetensors_are_cached_under_their_repository_name(tmp_path, monkey
         assert model.head.weight.asnumpy().tobytes() == local.head.weight.asnumpy().tobytes()
     finally:
         srv.stop()
+
+
+def test_hub_weights_timm_already_fetched_are_taken_from_the_hugging_face_cache(tmp_path, monkeypatch):
+    """No download when the file is in the Hugging Face cache (HF_HOME), where timm puts what it fetches."""
+    snapshot = tmp_path / "hf" / "hub" / "models--timm--vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("0123abcd")
+    (snapshot / "snapshots" / "0123abcd").mkdir(parents=True)
+    (snapshot / "snapshots" / "0123abcd" / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("MS_PPT_WEIGHTS_DIR", str(tmp_path / "cache"))
+    path = hub.pretrained_weights("vit_tiny_patch16_224", progress=False)
+    assert path == str(snapshot / "snapshots" / "0123abcd" / "model.safetensors")
+    assert cache_files(tmp_path) == []
