@@ -148,14 +148,11 @@ def _apply_split(plan: ReductionPlan, like: torch.Tensor, r: int, pool, prune) -
 def apply_reduction(plan: ReductionPlan, x: torch.Tensor, size: torch.Tensor, r: int):
     """Pooling images: size-weighted merge (x_out = sum(x*size)/sum(size)); pruning images: the kept tokens, in
     descending score order. Differentiable in x; sizes carry no gradient."""
-    size = size.detach()
-    m = plan.matching
-
-    def pool_x(ids):
-        return merge(x[ids] * size[ids], m, "sum") / merge(size[ids], m, "sum")
-    x_out = _apply_split(plan, x, r, pool_x, lambda ids: batch_index_select(x[ids], plan.keep))
+    size, m = size.detach(), plan.matching
     size_out = _apply_split(plan, size, r, lambda ids: merge(size[ids], m, "sum"),
                             lambda ids: batch_index_select(size[ids], plan.keep))
+    x_out = _apply_split(plan, x, r, lambda ids: merge(x[ids] * size[ids], m, "sum") / size_out[ids],
+                         lambda ids: batch_index_select(x[ids], plan.keep))
     return x_out, size_out
 
 
