@@ -52,11 +52,14 @@ class Evaluation:
 def evaluate(items: Sequence[Tuple[str, int]], run_batch: Callable, preprocess: Callable[[str], np.ndarray], args,
              desc: str, world: World = SINGLE, fixed_batch: bool = False) -> Evaluation:
     """The loop of both eval scripts. This rank evaluates its shard of `items` in batches (`run_batch(images) ->
-    (logits, traces)`; with fixed_batch a short batch is padded to --batch-size with copies of its last image, so a
-    compiled graph never sees a new shape); then every rank's results are gathered, in dataset order. A UsageError
-    on any rank (an unreadable image with --on-error fail) is raised on every rank."""
+    (logits, traces)`; with fixed_batch a short batch is padded with copies of its last image to --batch-size, or
+    to the largest shard if that is smaller, so a compiled graph never sees a new shape); then every rank's
+    results are gathered, in dataset order. A UsageError on any rank (an unreadable image with --on-error fail) is
+    raised on every rank."""
     start = time.perf_counter()
     local = shard(items, world)
+    # one batch shape for every rank, no larger than the largest shard (a small run computes no padding)
+    batch_size = min(args.batch_size, max(1, -(-len(items) // world.size)))
     metrics, skipped, sample, error = Metrics(), [], None, None
     bar = None
     if not args.quiet and world.is_main:
@@ -64,11 +67,11 @@ def evaluate(items: Sequence[Tuple[str, int]], run_batch: Callable, preprocess: 
         bar = tqdm(total=len(local), desc=desc + (f" (rank 0 of {world.size})" if world.size > 1 else ""),
                    unit="img", file=sys.stderr)
     try:
-        for images, labels, paths in iter_batches(local, args.batch_size, preprocess, args.num_workers,
-                                                  args.on_error, skipped):
+        for images, labels, paths in iter_batches(local, batch_size, preprocess, args.num_workers, args.on_error,
+                                                  skipped):
             n = len(labels)
-            if fixed_batch and n < args.batch_size:
-                images = np.concatenate([images, np.repeat(images[-1:], args.batch_size - n, axis=0)])
+            if fixed_batch and n < batch_size:
+                images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
             logits, traces = run_batch(images)
             policies = np.stack([t.policy for t in traces], 1)[:n] if traces else None
             metrics.add(np.asarray(logits)[:n], labels, paths, policies)

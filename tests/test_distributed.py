@@ -85,6 +85,9 @@ def test_evaluate_pads_short_batches_to_one_shape_and_counts_each_image_once():
     assert shapes == [4, 4, 4] and result.skipped == ["bad_5"]
     assert result.metrics.paths == [p for p, _ in items if p != "bad_5"]
     assert result.metrics.result()["top1"] == 100.0 and result.metrics.num_images == 10
+    shapes.clear()
+    evaluate(items[:3], run_batch, fake_preprocess, Args(), "test", fixed_batch=True)
+    assert shapes == [3]  # fewer images than --batch-size: the batch shape is the run's size, no padding
 
 
 def test_an_error_on_one_rank_stops_every_rank_with_its_message():
