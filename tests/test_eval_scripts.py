@@ -24,7 +24,7 @@ def test_demo_default_runs_and_writes_every_output(tmp_path):
     out, npz = tmp_path / "r.json", tmp_path / "p.npz"
     res = run("eval_ms.py", "--output-json", out, "--save-predictions", npz, "--throughput-runs", "2", "--quiet")
     assert res.returncode == 0, res.stderr
-    assert "DEMO" in res.stdout and "RANDOM weights" in res.stdout
+    assert "DEMO" in res.stdout and "RANDOM weights" in res.stdout and "--pretrained" in res.stdout
     assert "Traceback" not in res.stderr and "total_instance_count" not in res.stderr
     report = json.loads(out.read_text())
     for key in ("top1", "top5", "num_images", "gmacs", "throughput", "pooled_per_block", "config"):

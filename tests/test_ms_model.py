@@ -149,8 +149,8 @@ def test_create_model_errors_are_clear(tmp_path):
         ms_ppt.create_model("nope")
     with pytest.raises(ValueError, match="unsupported dtype"):
         ms_ppt.create_model("deit_tiny_patch16_224", dtype="int8")
-    with pytest.raises(ValueError, match="no official weights are registered for vit_tiny_patch16_224"):
-        ms_ppt.create_model("vit_tiny_patch16_224", pretrained=True)
+    with pytest.raises(ValueError, match="no official weights are registered for deit_tiny_patch16_384"):
+        ms_ppt.create_model("deit_tiny_patch16_384", pretrained=True)
     with pytest.raises(ValueError, match="two sources of weights"):
         ms_ppt.create_model("deit_tiny_patch16_224", pretrained=True, checkpoint=DEIT_TINY)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
