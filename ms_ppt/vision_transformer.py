@@ -175,16 +175,20 @@ class LayerScale(nn.Cell):
 
 class DropPath(nn.Cell):
     """Stochastic depth as timm's drop_path: in training, each image's residual branch is zeroed with probability
-    `rate` and the survivors scaled by 1 / (1 - rate); identity in eval."""
+    `rate` and the survivors scaled by 1 / (1 - rate); identity in eval. `draws` ([B] uniform in [0, 1)) decide
+    it when given: the trainer passes them so that a resumed run repeats the uninterrupted one (MindSpore's own
+    random ops cannot be reseeded once compiled); without them MindSpore draws."""
 
     def __init__(self, rate: float):
         super().__init__()
         self.keep = 1.0 - rate
 
-    def construct(self, x):
+    def construct(self, x, draws=None):
         if not self.training or self.keep == 1.0:
             return x
-        mask = ops.rand((x.shape[0],) + (1,) * (x.ndim - 1)) < self.keep
+        if draws is None:
+            draws = ops.rand((x.shape[0],))
+        mask = draws.reshape((x.shape[0],) + (1,) * (x.ndim - 1)) < self.keep
         return x * (mask.astype(x.dtype) / self.keep)
 
 
@@ -284,17 +288,17 @@ class Block(nn.Cell):
         if self.reduces:
             self.reduction = TokenReduction(plan.r, float(ppt_cfg.threshold), custom_kernels, arch.num_prefix_tokens)
 
-    def branch1(self, x):
-        return self.drop_path1(self.ls1(x) if self.layer_scale else x)
+    def branch1(self, x, draws):
+        return self.drop_path1(self.ls1(x) if self.layer_scale else x, None if draws is None else draws[0])
 
-    def branch2(self, x):
-        return self.drop_path2(self.ls2(x) if self.layer_scale else x)
+    def branch2(self, x, draws):
+        return self.drop_path2(self.ls2(x) if self.layer_scale else x, None if draws is None else draws[1])
 
-    def construct(self, x, size, source):
+    def construct(self, x, size, source, draws=None):
         record = ()
         if self.reduces:
             x_attn, attn, v, k = self.attn(self.norm1(x), size)
-            x = x + self.branch1(x_attn)
+            x = x + self.branch1(x_attn, draws)
             if not self.merge_with_sizes:
                 size = ops.ones_like(size)
             if self.trace_source:
@@ -304,8 +308,8 @@ class Block(nn.Cell):
             if self.trace:
                 record = (block_record,)
         else:
-            x = x + self.branch1(self.attn(self.norm1(x), size))
-        x = x + self.branch2(self.mlp(self.norm2(x)))
+            x = x + self.branch1(self.attn(self.norm1(x), size), draws)
+        x = x + self.branch2(self.mlp(self.norm2(x)), draws)
         return x, size, source, record
 
 
@@ -366,7 +370,7 @@ class VisionTransformer(nn.Cell):
             return self.pos_drop(ops.concat([prefix, x + self.pos_embed], 1))
         return self.pos_drop(ops.concat([prefix, x], 1) + self.pos_embed)
 
-    def forward_features(self, x):
+    def forward_features(self, x, drop_path_draws=None):
         x = self._pos_embed(self.patch_embed(x.astype(self.cls_token.dtype)))
         if self.pre_norm:
             x = self.norm_pre(x)
@@ -374,9 +378,12 @@ class VisionTransformer(nn.Cell):
         size = ops.ones((B, x.shape[1], 1), _accum_dtype(x.dtype))
         source = ppt.initial_source(B, x.shape[1], x) if self.trace_source else None
         records = ()
+        i = 0
         for blk in self.blocks:
-            x, size, source, record = blk(x, size, source)
+            draws = None if drop_path_draws is None else drop_path_draws[i]
+            x, size, source, record = blk(x, size, source, draws)
             records = records + record
+            i += 1
         return self.norm(x), records, source
 
     def forward_head(self, x):
@@ -386,8 +393,9 @@ class VisionTransformer(nn.Cell):
             return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
         return self.head(self.head_drop(x[:, 0]))
 
-    def construct(self, x):
-        x, records, source = self.forward_features(x)
+    def construct(self, x, drop_path_draws=None):
+        """drop_path_draws: [depth, 2, B] uniform draws deciding stochastic depth in training (see DropPath)."""
+        x, records, source = self.forward_features(x, drop_path_draws)
         logits = self.forward_head(x)
         if self.trace and self.trace_source:
             return logits, records, source

@@ -1,0 +1,218 @@
+"""Training cells: DeiT's optimizer and EMA, the smoothed soft-target loss, one compiled training step, and the training checkpoint.
+
+Mirrors pt_reference/training.py. mindcv's AdamW and EMA are not: mindcv's AdamW
+computes every update in float32 whatever the parameters' dtype (so a float64 run cannot match PyTorch's), and
+its EMA warms the decay up as decay * (1 - exp(-t / 2000)) where DeiT's timm ModelEma uses the decay from the
+first step (training-notes.md).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+from mindspore.common.parameter import ParameterTuple
+
+from ppt_common.training import decays
+
+# a training checkpoint holds the model's parameters under their own names (any tool loads it as weights), plus
+# these prefixes (mindcv's names for EMA and Adam moments) and the scalars below
+EMA_PREFIX, EXP_AVG_PREFIX, EXP_AVG_SQ_PREFIX = "ema", "adam_m", "adam_v"
+
+
+class AdamW(nn.Cell):
+    """torch.optim.AdamW as timm builds it for DeiT (decoupled weight decay, bias-corrected moments, eps added
+    to the corrected root), in the parameters' own dtype. The step's scalars come from `adamw_scalars`, computed
+    in Python double precision as torch does, so the lr schedule needs no recompilation."""
+
+    def __init__(self, params: Sequence[ms.Parameter], betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.05):
+        super().__init__()
+        self.params = ParameterTuple(params)
+        self.exp_avg = self.params.clone(EXP_AVG_PREFIX, "zeros")
+        self.exp_avg_sq = self.params.clone(EXP_AVG_SQ_PREFIX, "zeros")
+        self.betas, self.weight_decay = betas, weight_decay
+        # Tensor constants in the parameters' dtype: a Python float in a float64 graph is rounded to float32
+        dtype = params[0].dtype
+        self.beta1_c = ms.Tensor(1.0 - betas[0], dtype)
+        self.beta2, self.beta2_c = ms.Tensor(betas[1], dtype), ms.Tensor(1.0 - betas[1], dtype)
+        self.eps = ms.Tensor(eps, dtype)
+        self.decayed = tuple(decays(p.name, p.ndim) for p in params)
+        self.num_steps = 0  # completed steps (torch's per-parameter 'step')
+
+    def scalars(self, lr: float):
+        """Advance the step count; the Tensors the next construct() needs: (decay factor, step size, sqrt of the
+        second bias correction), each as torch computes it."""
+        self.num_steps += 1
+        beta1, beta2 = self.betas
+        dtype = self.params[0].dtype
+        return (ms.Tensor(1.0 - lr * self.weight_decay, dtype), ms.Tensor(lr / (1.0 - beta1 ** self.num_steps), dtype),
+                ms.Tensor(math.sqrt(1.0 - beta2 ** self.num_steps), dtype))
+
+    def construct(self, grads, decay_factor, step_size, bias_correction2_sqrt):
+        done = ()
+        for i in range(len(self.params)):
+            param, m, v, g = self.params[i], self.exp_avg[i], self.exp_avg_sq[i], grads[i]
+            new_m = m + (g - m) * self.beta1_c
+            new_v = v * self.beta2 + g * g * self.beta2_c
+            p = param * decay_factor if self.decayed[i] else param
+            p = p - step_size * (new_m / (ops.sqrt(new_v) / bias_correction2_sqrt + self.eps))
+            done = done + (ops.assign(m, new_m), ops.assign(v, new_v), ops.assign(param, p))
+        return done
+
+
+class ModelEma(nn.Cell):
+    """timm's ModelEma (DeiT's --model-ema): ema = decay * ema + (1 - decay) * weights after every step."""
+
+    def __init__(self, params: Sequence[ms.Parameter], decay: float):
+        super().__init__()
+        self.params = ParameterTuple(params)
+        self.ema = self.params.clone(EMA_PREFIX, "same")
+        for p in self.ema:
+            p.requires_grad = False
+        dtype = params[0].dtype
+        self.decay, self.decay_c = ms.Tensor(decay, dtype), ms.Tensor(1.0 - decay, dtype)
+
+    def construct(self):
+        done = ()
+        for i in range(len(self.params)):
+            done = done + (ops.assign(self.ema[i], self.ema[i] * self.decay + self.params[i] * self.decay_c),)
+        return done
+
+
+class LossCell(nn.Cell):
+    """Model and loss; `draws` are the step's drop-path draws (None: the model draws its own). A model built
+    with trace=True is trained on its logits (its records carry no gradient)."""
+
+    def __init__(self, model: nn.Cell, loss_fn: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.model, self.loss_fn = model, loss_fn
+        self.traced = bool(getattr(model, "trace", False))
+
+    def construct(self, images, targets, draws):
+        out = self.model(images, draws)
+        return self.loss_fn(out[0] if self.traced else out, targets)
+
+
+def build_optimizer(model: nn.Cell, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                    weight_decay: float = 0.05) -> AdamW:
+    """DeiT's optimizer over the model's trainable parameters (decayed by ppt_common.training's rule)."""
+    return AdamW(model.trainable_params(), betas, eps, weight_decay)
+
+
+class SoftTargetCrossEntropy(nn.Cell):
+    """Cross entropy on soft targets [B, classes] (one-hot or mixed) smoothed by `smoothing`: timm's
+    SoftTargetCrossEntropy on the targets DeiT's Mixup smooths, equal to mindcv's CE loss. Not mindcv's
+    (ops.cross_entropy) because that takes a float64 target for class indices, so float64 training, and the
+    parity it proves, would be impossible; float16 logits are scored in float32."""
+
+    def __init__(self, smoothing: float = 0.0):
+        super().__init__()
+        self.smoothing = smoothing
+        # float64 constants cast to the logits' dtype (a Python float in a graph is rounded to float32)
+        self.on = ms.Tensor(1.0 - smoothing, ms.float64)
+        self.smooth = ms.Tensor(smoothing, ms.float64)
+
+    def construct(self, logits, targets):
+        if logits.dtype == ms.float16:
+            logits = logits.astype(ms.float32)
+        targets = targets.astype(logits.dtype)
+        if self.smoothing > 0:
+            targets = targets * self.on.astype(logits.dtype) + self.smooth.astype(logits.dtype) / logits.shape[-1]
+        # log-softmax written out: MindSpore's CPU LogSoftmax is only float32-accurate in float64
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - ops.log(ops.exp(shifted).sum(-1, keepdims=True))
+        return -(targets * log_probs).sum(-1).mean()
+
+
+def build_loss(smoothing: float) -> nn.Cell:
+    return SoftTargetCrossEntropy(smoothing)
+
+
+class TrainStep(nn.Cell):
+    """One step: loss and gradients, the data-parallel mean over ranks (when launched by msrun), the loss scale
+    undone, optional clipping of the global norm (after the mean, as torch DDP + DeiT), the AdamW update.
+    Returns (loss, whether every gradient was finite), and with return_grads the averaged gradients too."""
+
+    def __init__(self, loss_cell: LossCell, optimizer: AdamW, loss_scale: float = 1.0,
+                 clip_grad: Optional[float] = None, world_size: int = 1, return_grads: bool = False):
+        super().__init__(auto_prefix=False)
+        self.return_grads = return_grads
+        self.loss_cell, self.optimizer = loss_cell, optimizer
+        self.weights = optimizer.params
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.loss_scale, self.clip_grad = loss_scale, clip_grad
+        self.reduce = world_size > 1
+        if self.reduce:
+            self.reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=world_size)
+
+    def construct(self, images, targets, draws, decay_factor, step_size, bias_correction2_sqrt):
+        loss = self.loss_cell(images, targets, draws)
+        sens = ops.ones_like(loss) * self.loss_scale
+        grads = self.grad(self.loss_cell, self.weights)(images, targets, draws, sens)
+        if self.reduce:
+            grads = self.reducer(grads)
+        if self.loss_scale != 1.0:
+            grads = tuple(g / self.loss_scale for g in grads)
+        finite = ops.stack([ops.isfinite(g).all() for g in grads]).all()
+        unclipped = grads
+        if self.clip_grad is not None:
+            grads = ops.clip_by_global_norm(grads, self.clip_grad)
+        loss = ops.depend(loss, self.optimizer(grads, decay_factor, step_size, bias_correction2_sqrt))
+        if self.return_grads:
+            return loss, finite, unclipped
+        return loss, finite
+
+
+def training_state(model: nn.Cell, optimizer: AdamW, ema: Optional[ModelEma]) -> list:
+    """Every tensor of a training checkpoint: the model's parameters, then the EMA and the Adam moments."""
+    params = list(model.get_parameters()) + list(optimizer.exp_avg) + list(optimizer.exp_avg_sq)
+    if ema is not None:
+        params += list(ema.ema)
+    return [{"name": p.name, "data": p} for p in params]
+
+
+def save_training_checkpoint(path: str, model: nn.Cell, optimizer: AdamW, ema: Optional[ModelEma],
+                             meta: dict) -> None:
+    """Write the checkpoint atomically: the previous one at `path` stays whole until the new one is complete."""
+    from ppt_common.files import atomic_write
+    entries = training_state(model, optimizer, ema)
+    atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp, append_dict=dict(meta)))
+
+
+def load_training_state(path: str, optimizer: AdamW, ema: Optional[ModelEma]) -> Optional[dict]:
+    """Restore the Adam moments and EMA of a training checkpoint (the model's weights are loaded by
+    create_model); returns its scalars, or None when the file is plain weights (a fine-tune's start)."""
+    from convert.io import load_mindspore_checkpoint
+    from convert.mapping import CheckpointError
+    if not path.endswith(".ckpt"):
+        return None
+    raw = load_mindspore_checkpoint(path)
+    if "epoch" not in raw:
+        return None
+    for params in (optimizer.exp_avg, optimizer.exp_avg_sq) + ((ema.ema,) if ema is not None else ()):
+        missing = [p.name for p in params if p.name not in raw]
+        if missing:
+            raise CheckpointError(f"{path}: a training checkpoint without '{missing[0]}' "
+                                  f"({len(missing)} tensors missing): cannot resume exactly")
+        for p in params:
+            value = raw[p.name].asnumpy()
+            if value.shape != tuple(p.shape):
+                raise CheckpointError(f"{path}: '{p.name}' has shape {value.shape}, the model needs {tuple(p.shape)}")
+            p.set_data(ms.Tensor(value, p.dtype))
+    meta = {}
+    for key, value in raw.items():
+        if key in TRAINING_SCALARS:
+            meta[key] = value if isinstance(value, str) else value.asnumpy().item()
+    optimizer.num_steps = int(meta.get("optimizer_steps", 0))
+    return meta
+
+
+# scalars a training checkpoint carries (append_dict); convert's reader skips them and the prefixes above
+TRAINING_SCALARS = ("epoch", "step", "optimizer_steps", "seed", "global_batch", "model_name", "recipe")
+
+
+def as_tensor_draws(draws: Optional[np.ndarray], dtype) -> Optional[ms.Tensor]:
+    return None if draws is None else ms.Tensor(draws, dtype)
