@@ -87,8 +87,21 @@ def load_mindspore_checkpoint(path: str) -> dict:
         serialization._get_available_memory = free_memory
 
 
-def read_state_dict(path) -> StateDict:
-    """Read .pth/.pt/.bin/.tar (torch), .safetensors or .ckpt (MindSpore) into float32 numpy arrays."""
+# what a training checkpoint (ms_ppt.training, mindcv's trainer) holds besides the weights: EMA copies, Adam
+# moments and step scalars. Reading weights skips them; ms_ppt.load_checkpoint(ema=True) reads the EMA copies.
+TRAINING_PREFIXES = ("ema.", "adam_m.", "adam_v.")
+TRAINING_SCALARS = ("epoch", "step", "optimizer_steps", "seed", "global_batch", "model_name", "recipe",
+                    "global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense", "epoch_num",
+                    "step_num")
+
+
+def _training_entry(name: str) -> bool:
+    return name.startswith(TRAINING_PREFIXES) or name in TRAINING_SCALARS
+
+
+def read_state_dict(path, ema: bool = False) -> StateDict:
+    """Read .pth/.pt/.bin/.tar (torch), .safetensors or .ckpt (MindSpore) into float32 numpy arrays. A training
+    checkpoint (.ckpt) gives its weights, or with ema its EMA weights (under the weights' names)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -101,7 +114,12 @@ def read_state_dict(path) -> StateDict:
             from safetensors.torch import load_file
             raw = load_file(path)
         elif suffix == ".ckpt":
-            raw = {k: v.asnumpy() for k, v in load_mindspore_checkpoint(path).items()}
+            raw = load_mindspore_checkpoint(path)
+            if ema:
+                raw = {k[len("ema."):]: v for k, v in raw.items() if k.startswith("ema.")}
+                if not raw:
+                    raise CheckpointError(f"{path}: holds no EMA weights ('ema.' entries)")
+            raw = {k: v.asnumpy() for k, v in raw.items() if not _training_entry(k)}
         elif suffix in TORCH_SUFFIXES:
             _need_torch(path)
             import torch

@@ -1,11 +1,13 @@
-"""mindcv's ImageNet eval preprocessing, per image, for evaluation scripts (`--preprocess mindspore`).
+"""mindcv's ImageNet preprocessing per image: eval (`--preprocess mindspore`) and training augmentation.
 
 Images are decoded with PIL, not with MindSpore's `vision.Decode`: on a bad file that decoder writes a copy of it
 (`abnormal_image.jpg`, `unsupported_image.gif`) into the working folder and can kill the process with SIGFPE on
 some truncated JPEGs. PIL gives the same pixels (bit-identical on the 270 shared ImageNet photos, greyscale
 included) and raises a catchable error instead. Resize, crop and normalisation are mindcv's own transforms.
 """
-from typing import Callable
+import dataclasses
+import functools
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,3 +36,99 @@ def mindspore_preprocess(model: str) -> Callable[[str], np.ndarray]:
         except Exception as e:
             raise ImageError(f"cannot preprocess image {path}: {e}") from e
     return run
+
+
+def mindcv_auto_augment(aa: Optional[str]) -> Optional[str]:
+    """timm's auto-augment names (DeiT's --aa rand-m9-mstd0.5-inc1) in mindcv's spelling (randaug-m9-...)."""
+    if not aa or aa.lower() == "none":
+        return None
+    return "randaug" + aa[len("rand"):] if aa.startswith("rand-") else aa
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform:
+    """mindcv's ImageNet training transforms (random resized crop, flip, RandAugment, normalise, random erasing)
+    for one image with its own seed, so the result depends on the image's place in the run, not on which worker
+    or rank loads it. Picklable: it runs in worker processes. Decoding is PIL's (see above), so the random crop
+    is mindcv's RandomResizedCrop in place of its RandomCropDecodeResize."""
+    img_size: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    aa: Optional[str] = "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.25
+    interpolation: str = "bicubic"
+
+    def steps(self):
+        return _train_steps(self)
+
+    def __call__(self, path: str, seed: int) -> np.ndarray:
+        import mindspore.dataset as ds
+        steps = self.steps()
+        image = np.asarray(open_rgb(path))
+        ds.config.set_seed(seed)  # MindSpore's random ops, and Python's and NumPy's generators (RandAugment)
+        try:
+            for step in steps:
+                image = step(image)
+        except Exception as e:
+            raise ImageError(f"cannot augment image {path}: {e}") from e
+        return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def train_transform(model: str, aa: Optional[str], reprob: float, interpolation: str,
+                    img_size: Optional[int] = None) -> TrainTransform:
+    data = data_config(model)
+    return TrainTransform(img_size or get_arch(model).img_size, tuple(255 * m for m in data.mean),
+                          tuple(255 * s for s in data.std), aa, reprob, interpolation)
+
+
+@functools.lru_cache(maxsize=4)
+def _train_steps(t: TrainTransform):
+    from mindcv.data import create_transforms
+    from mindspore.dataset import vision
+    primary, secondary, final = create_transforms(
+        dataset_name="imagenet", image_resize=t.img_size, is_training=True, auto_augment=mindcv_auto_augment(t.aa),
+        interpolation=t.interpolation, re_prob=t.reprob, re_value="random", mean=list(t.mean), std=list(t.std),
+        separate=True)
+    crop = primary[0]
+    if not isinstance(crop, vision.RandomCropDecodeResize):
+        raise RuntimeError(f"mindcv's train transforms no longer start with RandomCropDecodeResize: {primary}")
+    inter = getattr(vision.Inter, t.interpolation.upper(), vision.Inter.BILINEAR)
+    return [vision.RandomResizedCrop(t.img_size, scale=(0.08, 1.0), ratio=(0.75, 1.333), interpolation=inter)] \
+        + primary[1:] + secondary + final
+
+
+def _load(job):
+    transform, path, seed = job
+    return transform(path, seed)
+
+
+class TrainLoader:
+    """Batches of augmented training images, loaded ahead of the step that needs them: in `num_workers` worker
+    processes (spawned, so no MindSpore state is forked), or in this process with 0. An unreadable image stops
+    training with its name: skipping it would silently change every later batch."""
+
+    def __init__(self, transform: TrainTransform, num_workers: int, prefetch: int = 2):
+        self.transform, self.prefetch = transform, prefetch
+        self.pool = None
+        if num_workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            self.pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def batches(self, jobs: Sequence[Sequence[Tuple[str, int]]]) -> Iterator[np.ndarray]:
+        """jobs: per batch, the (path, seed) of each image; yields [B, 3, H, W] float32 in order."""
+        if self.pool is None:
+            for batch in jobs:
+                yield np.stack([self.transform(path, seed) for path, seed in batch])
+            return
+        pending = []
+        for batch in jobs:
+            pending.append([self.pool.submit(_load, (self.transform, path, seed)) for path, seed in batch])
+            if len(pending) > self.prefetch:
+                yield np.stack([f.result() for f in pending.pop(0)])
+        for futures in pending:
+            yield np.stack([f.result() for f in futures])
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)

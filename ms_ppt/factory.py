@@ -60,11 +60,9 @@ def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> N
     from convert import CheckpointError, check_state, read_state_dict, timm_names
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    state = timm_names(read_state_dict(path))
-    if ema:
-        state = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
-        if not state:
-            raise CheckpointError(f"{path}: ema=True but the checkpoint holds no 'ema.' parameters")
+    if ema and not path.endswith(".ckpt"):
+        raise CheckpointError(f"{path}: ema=True reads the 'ema.' weights of a MindSpore .ckpt")
+    state = timm_names(read_state_dict(path, ema=ema))
     check_state(state, model.arch)
     params_from_numpy(model, state)
 

@@ -185,7 +185,7 @@ def save_training_checkpoint(path: str, model: nn.Cell, optimizer: AdamW, ema: O
 def load_training_state(path: str, optimizer: AdamW, ema: Optional[ModelEma]) -> Optional[dict]:
     """Restore the Adam moments and EMA of a training checkpoint (the model's weights are loaded by
     create_model); returns its scalars, or None when the file is plain weights (a fine-tune's start)."""
-    from convert.io import load_mindspore_checkpoint
+    from convert.io import TRAINING_SCALARS, load_mindspore_checkpoint
     from convert.mapping import CheckpointError
     if not path.endswith(".ckpt"):
         return None
@@ -208,10 +208,6 @@ def load_training_state(path: str, optimizer: AdamW, ema: Optional[ModelEma]) ->
             meta[key] = value if isinstance(value, str) else value.asnumpy().item()
     optimizer.num_steps = int(meta.get("optimizer_steps", 0))
     return meta
-
-
-# scalars a training checkpoint carries (append_dict); convert's reader skips them and the prefixes above
-TRAINING_SCALARS = ("epoch", "step", "optimizer_steps", "seed", "global_batch", "model_name", "recipe")
 
 
 def as_tensor_draws(draws: Optional[np.ndarray], dtype) -> Optional[ms.Tensor]:

@@ -1,0 +1,255 @@
+"""Fine-tuning with PPT in MindSpore, the loop behind scripts/train_ms.py: DeiT's recipe on mindcv's transforms
+and Mixup, one process or data parallel under msrun, validation each epoch through the evaluation loop of
+eval_ms.py, a JSON log and an atomically written checkpoint per epoch, exact resume."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import types
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ppt_common import evaluation as ev
+from ppt_common.distributed import World, gather_objects
+from ppt_common.files import atomic_write
+from ppt_common.imagenet import ImageError, NUM_CLASSES, find_images
+from ppt_common.training import (drop_path_draws, epoch_lr, rank_steps, sample_seed, scaled_lr, step_rng)
+
+CHECKPOINT, LOG = "checkpoint.ckpt", "log.txt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the last checkpoint written is intact."""
+
+
+def data_folders(args) -> Tuple[str, str]:
+    train = args.train_path or (os.path.join(args.data_path, "train") if args.data_path else None)
+    val = args.val_path or (os.path.join(args.data_path, "val") if args.data_path else None)
+    if not train or not val:
+        raise ev.UsageError("name the data: --data-path ROOT (with ROOT/train and ROOT/val), or --train-path and "
+                            "--val-path")
+    return train, val
+
+
+def list_images(folder: str, what: str) -> List[Tuple[str, int]]:
+    try:
+        return find_images(folder)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        raise ev.UsageError(f"{what} data: {e}") from None
+
+
+def check_args(args) -> None:
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) <= 0:
+            raise ev.UsageError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.lr <= 0 or args.min_lr < 0 or args.warmup_lr < 0:
+        raise ev.UsageError("--lr must be positive, --min-lr and --warmup-lr non-negative")
+    if args.mixup > 0 or args.cutmix > 0:
+        if args.batch_size % 2:
+            raise ev.UsageError(f"mixup/cutmix mix a batch with its reverse: --batch-size must be even, got "
+                                f"{args.batch_size} (or --mixup 0 --cutmix 0)")
+    if args.resume and args.finetune:
+        raise ev.UsageError("--resume and --finetune name two starting points: give one")
+    for flag in ("resume", "finetune"):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise ev.UsageError(f"--{flag}: checkpoint not found: {path}")
+    if (args.resume or args.finetune) and args.pretrained:
+        raise ev.UsageError("--pretrained and a checkpoint name two sources of weights: give one")
+
+
+def prepare_output(args, world: World) -> Optional[str]:
+    """The output folder, created and proved writable before any training; a folder holding an earlier run's
+    checkpoint is refused unless that run is resumed (or --force), so nothing is overwritten by surprise."""
+    out = args.output_dir
+    if not out:
+        if world.is_main:
+            print("note: no --output_dir: no checkpoint or log will be written", file=sys.stderr)
+        return None
+    existing = os.path.join(out, CHECKPOINT)
+    resuming = args.resume and os.path.realpath(args.resume) == os.path.realpath(existing)
+    if os.path.exists(existing) and not resuming and not args.force:
+        raise ev.UsageError(f"{out} already holds a run ({CHECKPOINT}): resume it with --resume {existing}, "
+                            f"or choose another --output_dir (--force overwrites)")
+    if world.is_main:
+        try:
+            os.makedirs(out, exist_ok=True)
+            atomic_write(os.path.join(out, ".write-test"), lambda tmp: open(tmp, "w").close())
+            os.remove(os.path.join(out, ".write-test"))
+        except OSError as e:
+            raise ev.UsageError(f"--output_dir {out}: cannot write there ({e.strerror or e})") from None
+    return out
+
+
+def read_log(path: str, before_epoch: int) -> List[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [row for row in (json.loads(line) for line in f if line.strip()) if row["epoch"] < before_epoch]
+
+
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    out = np.zeros((len(labels), num_classes), np.float32)
+    out[np.arange(len(labels)), labels] = 1.0
+    return out
+
+
+def train(args) -> dict:
+    """Fine-tune as `args` say; returns the last epoch's log row. Under msrun every rank trains its share of each
+    global batch; rank 0 prints and writes."""
+    check_args(args)
+    cfg = ev.ppt_config(args)
+    train_dir, val_dir = data_folders(args)
+    train_items, val_items = list_images(train_dir, "training"), list_images(val_dir, "validation")
+    if args.limit:
+        train_items, val_items = train_items[:args.limit], val_items[:args.limit]
+
+    import mindspore as ms
+    from ms_ppt.context import set_context
+    set_context(args.mode, args.device)
+    from ms_ppt.distributed import mindspore_world
+    world = mindspore_world()
+    if world.size > 1:
+        from mindspore.context import ParallelMode
+        ms.set_auto_parallel_context(parallel_mode=ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                     device_num=world.size)
+    out = prepare_output(args, world)
+    if len(train_items) < args.batch_size * world.size:
+        raise ev.UsageError(f"{len(train_items)} training images cannot fill one global batch of "
+                            f"{args.batch_size} x {world.size} ranks")
+    ms.set_seed(args.seed)
+
+    import ms_ppt
+    from convert import CheckpointError
+    from ms_ppt import training as T
+    from ms_ppt.data import TrainLoader, mindspore_preprocess, train_transform
+    from ms_ppt.vision_transformer import params_from_numpy
+    weights = args.resume or args.finetune
+    try:
+        model = ms_ppt.create_model(args.model, checkpoint=weights, pretrained=args.pretrained, ppt_config=cfg,
+                                    dtype=args.dtype, drop_path_rate=args.drop_path, drop_rate=args.drop)
+    except CheckpointError as e:
+        raise ev.UsageError(str(e)) from None
+    if model.arch.num_classes != NUM_CLASSES:
+        raise ev.UsageError(f"the model's head has {model.arch.num_classes} classes; training uses ImageNet-1k "
+                            f"labels ({NUM_CLASSES})")
+    optimizer = T.build_optimizer(model, tuple(args.opt_betas), args.opt_eps, args.weight_decay)
+    ema = T.ModelEma(model.trainable_params(), args.model_ema_decay) if args.model_ema else None
+    global_batch = args.batch_size * world.size
+    identity = {"model_name": args.model, "seed": args.seed, "global_batch": global_batch}
+    start_epoch, log_rows = 0, []
+    if args.resume:
+        try:
+            meta = T.load_training_state(args.resume, optimizer, ema)
+        except CheckpointError as e:
+            raise ev.UsageError(str(e)) from None
+        if meta is not None:
+            changed = [f"{k} {meta.get(k)} -> {v}" for k, v in identity.items() if meta.get(k) != v]
+            if changed:
+                raise ev.UsageError(f"--resume {args.resume}: cannot resume exactly with a different "
+                                    f"{', '.join(changed)} (--finetune starts a new run from its weights)")
+            start_epoch = int(meta["epoch"]) + 1
+            if out:
+                log_rows = read_log(os.path.join(out, LOG), start_epoch)
+    model.set_train(True)
+    loss_scale = args.loss_scale if args.loss_scale else 1.0
+    step = T.TrainStep(T.LossCell(model, T.build_loss(args.smoothing)), optimizer, loss_scale, args.clip_grad,
+                       world.size)
+    eval_model = ms_ppt.create_model(args.model, ppt_config=cfg, trace=True, dtype=args.dtype)
+
+    mixup = None
+    if args.mixup > 0 or args.cutmix > 0:
+        from mindcv.data.mixup import Mixup
+        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                      switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=0.0, num_classes=NUM_CLASSES)
+    transform = train_transform(args.model, args.aa, args.reprob, args.train_interpolation)
+    loader = TrainLoader(transform, args.num_workers)
+    peak = scaled_lr(args.lr, global_batch)
+    depth = model.arch.depth
+    dtype = model.cls_token.dtype
+    eval_args = types.SimpleNamespace(batch_size=args.batch_size, num_workers=args.num_workers,
+                                      on_error="fail", quiet=args.quiet)
+    preprocess = mindspore_preprocess(args.model)
+    if world.is_main:
+        print(f"fine-tuning {args.model} (r {cfg.r} at blocks {list(cfg.pp_loc_list)}, threshold {cfg.threshold}): "
+              f"{len(train_items)} training and {len(val_items)} validation images, global batch {global_batch} "
+              f"({world.size} x {args.batch_size}), peak lr {peak:.3g}, epochs {start_epoch}..{args.epochs - 1}",
+              file=sys.stderr)
+    row = log_rows[-1] if log_rows else {}
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            lr = epoch_lr(epoch, peak, args_recipe(args))
+            steps = rank_steps(len(train_items), epoch, args.seed, args.repeated_aug, args.batch_size, world)
+            jobs = [[(train_items[i][0], sample_seed(args.seed, epoch, s, int(pos)))
+                     for i, pos in zip(indices, positions)] for s, (indices, positions) in enumerate(steps)]
+            bar = None
+            if world.is_main and not args.quiet:
+                from tqdm import tqdm
+                bar = tqdm(total=len(steps), desc=f"epoch {epoch}", unit="step", file=sys.stderr)
+            losses, start, images_seen = [], time.perf_counter(), 0
+            try:
+                for s, images in enumerate(loader.batches(jobs)):
+                    indices, positions = steps[s]
+                    targets = one_hot(np.array([train_items[i][1] for i in indices]), NUM_CLASSES)
+                    if mixup is not None:
+                        np.random.seed(int(step_rng(args.seed, epoch, s, 2).integers(2 ** 31)))
+                        images, targets = mixup(images, targets.argmax(1))
+                    draws = None
+                    if args.drop_path > 0:
+                        draws = ms.Tensor(drop_path_draws(args.seed, epoch, s, depth, positions, global_batch),
+                                          ms.float32)
+                    loss, finite = step(ms.Tensor(images, dtype), ms.Tensor(targets, dtype), draws,
+                                        *optimizer.scalars(lr))
+                    loss = float(loss.asnumpy())
+                    if not bool(finite.asnumpy()) or not math.isfinite(loss):
+                        raise TrainingError(f"non-finite loss or gradient at epoch {epoch} step {s} (loss {loss}) "
+                                            f"at lr {lr:.3g}: training stopped; the last checkpoint written is "
+                                            f"intact (lower --lr, or raise --loss-scale headroom for float16)")
+                    if ema is not None:
+                        ema()
+                    losses.append(loss)
+                    images_seen += len(images)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.3g} "
+                                            f"{images_seen * world.size / (time.perf_counter() - start):.1f} img/s",
+                                            refresh=False)
+            except ImageError as e:
+                raise ev.UsageError(f"unreadable training image: {e}") from None
+            finally:
+                if bar is not None:
+                    bar.close()
+            train_seconds = time.perf_counter() - start
+            parts = gather_objects(world, (float(np.mean(losses)) if losses else float("nan"), len(losses)))
+            train_loss = float(np.average([p[0] for p in parts], weights=[max(p[1], 1) for p in parts]))
+
+            params_from_numpy(eval_model, {p.name: p.asnumpy() for p in model.get_parameters()})
+            result = ev.evaluate(val_items, lambda x: ms_ppt.run_with_trace(eval_model, x)[:2], preprocess,
+                                 eval_args, f"val {epoch}", world, fixed_batch=args.mode == "graph")
+            metrics = result.metrics.result()
+            row = {"epoch": epoch, "train_lr": lr, "train_loss": train_loss, "train_steps": len(steps),
+                   "train_images_per_second": len(steps) * global_batch / train_seconds,
+                   "test_loss": metrics["loss"], "test_acc1": metrics["top1"], "test_acc5": metrics["top5"],
+                   "test_images": metrics["num_images"],
+                   "n_parameters": int(sum(np.prod(p.shape) for p in model.trainable_params()))}
+            log_rows.append(row)
+            if world.is_main:
+                print(json.dumps(row), file=sys.stderr if args.quiet else sys.stdout)
+                if out:
+                    meta = dict(identity, epoch=epoch, optimizer_steps=optimizer.num_steps)
+                    T.save_training_checkpoint(os.path.join(out, CHECKPOINT), model, optimizer, ema, meta)
+                    atomic_write(os.path.join(out, LOG),
+                                 lambda tmp: open(tmp, "w").write("".join(json.dumps(r) + "\n" for r in log_rows)))
+    finally:
+        loader.close()
+    return row
+
+
+def args_recipe(args):
+    from ppt_common.training import Recipe
+    return Recipe(epochs=args.epochs, lr=args.lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
+                  warmup_epochs=args.warmup_epochs)

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Fine-tune DeiT/ViT with PPT in MindSpore: the authors' recipe (DeiT's, 30 epochs at lr 1e-5 per 512 images).
+
+    python scripts/train_ms.py --model deit_small_patch16_224 --resume deit_small_patch16_224-cd65a155.pth \
+        --data-path /data/imagenet --output_dir out/ppt_deit_s --r_tokens 50 --threshold 6e-5 --pp_loc_list 3 6 9
+    msrun --worker_num=8 --local_worker_num=8 --join=True scripts/train_ms.py ... --batch_size 128   # 8 NPUs
+    python scripts/train_ms.py ... --resume out/ppt_deit_s/checkpoint.ckpt   # continue exactly where it stopped
+
+--resume takes official weights (.pth, timm .bin/.safetensors, .ckpt) to start a fine-tune, or this script's
+checkpoint.ckpt to continue one; --finetune takes weights only. docs/training.md explains each default.
+"""
+import argparse
+import sys
+
+import _bootstrap  # noqa: F401
+
+from ppt_common import evaluation as ev
+from ppt_common.options import add_ppt_args, str2bool
+from ppt_common.config import DEMO_MODEL, MODEL_CONFIGS
+from ppt_common.training import RECIPE
+
+
+def build_parser():
+    r = RECIPE
+    p = argparse.ArgumentParser(description="Fine-tune DeiT/ViT with PPT in MindSpore (DeiT's recipe; the authors' "
+                                            "option names work)")
+    p.add_argument("--model", default=DEMO_MODEL, choices=sorted(MODEL_CONFIGS), metavar="NAME")
+    p.add_argument("--resume", default=None, help="weights to fine-tune (.pth/.bin/.safetensors/.ckpt), or this "
+                                                   "script's checkpoint.ckpt to continue exactly")
+    p.add_argument("--finetune", default=None, help="weights to start from (a checkpoint.ckpt's weights only)")
+    p.add_argument("--pretrained", action="store_true", help="start from the model's official weights")
+    p.add_argument("--data-path", "--data_path", dest="data_path", default=None, help="root holding train/ and val/")
+    p.add_argument("--train-path", dest="train_path", default=None, help="training class folders (instead of "
+                                                                         "DATA_PATH/train)")
+    p.add_argument("--val-path", dest="val_path", default=None, help="validation class folders (DATA_PATH/val)")
+    p.add_argument("--output_dir", "--output-dir", dest="output_dir", default=None,
+                   help="checkpoint.ckpt and log.txt, rewritten atomically after every epoch")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier run in --output_dir")
+    add_ppt_args(p)
+    p.set_defaults(threshold=6e-5)  # the authors' fine-tuning value (7e-5 is their evaluation default)
+    g = p.add_argument_group("recipe (DeiT's defaults, the PPT authors' fine-tuning values)")
+    g.add_argument("--epochs", type=int, default=r.epochs)
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=r.batch_size,
+                   help="per process")
+    g.add_argument("--lr", type=float, default=r.lr, help="per 512 images: scaled by the global batch / 512")
+    g.add_argument("--min-lr", "--min_lr", dest="min_lr", type=float, default=r.min_lr)
+    g.add_argument("--warmup-lr", "--warmup_lr", dest="warmup_lr", type=float, default=r.warmup_lr)
+    g.add_argument("--warmup-epochs", "--warmup_epochs", dest="warmup_epochs", type=int, default=r.warmup_epochs)
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=r.weight_decay)
+    g.add_argument("--opt-eps", dest="opt_eps", type=float, default=r.opt_eps)
+    g.add_argument("--opt-betas", dest="opt_betas", type=float, nargs=2, default=list(r.opt_betas))
+    g.add_argument("--clip-grad", dest="clip_grad", type=float, default=r.clip_grad)
+    g.add_argument("--smoothing", type=float, default=r.smoothing)
+    g.add_argument("--mixup", type=float, default=r.mixup)
+    g.add_argument("--cutmix", type=float, default=r.cutmix)
+    g.add_argument("--mixup-prob", dest="mixup_prob", type=float, default=r.mixup_prob)
+    g.add_argument("--mixup-switch-prob", dest="mixup_switch_prob", type=float, default=r.mixup_switch_prob)
+    g.add_argument("--aa", default=r.aa, help="RandAugment, timm's spelling ('none' to turn off)")
+    g.add_argument("--reprob", type=float, default=r.reprob, help="random erasing probability (per-pixel values)")
+    g.add_argument("--train-interpolation", dest="train_interpolation", default=r.train_interpolation)
+    g.add_argument("--repeated-aug", dest="repeated_aug", action="store_const", const=r.repeated_aug,
+                   default=r.repeated_aug, help=f"each image {r.repeated_aug}x per epoch (default)")
+    g.add_argument("--no-repeated-aug", dest="repeated_aug", action="store_const", const=1)
+    g.add_argument("--drop-path", "--drop_path", dest="drop_path", type=float, default=r.drop_path)
+    g.add_argument("--drop", type=float, default=r.drop)
+    g.add_argument("--model-ema", dest="model_ema", type=str2bool, nargs="?", const=True, default=True)
+    g.add_argument("--no-model-ema", dest="model_ema", action="store_false")
+    g.add_argument("--model-ema-decay", dest="model_ema_decay", type=float, default=r.model_ema_decay)
+    g.add_argument("--seed", type=int, default=r.seed)
+    p.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int, default=2,
+                   help="processes augmenting images (0: in this process)")
+    p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    p.add_argument("--device", "--device_target", dest="device", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--loss-scale", dest="loss_scale", type=float, default=None, help="static loss scale")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training and validation images")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from ms_ppt.trainer import TrainingError, train
+    try:
+        train(args)
+    except (ev.UsageError, FileNotFoundError, ValueError) as e:
+        return ev.fail(str(e))
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint written is intact", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
