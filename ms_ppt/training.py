@@ -41,6 +41,7 @@ class AdamW(nn.Cell):
         self.eps = ms.Tensor(eps, dtype)
         self.decayed = tuple(decays(p.name, p.ndim) for p in params)
         self.num_steps = 0  # completed steps (torch's per-parameter 'step')
+        self.map = ops.HyperMap()
 
     def scalars(self, lr: float):
         """Advance the step count; the Tensors the next construct() needs: (decay factor, step size, sqrt of the
@@ -52,15 +53,24 @@ class AdamW(nn.Cell):
                 ms.Tensor(math.sqrt(1.0 - beta2 ** self.num_steps), dtype))
 
     def construct(self, grads, decay_factor, step_size, bias_correction2_sqrt):
-        done = ()
-        for i in range(len(self.params)):
-            param, m, v, g = self.params[i], self.exp_avg[i], self.exp_avg_sq[i], grads[i]
-            new_m = m + (g - m) * self.beta1_c
-            new_v = v * self.beta2 + g * g * self.beta2_c
-            p = param * decay_factor if self.decayed[i] else param
-            p = p - step_size * (new_m / (ops.sqrt(new_v) / bias_correction2_sqrt + self.eps))
-            done = done + (ops.assign(m, new_m), ops.assign(v, new_v), ops.assign(param, p))
-        return done
+        return self.map(ops.partial(_adamw_update, self.beta1_c, self.beta2, self.beta2_c, self.eps, decay_factor,
+                                    step_size, bias_correction2_sqrt),
+                        self.params, self.exp_avg, self.exp_avg_sq, grads, self.decayed)
+
+
+# one parameter's update, mapped over all of them (one compiled function instead of an unrolled loop)
+_adamw_update = ops.MultitypeFuncGraph("adamw_update")
+
+
+@_adamw_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                        "Tensor", "Tensor", "Bool")
+def _adamw_tensor(beta1_c, beta2, beta2_c, eps, decay_factor, step_size, bias_correction2_sqrt, param, m, v, g,
+                  decayed):
+    new_m = m + (g - m) * beta1_c
+    new_v = v * beta2 + g * g * beta2_c
+    p = param * decay_factor if decayed else param
+    p = p - step_size * (new_m / (ops.sqrt(new_v) / bias_correction2_sqrt + eps))
+    return ops.depend(ops.assign(param, p), (ops.assign(m, new_m), ops.assign(v, new_v)))
 
 
 class ModelEma(nn.Cell):
@@ -74,12 +84,18 @@ class ModelEma(nn.Cell):
             p.requires_grad = False
         dtype = params[0].dtype
         self.decay, self.decay_c = ms.Tensor(decay, dtype), ms.Tensor(1.0 - decay, dtype)
+        self.map = ops.HyperMap()
 
     def construct(self):
-        done = ()
-        for i in range(len(self.params)):
-            done = done + (ops.assign(self.ema[i], self.ema[i] * self.decay + self.params[i] * self.decay_c),)
-        return done
+        return self.map(ops.partial(_ema_update, self.decay, self.decay_c), self.ema, self.params)
+
+
+_ema_update = ops.MultitypeFuncGraph("ema_update")
+
+
+@_ema_update.register("Tensor", "Tensor", "Tensor", "Tensor")
+def _ema_tensor(decay, decay_c, ema, param):
+    return ops.assign(ema, ema * decay + param * decay_c)
 
 
 class LossCell(nn.Cell):

@@ -1,0 +1,160 @@
+"""scripts/train_ms.py end to end on the real DeiT-Tiny and the shared photos: exact resume, msrun data parallel
+equal to one process, and every bad input refused before training with the earlier run left intact."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import DEIT_TINY, FOOLBOX, IMAGENET_SAMPLE, ROOT, need_shared_data
+from test_distributed import free_port
+
+SCRIPT = os.path.join(ROOT, "scripts", "train_ms.py")
+DATA = ["--train-path", IMAGENET_SAMPLE, "--val-path", FOOLBOX]
+
+
+def train(out, *args, launcher=None, cwd=None):
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+           "PYTHONPATH": ROOT}
+    cmd = [sys.executable, SCRIPT]
+    if launcher == "msrun":
+        cmd = [os.path.join(os.path.dirname(sys.executable), "msrun"), "--worker_num=2", "--local_worker_num=2",
+               f"--master_port={free_port()}", f"--log_dir={out}-logs", "--join=True", SCRIPT]
+    return subprocess.run(cmd + [str(a) for a in (*DATA, "--output_dir", out, "--quiet", *args)], cwd=cwd or ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def checkpoint(path):
+    import mindspore as ms
+    return {k: (v.asnumpy() if hasattr(v, "asnumpy") else v) for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+def log_rows(out):
+    rows = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    for row in rows:  # timings differ from run to run
+        row.pop("train_images_per_second")
+    return rows
+
+
+def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tmp_path):
+    """The recipe's random elements all on (RandAugment, random erasing, mixup/cutmix, drop path, repeated
+    augmentation): 2 epochs in one run, or 1 epoch then --resume for the second, give identical weights, EMA,
+    Adam moments and log, whether images are augmented in 2 worker processes or in the main one."""
+    need_shared_data()
+    common = ["--model", "deit_tiny_patch16_224", "--limit", "8", "--batch_size", "4", "--lr", "1e-3",
+              "--mode", "pynative"]  # exactness does not depend on the mode; PyNative skips 3 compilations
+    whole = train(tmp_path / "whole", *common, "--resume", DEIT_TINY, "--epochs", "2", "--num_workers", "2")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = train(tmp_path / "split", *common, "--resume", DEIT_TINY, "--epochs", "1", "--num_workers", "0")
+    assert first.returncode == 0, first.stderr[-3000:]
+    after_one = checkpoint(tmp_path / "split" / "checkpoint.ckpt")
+    second = train(tmp_path / "split", *common, "--resume", tmp_path / "split" / "checkpoint.ckpt", "--epochs", "2",
+                   "--num_workers", "0")
+    assert second.returncode == 0, second.stderr[-3000:]
+    want, got = checkpoint(tmp_path / "whole" / "checkpoint.ckpt"), checkpoint(tmp_path / "split" / "checkpoint.ckpt")
+    assert sorted(got) == sorted(want)
+    assert {"ema.head.weight", "adam_m.head.weight", "adam_v.head.weight", "epoch"} <= set(got)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert int(got["epoch"]) == 1 and int(got["optimizer_steps"]) == 4
+    assert not np.array_equal(after_one["head.weight"], got["head.weight"])  # the second epoch did train
+    split, whole_rows = log_rows(tmp_path / "split"), log_rows(tmp_path / "whole")
+    for row, want_row in zip(split, whole_rows):  # the logged loss is a threaded float32 sum: last bits vary
+        assert row.pop("train_loss") == pytest.approx(want_row.pop("train_loss"), rel=1e-6)
+    assert split == whole_rows
+    assert [r["epoch"] for r in whole_rows] == [0, 1]
+
+
+def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
+    """2 ranks x batch 4 against 1 process x batch 8, 3 steps (mixup off: it mixes within a rank's batch): the
+    same images with the same augmentation and drop-path draws reach the same weights up to float32 summation
+    order, and validation counts summed over ranks equal the single process's. Only rank 0 writes.
+
+    The key bias is the exception, in any framework: softmax ignores a shift of the keys, so its gradient is
+    zero up to rounding, and Adam turns that noise into steps of +-lr; it can differ by 2 x lr per step."""
+    need_shared_data()
+    if shutil.which("msrun", path=os.path.dirname(sys.executable)) is None:
+        pytest.fail("msrun is not installed beside this Python (it comes with mindspore)")
+    common = ["--model", "deit_tiny_patch16_224", "--resume", DEIT_TINY, "--limit", "24", "--epochs", "1",
+              "--mixup", "0", "--cutmix", "0", "--num_workers", "1", "--mode", "pynative"]
+    work = tmp_path / "work"
+    work.mkdir()
+    single = train(tmp_path / "single", *common, "--batch_size", "8", cwd=work)
+    assert single.returncode == 0, single.stderr[-3000:]
+    parallel = train(tmp_path / "parallel", *common, "--batch_size", "4", launcher="msrun", cwd=work)
+    logs = "".join(p.read_text()[-2000:] for p in sorted((tmp_path / "parallel-logs").glob("*.log")))
+    assert parallel.returncode == 0, parallel.stderr[-3000:] + logs
+    want, got = checkpoint(tmp_path / "single" / "checkpoint.ckpt"), checkpoint(tmp_path / "parallel" / "checkpoint.ckpt")
+    weights = [k for k in want if not k.startswith(("adam_", "ema.")) and getattr(want[k], "dtype", None) == np.float32]
+    diffs = {k: np.abs(got[k].astype(np.float64) - want[k]) for k in weights}
+    dim = 192
+    key_bias = max(float(diffs[k][dim:2 * dim].max()) for k in weights if k.endswith("attn.qkv.bias"))
+    for k in weights:
+        if k.endswith("attn.qkv.bias"):
+            diffs[k][dim:2 * dim] = 0
+    worst = max(float(d.max()) for d in diffs.values())
+    lr = 1e-6  # epoch 0 runs at the warm-up lr
+    assert worst <= 1e-6 and key_bias <= 2 * lr * 3, (worst, key_bias)
+    a, b = log_rows(tmp_path / "single"), log_rows(tmp_path / "parallel")
+    for key in ("train_steps", "test_acc1", "test_acc5", "test_images"):
+        assert a[0][key] == b[0][key], key
+    assert a[0]["train_steps"] == 3 and abs(a[0]["train_loss"] - b[0]["train_loss"]) < 1e-5
+    assert sorted(os.listdir(tmp_path / "parallel")) == ["checkpoint.ckpt", "log.txt"] and os.listdir(work) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "name the data"),
+    (["--train-path", "/nonexistent/train", "--val-path", FOOLBOX], "training data: data path does not exist"),
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--batch_size", "3"], "--batch-size must be even"),
+    (["--resume", "/nonexistent.pth"], "checkpoint not found"),
+    (["--resume", DEIT_TINY, "--finetune", DEIT_TINY], "two starting points"),
+    (["--model", "deit_small_patch16_224", "--resume", DEIT_TINY], "deit_tiny_patch16_224"),
+])
+def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(args, message, tmp_path):
+    need_shared_data()
+    out = tmp_path / "out"
+    cmd = [sys.executable, SCRIPT, "--output_dir", str(out), "--quiet", "--limit", "8", "--batch_size", "4"]
+    if not any(a in args for a in ("--train-path",)) and args != []:
+        cmd += DATA
+    res = subprocess.run(cmd + [str(a) for a in args], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists() or os.listdir(out) == []
+    assert sorted(os.listdir(tmp_path)) == ["out"] if out.exists() else os.listdir(tmp_path) == []
+
+
+def test_an_earlier_run_is_neither_overwritten_nor_resumed_inexactly(tmp_path):
+    """A folder holding a run is refused for a new one; resuming with another global batch or seed is refused
+    (it could not repeat the run); an unwritable output folder is refused before training. The checkpoint is
+    untouched by all of them."""
+    need_shared_data()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.ckpt").write_bytes(b"an earlier run")
+    res = subprocess.run([sys.executable, SCRIPT, *DATA, "--output_dir", str(out), "--resume", DEIT_TINY, "--quiet"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "already holds a run" in res.stderr, res.stderr[-2000:]
+    assert (out / "checkpoint.ckpt").read_bytes() == b"an earlier run"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    res = subprocess.run([sys.executable, SCRIPT, *DATA, "--output_dir", str(blocker / "sub"), "--resume", DEIT_TINY,
+                          "--quiet", "--limit", "8", "--batch_size", "4"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "cannot write there" in res.stderr, res.stderr[-2000:]
+    import ms_ppt
+    from ms_ppt import training
+    model = ms_ppt.create_model("deit_tiny_patch16_224")
+    saved = tmp_path / "saved" / "checkpoint.ckpt"
+    saved.parent.mkdir()
+    training.save_training_checkpoint(str(saved), model, training.build_optimizer(model), None,
+                                      {"epoch": 0, "optimizer_steps": 2, "seed": 0, "global_batch": 8,
+                                       "model_name": "deit_tiny_patch16_224"})
+    before = saved.read_bytes()
+    res = subprocess.run([sys.executable, SCRIPT, *DATA, "--output_dir", str(saved.parent), "--resume", str(saved),
+                          "--quiet", "--limit", "8", "--batch_size", "4", "--no-model-ema"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "global_batch 8 -> 4" in res.stderr, res.stderr[-2000:]
+    assert saved.read_bytes() == before and sorted(os.listdir(saved.parent)) == ["checkpoint.ckpt"]
