@@ -52,6 +52,11 @@ def check_args(args) -> None:
         if args.batch_size % 2:
             raise ev.UsageError(f"mixup/cutmix mix a batch with its reverse: --batch-size must be even, got "
                                 f"{args.batch_size} (or --mixup 0 --cutmix 0)")
+    if args.amp_level != "O0" and args.mode != "graph":
+        raise ev.UsageError(f"--amp-level {args.amp_level} needs --mode graph: in MindSpore 2.10's PyNative mode "
+                            "auto_mixed_precision keeps computing with the weights of before the optimizer step")
+    if args.amp_level != "O0" and args.dtype != "float32":
+        raise ev.UsageError("--amp-level mixes float16 into a float32 model: leave --dtype at float32")
     if args.resume and args.finetune:
         raise ev.UsageError("--resume and --finetune name two starting points: give one")
     for flag in ("resume", "finetune"):
@@ -156,8 +161,11 @@ def train(args) -> dict:
             if out:
                 log_rows = read_log(os.path.join(out, LOG), start_epoch)
     model.set_train(True)
-    loss_scale = args.loss_scale if args.loss_scale else 1.0
-    step = T.TrainStep(T.LossCell(model, T.build_loss(args.smoothing)), optimizer, loss_scale, args.clip_grad,
+    network = model
+    if args.amp_level != "O0":  # float16 matmuls; LayerNorm, softmax and PPT's scores stay float32 (as inference)
+        network = ms.amp.auto_mixed_precision(model.drop_fast_kernels(), args.amp_level)
+    loss_scale = args.loss_scale if args.loss_scale else (1.0 if args.amp_level == "O0" else 1024.0)
+    step = T.TrainStep(T.LossCell(network, T.build_loss(args.smoothing)), optimizer, loss_scale, args.clip_grad,
                        world.size)
     eval_model = ms_ppt.create_model(args.model, ppt_config=cfg, trace=True, dtype=args.dtype)
 
@@ -208,7 +216,7 @@ def train(args) -> dict:
                     if not bool(finite.asnumpy()) or not math.isfinite(loss):
                         raise TrainingError(f"non-finite loss or gradient at epoch {epoch} step {s} (loss {loss}) "
                                             f"at lr {lr:.3g}: training stopped; the last checkpoint written is "
-                                            f"intact (lower --lr, or raise --loss-scale headroom for float16)")
+                                            f"intact (lower --lr; with --amp-level, a lower --loss-scale)")
                     if ema is not None:
                         ema()
                     losses.append(loss)

@@ -147,30 +147,39 @@ def build_loss(smoothing: float) -> nn.Cell:
     return SoftTargetCrossEntropy(smoothing)
 
 
+class _Scaled(nn.Cell):
+    def __init__(self, loss_cell: LossCell, loss_scale: float):
+        super().__init__(auto_prefix=False)
+        self.loss_cell, self.loss_scale = loss_cell, loss_scale
+
+    def construct(self, images, targets, draws):
+        loss = self.loss_cell(images, targets, draws)
+        return loss if self.loss_scale == 1.0 else loss * self.loss_scale
+
+
 class TrainStep(nn.Cell):
-    """One step: loss and gradients, the data-parallel mean over ranks (when launched by msrun), the loss scale
-    undone, optional clipping of the global norm (after the mean, as torch DDP + DeiT), the AdamW update.
-    Returns (loss, whether every gradient was finite), and with return_grads the averaged gradients too."""
+    """One step: loss and gradients in one pass, the data-parallel mean over ranks (when launched by msrun), the
+    loss scale undone, optional clipping of the global norm (after the mean, as torch DDP + DeiT), the AdamW
+    update. Returns (loss, whether every gradient was finite), and with return_grads the averaged gradients too."""
 
     def __init__(self, loss_cell: LossCell, optimizer: AdamW, loss_scale: float = 1.0,
                  clip_grad: Optional[float] = None, world_size: int = 1, return_grads: bool = False):
         super().__init__(auto_prefix=False)
         self.return_grads = return_grads
-        self.loss_cell, self.optimizer = loss_cell, optimizer
+        self.optimizer = optimizer
         self.weights = optimizer.params
-        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.value_and_grad = ms.value_and_grad(_Scaled(loss_cell, loss_scale), None, self.weights)
         self.loss_scale, self.clip_grad = loss_scale, clip_grad
         self.reduce = world_size > 1
         if self.reduce:
             self.reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=world_size)
 
     def construct(self, images, targets, draws, decay_factor, step_size, bias_correction2_sqrt):
-        loss = self.loss_cell(images, targets, draws)
-        sens = ops.ones_like(loss) * self.loss_scale
-        grads = self.grad(self.loss_cell, self.weights)(images, targets, draws, sens)
+        loss, grads = self.value_and_grad(images, targets, draws)
         if self.reduce:
             grads = self.reducer(grads)
         if self.loss_scale != 1.0:
+            loss = loss / self.loss_scale
             grads = tuple(g / self.loss_scale for g in grads)
         finite = ops.stack([ops.isfinite(g).all() for g in grads]).all()
         unclipped = grads

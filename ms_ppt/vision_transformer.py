@@ -408,9 +408,15 @@ class VisionTransformer(nn.Cell):
         for p in self.get_parameters():
             p.set_dtype(dtype)
         if dtype != ms.float32:
-            for _, cell in self.cells_and_names():
-                if isinstance(cell, (GELU, TokenReduction)):
-                    cell.drop_fast_kernel()
+            self.drop_fast_kernels()
+        return self
+
+    def drop_fast_kernels(self) -> "VisionTransformer":
+        """Use graph ops instead of the float32-only compiled CPU kernels: for float16/float64 models, and for
+        mixed precision (auto_mixed_precision feeds the cells float16)."""
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, (GELU, TokenReduction)):
+                cell.drop_fast_kernel()
         return self
 
 

@@ -9,7 +9,7 @@ it differs as a consequence. A disagreement is *explained* when its margin is wi
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -134,3 +134,13 @@ def format_report(r: dict) -> str:
     lines.append(f"top-1 {a} {r[f'top1_{a}']:.2f} %  {b} {r[f'top1_{b}']:.2f} %   top-5 {a} {r[f'top5_{a}']:.2f} %  "
                  f"{b} {r[f'top5_{b}']:.2f} %   prediction differences: {len(r['prediction_differences'])}")
     return "\n".join(lines)
+
+
+def worst_relative_gap(got: Dict[str, np.ndarray], want: Dict[str, np.ndarray]) -> Tuple[float, str]:
+    """max over tensors of max |got - want| / max |want| (the tensor's own scale, at least 1e-30): (gap, name)."""
+    if sorted(got) != sorted(want):
+        raise ValueError(f"different tensors: {sorted(set(got) ^ set(want))[:5]}")
+    gaps = {k: float(np.abs(np.asarray(got[k], np.float64) - want[k]).max() / max(np.abs(want[k]).max(), 1e-30))
+            for k in want}
+    name = max(gaps, key=gaps.get)
+    return gaps[name], name

@@ -2,6 +2,10 @@
 """Throughput of dense vs PPT in MindSpore (graph mode) and PyTorch: same machine, same batch, one run.
 
     python scripts/benchmark.py --models deit_tiny_patch16_224 deit_small_patch16_224 --batch-sizes 8 1
+    python scripts/benchmark.py --task train --batch-sizes 16     # training steps: forward, backward, AdamW
+
+Training steps use the fine-tuning recipe's model (drop path 0.1) and loss (smoothing 0.1), timed as whole
+optimizer steps on fixed random images and labels.
 
 Protocol: random weights and fixed random images (speed does not depend on the weights; the policy mix does a
 little, since the fused CPU reduction computes only the policy each image takes: these inputs pool at blocks 3 and
@@ -22,6 +26,7 @@ import numpy as np
 from ppt_common.config import MODEL_CONFIGS, get_arch
 from ppt_common.evaluation import UsageError, fail
 from ppt_common.files import OutputError, atomic_write, check_output, json_writer
+from ppt_common.training import RECIPE
 
 
 def slice_instead_of_reduce(self, x, attn, v, k, size, source):
@@ -53,6 +58,47 @@ def mindspore_runner(name, batch, variant, dtype, mode):
         return run
     finally:
         TokenReduction.construct = original
+
+
+def mindspore_train_runner(name, batch, variant, dtype, mode):
+    """One training step (forward, backward, AdamW update), the loss fetched; compiled here."""
+    import mindspore as ms
+    import ms_ppt
+    from ms_ppt import training
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    model = ms_ppt.create_model(name, dtype=dtype, r=0 if variant == "dense" else None,
+                                drop_path_rate=RECIPE.drop_path)
+    model.set_train(True)
+    optimizer = training.build_optimizer(model)
+    step = training.TrainStep(training.LossCell(model, training.build_loss(RECIPE.smoothing)), optimizer)
+    x, targets = train_batch(model.arch, batch)
+    x, targets = ms.Tensor(x, model.cls_token.dtype), ms.Tensor(targets, model.cls_token.dtype)
+    run = lambda: step(x, targets, None, *optimizer.scalars(RECIPE.min_lr))[0].asnumpy()  # noqa: E731
+    run()
+    return run
+
+
+def pytorch_train_runner(name, batch, variant, dtype, device):
+    import torch
+    import pt_reference
+    from pt_reference import training
+    model = pt_reference.create_model(name, dtype=dtype, r=0 if variant == "dense" else None,
+                                      drop_path_rate=RECIPE.drop_path).to(device).train()
+    step = training.TrainStep(model, training.build_loss(RECIPE.smoothing), training.build_optimizer(model))
+    weight = next(model.parameters())
+    x, targets = (torch.from_numpy(a).to(device, weight.dtype) for a in train_batch(get_arch(name), batch))
+
+    def run():
+        step(x, targets, RECIPE.min_lr)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+    return run
+
+
+def train_batch(arch, batch):
+    rng = np.random.RandomState(0)
+    return (rng.randn(batch, 3, arch.img_size, arch.img_size),
+            np.eye(arch.num_classes)[rng.randint(0, arch.num_classes, batch)])
 
 
 def pytorch_runner(name, batch, variant, dtype, device):
@@ -97,6 +143,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["deit_tiny_patch16_224", "deit_small_patch16_224"])
     p.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=[8, 1])
     p.add_argument("--frameworks", nargs="+", choices=["mindspore", "pytorch"], default=["mindspore", "pytorch"])
+    p.add_argument("--task", choices=["inference", "train"], default="inference",
+                   help="time forwards, or training steps (forward, backward, AdamW)")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
@@ -114,6 +162,8 @@ def main(argv=None) -> int:
                 raise UsageError(f"unknown model '{name}'")
         if min(args.batch_sizes) <= 0 or args.runs <= 0 or args.warmup < 0:
             raise UsageError("batch sizes and --runs must be positive, --warmup >= 0")
+        if args.task == "train" and (args.token_ops or args.dtype != "float32"):
+            raise UsageError("--task train times float32 dense and PPT steps (no --token-ops, no float16)")
         if args.output_json:
             check_output(args.output_json, args.force, option="--output-json")
     except (UsageError, OutputError) as e:
@@ -126,13 +176,16 @@ def main(argv=None) -> int:
             for fw in args.frameworks:
                 variants = ["dense", "ppt"] + (["ppt_graph_reduction", "ppt_without_token_ops"]
                                                if fw == "mindspore" and args.token_ops else [])
+                train = args.task == "train"
                 for variant in variants:
                     if fw == "mindspore":
-                        runners[(fw, variant)] = mindspore_runner(name, batch, variant, args.dtype, args.mode)
+                        make = mindspore_train_runner if train else mindspore_runner
+                        runners[(fw, variant)] = make(name, batch, variant, args.dtype, args.mode)
                     else:
-                        runners[(fw, variant)] = pytorch_runner(name, batch, variant, args.dtype, args.device)
+                        make = pytorch_train_runner if train else pytorch_runner
+                        runners[(fw, variant)] = make(name, batch, variant, args.dtype, args.device)
             for (fw, variant), sec in time_interleaved(runners, args.runs, args.warmup).items():
-                rows.append({"model": name, "framework": fw, "variant": variant, "batch_size": batch,
+                rows.append({"model": name, "task": args.task, "framework": fw, "variant": variant, "batch_size": batch,
                              "images_per_s": batch / sec, "latency_ms": 1000 * sec})
                 print(f"  {name} {fw:9s} {variant:21s} batch {batch:3d}: {1000 * sec:8.1f} ms", file=sys.stderr)
     print(format_table(rows))
@@ -153,7 +206,10 @@ def machine() -> dict:
 
 def format_table(rows) -> str:
     find = {(r["model"], r["framework"], r["variant"], r["batch_size"]): r for r in rows}
-    lines = ["| model | batch | framework | dense img/s | PPT img/s | PPT speed-up | latency dense / PPT (ms) |",
+    task = rows[0]["task"] if rows else "inference"
+    step = "step" if task == "train" else "latency"
+    lines = [f"{'training steps (forward, backward, AdamW)' if task == 'train' else 'inference'}",
+             f"| model | batch | framework | dense img/s | PPT img/s | PPT speed-up | {step} dense / PPT (ms) |",
              "|---|---|---|---|---|---|---|"]
     keys = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda k: (k[0], -k[1]))
     for model, batch in keys:

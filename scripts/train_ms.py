@@ -72,7 +72,10 @@ def build_parser():
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--device", "--device_target", dest="device", default="CPU", choices=["CPU", "GPU", "Ascend"])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--loss-scale", dest="loss_scale", type=float, default=None, help="static loss scale")
+    p.add_argument("--amp-level", "--amp_level", dest="amp_level", choices=["O0", "O1", "O2", "O3"], default="O0",
+                   help="MindSpore mixed precision (O2 for Ascend); PPT's scoring stays float32. GRAPH mode only")
+    p.add_argument("--loss-scale", dest="loss_scale", type=float, default=None,
+                   help="static loss scale (default 1, or 1024 with --amp-level)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training and validation images")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

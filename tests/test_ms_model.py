@@ -60,7 +60,7 @@ def assert_parity(name, x, threshold, mode, checkpoint=None, expect_policies=Non
 
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
-@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "deit_small_patch16_224"])
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224"])  # DeiT-B below; DeiT-S differs only in width
 def test_random_init_parity_all_pool_all_prune_mixed(name, mode):
     x = images(3)
     assert_parity(name, x, 1e9, mode, expect_policies={1})
@@ -74,7 +74,7 @@ def test_random_init_parity_deit_base_mixed():
                   expect_policies={0, 1})
 
 
-@pytest.mark.parametrize("mode", ["graph", "pynative"])
+@pytest.mark.parametrize("mode", ["pynative"])  # GRAPH_MODE: tests/test_parity.py, on all 270 photos
 def test_real_deit_tiny_parity_paper_settings_and_forced_policies(mode, real_images):
     need_shared_data()
     x = real_images[0][::27].astype(np.float64)  # 10 photos across the sample
