@@ -97,6 +97,14 @@ def _train_steps(t: TrainTransform):
         + primary[1:] + secondary + final
 
 
+def _worker_signals():
+    """Workers leave Ctrl-C and termination to the training process, which shuts them down (a terminal's Ctrl-C
+    reaches the whole process group, and each worker would print its own traceback)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _load(job):
     transform, path, seed = job
     return transform(path, seed)
@@ -113,7 +121,8 @@ class TrainLoader:
         if num_workers > 0:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
-            self.pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_worker_signals)
 
     def batches(self, jobs: Sequence[Sequence[Tuple[str, int]]]) -> Iterator[np.ndarray]:
         """jobs: per batch, the (path, seed) of each image; yields [B, 3, H, W] float32 in order."""

@@ -158,6 +158,11 @@ def train(args) -> dict:
                 raise ev.UsageError(f"--resume {args.resume}: cannot resume exactly with a different "
                                     f"{', '.join(changed)} (--finetune starts a new run from its weights)")
             start_epoch = int(meta["epoch"]) + 1
+            before = json.loads(meta.get("recipe", "{}"))
+            changed = [f"{k} {before[k]} -> {v}" for k, v in schedule(args).items() if k in before and before[k] != v]
+            if changed and world.is_main:
+                print(f"note: the resumed run had {', '.join(changed)}: its lr schedule changes from epoch "
+                      f"{start_epoch} on", file=sys.stderr)
             if out:
                 log_rows = read_log(os.path.join(out, LOG), start_epoch)
     model.set_train(True)
@@ -248,13 +253,19 @@ def train(args) -> dict:
             if world.is_main:
                 print(json.dumps(row), file=sys.stderr if args.quiet else sys.stdout)
                 if out:
-                    meta = dict(identity, epoch=epoch, optimizer_steps=optimizer.num_steps)
+                    meta = dict(identity, epoch=epoch, optimizer_steps=optimizer.num_steps,
+                                recipe=json.dumps(schedule(args)))
                     T.save_training_checkpoint(os.path.join(out, CHECKPOINT), model, optimizer, ema, meta)
                     atomic_write(os.path.join(out, LOG),
                                  lambda tmp: open(tmp, "w").write("".join(json.dumps(r) + "\n" for r in log_rows)))
     finally:
         loader.close()
     return row
+
+
+def schedule(args) -> dict:
+    """The options that shape the lr schedule (a resumed run may change them, and is told)."""
+    return {k: getattr(args, k) for k in ("epochs", "lr", "min_lr", "warmup_lr", "warmup_epochs")}
 
 
 def args_recipe(args):

@@ -63,8 +63,9 @@ def assert_parity(name, x, threshold, mode, checkpoint=None, expect_policies=Non
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224"])  # DeiT-B below; DeiT-S differs only in width
 def test_random_init_parity_all_pool_all_prune_mixed(name, mode):
     x = images(3)
-    assert_parity(name, x, 1e9, mode, expect_policies={1})
-    assert_parity(name, x, 0.0, mode, expect_policies={0})
+    if mode == "pynative":  # each threshold is a new graph: GRAPH_MODE takes the mixed batch, which has both
+        assert_parity(name, x, 1e9, mode, expect_policies={1})
+        assert_parity(name, x, 0.0, mode, expect_policies={0})
     assert_parity(name, x, mixed_threshold(name, x), mode, expect_policies={0, 1})
 
 

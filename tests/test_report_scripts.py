@@ -67,6 +67,21 @@ def test_parity_script_reports_the_promised_keys(tmp_path):
     assert "identical traces: 6" in res.stdout
 
 
+def test_train_parity_script_reports_equal_steps_in_float64(tmp_path):
+    """Two AdamW steps of the real DeiT-Tiny on 4 photos whose batch mixes both policies at the first PP block."""
+    need_shared_data()
+    out = tmp_path / "train_parity.json"
+    res = run("train_parity.py", "--checkpoint", DEIT_TINY, "--data-path", FOOLBOX, "--limit", "4", "--batch-size",
+              "4", "--mode", "pynative", "--mixed-threshold", "--lrs", "1e-4", "3e-4", "--quiet", "--output-json", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [s["step"] for s in report["steps"]] == [0, 1] and report["all_traces_identical"]
+    assert report["worst_grad_gap"] < 1e-9 and report["worst_weight_gap"] < 1e-9
+    assert 0 < report["steps"][0]["pooled_per_block"][0] < 4  # some pool, some prune
+    assert all(abs(s["loss_pt"] - s["loss_ms"]) < 1e-10 for s in report["steps"])
+    assert "worst gradient gap" in res.stdout
+
+
 def test_parity_and_float16_scripts_refuse_bad_input(tmp_path):
     res = run("parity.py", "--data-path", tmp_path / "missing", "--quiet")
     assert res.returncode == 2 and "does not exist" in res.stderr

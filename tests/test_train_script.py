@@ -42,7 +42,8 @@ def log_rows(out):
 def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tmp_path):
     """The recipe's random elements all on (RandAugment, random erasing, mixup/cutmix, drop path, repeated
     augmentation): 2 epochs in one run, or 1 epoch then --resume for the second, give identical weights, EMA,
-    Adam moments and log, whether images are augmented in 2 worker processes or in the main one."""
+    Adam moments and log, whether images are augmented in 2 worker processes or in the main one. A resumed run
+    that diverges (an absurd lr) stops with exit code 1 and leaves the last checkpoint and log as they were."""
     need_shared_data()
     common = ["--model", "deit_tiny_patch16_224", "--limit", "8", "--batch_size", "4", "--lr", "1e-3",
               "--mode", "pynative"]  # exactness does not depend on the mode; PyNative skips 3 compilations
@@ -51,6 +52,13 @@ def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tmp_path):
     first = train(tmp_path / "split", *common, "--resume", DEIT_TINY, "--epochs", "1", "--num_workers", "0")
     assert first.returncode == 0, first.stderr[-3000:]
     after_one = checkpoint(tmp_path / "split" / "checkpoint.ckpt")
+    saved = (tmp_path / "split" / "checkpoint.ckpt").read_bytes()
+    diverging = train(tmp_path / "split", *common, "--resume", tmp_path / "split" / "checkpoint.ckpt", "--epochs", "2",
+                      "--num_workers", "0", "--warmup-epochs", "0", "--lr", "1e30")
+    assert diverging.returncode == 1 and "non-finite loss or gradient at epoch 1" in diverging.stderr, \
+        diverging.stderr[-3000:]
+    assert (tmp_path / "split" / "checkpoint.ckpt").read_bytes() == saved  # the last good epoch is intact
+    assert len((tmp_path / "split" / "log.txt").read_text().splitlines()) == 1
     second = train(tmp_path / "split", *common, "--resume", tmp_path / "split" / "checkpoint.ckpt", "--epochs", "2",
                    "--num_workers", "0")
     assert second.returncode == 0, second.stderr[-3000:]
@@ -66,6 +74,12 @@ def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tmp_path):
         assert row.pop("train_loss") == pytest.approx(want_row.pop("train_loss"), rel=1e-6)
     assert split == whole_rows
     assert [r["epoch"] for r in whole_rows] == [0, 1]
+    import ms_ppt  # the training checkpoint is also plain weights (and EMA weights) for every tool
+    from ms_ppt.factory import load_checkpoint
+    model = ms_ppt.create_model("deit_tiny_patch16_224", checkpoint=str(tmp_path / "whole" / "checkpoint.ckpt"))
+    np.testing.assert_array_equal(model.head.weight.asnumpy(), want["head.weight"])
+    load_checkpoint(model, str(tmp_path / "whole" / "checkpoint.ckpt"), ema=True)
+    np.testing.assert_array_equal(model.head.weight.asnumpy(), want["ema.head.weight"])
 
 
 def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
