@@ -16,9 +16,11 @@ SCRIPT = os.path.join(ROOT, "scripts", "train_ms.py")
 DATA = ["--train-path", IMAGENET_SAMPLE, "--val-path", FOOLBOX]
 
 
-def train(out, *args, launcher=None, cwd=None):
+def train(out, *args, launcher=None, cwd=None, compile_cache=None):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
            "PYTHONPATH": ROOT}
+    if compile_cache:  # MindSpore's graph cache: later runs skip compilation (and must still agree bit for bit)
+        env.update(MS_COMPILER_CACHE_ENABLE="1", MS_COMPILER_CACHE_PATH=str(compile_cache))
     cmd = [sys.executable, SCRIPT]
     if launcher == "msrun":
         cmd = [os.path.join(os.path.dirname(sys.executable), "msrun"), "--worker_num=2", "--local_worker_num=2",
@@ -45,22 +47,26 @@ def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tmp_path):
     Adam moments and log, whether images are augmented in 2 worker processes or in the main one. A resumed run
     that diverges (an absurd lr) stops with exit code 1 and leaves the last checkpoint and log as they were."""
     need_shared_data()
-    common = ["--model", "deit_tiny_patch16_224", "--limit", "8", "--batch_size", "4", "--lr", "1e-3",
-              "--mode", "pynative"]  # exactness does not depend on the mode; PyNative skips 3 compilations
-    whole = train(tmp_path / "whole", *common, "--resume", DEIT_TINY, "--epochs", "2", "--num_workers", "2")
+    # GRAPH_MODE: PyNative's CPU backward is not bit-reproducible from run to run (measured: ~1e-9 in the
+    # gradients of a batch that pools), so a PyNative resume matches to float32 noise only
+    common = ["--model", "deit_tiny_patch16_224", "--limit", "8", "--batch_size", "4", "--lr", "1e-3"]
+    cache = tmp_path / "compile-cache"
+    whole = train(tmp_path / "whole", *common, "--resume", DEIT_TINY, "--epochs", "2", "--num_workers", "2",
+                  compile_cache=cache)  # compiles and fills the cache; the split runs load from it
     assert whole.returncode == 0, whole.stderr[-3000:]
-    first = train(tmp_path / "split", *common, "--resume", DEIT_TINY, "--epochs", "1", "--num_workers", "0")
+    first = train(tmp_path / "split", *common, "--resume", DEIT_TINY, "--epochs", "1", "--num_workers", "0",
+                  compile_cache=cache)
     assert first.returncode == 0, first.stderr[-3000:]
     after_one = checkpoint(tmp_path / "split" / "checkpoint.ckpt")
     saved = (tmp_path / "split" / "checkpoint.ckpt").read_bytes()
     diverging = train(tmp_path / "split", *common, "--resume", tmp_path / "split" / "checkpoint.ckpt", "--epochs", "2",
-                      "--num_workers", "0", "--warmup-epochs", "0", "--lr", "1e30")
+                      "--num_workers", "0", "--warmup-epochs", "0", "--lr", "1e30", "--mode", "pynative")
     assert diverging.returncode == 1 and "non-finite loss or gradient at epoch 1" in diverging.stderr, \
         diverging.stderr[-3000:]
     assert (tmp_path / "split" / "checkpoint.ckpt").read_bytes() == saved  # the last good epoch is intact
     assert len((tmp_path / "split" / "log.txt").read_text().splitlines()) == 1
     second = train(tmp_path / "split", *common, "--resume", tmp_path / "split" / "checkpoint.ckpt", "--epochs", "2",
-                   "--num_workers", "0")
+                   "--num_workers", "0", compile_cache=cache)
     assert second.returncode == 0, second.stderr[-3000:]
     want, got = checkpoint(tmp_path / "whole" / "checkpoint.ckpt"), checkpoint(tmp_path / "split" / "checkpoint.ckpt")
     assert sorted(got) == sorted(want)

@@ -110,7 +110,7 @@ def adamw_twins(arch, x, seed=0):
     return pt, ms_model, pt_step, ms_step, optimizer
 
 
-@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE])  # PyNative: scripts/train_parity.py's test, real DeiT-Tiny
 def test_adamw_steps_keep_weights_and_traces_equal_to_the_reference_in_float64(mode, rng):
     """DeiT's training step in both frameworks (smoothed cross entropy on soft targets, AdamW with timm's decay
     groups, a changing lr): after each of 5 steps every weight agrees to float64 rounding, and the forward of
