@@ -182,8 +182,6 @@ def train(args) -> dict:
     transform = train_transform(args.model, args.aa, args.reprob, args.train_interpolation)
     loader = TrainLoader(transform, args.num_workers)
     peak = scaled_lr(args.lr, global_batch)
-    depth = model.arch.depth
-    dtype = model.cls_token.dtype
     eval_args = types.SimpleNamespace(batch_size=args.batch_size, num_workers=args.num_workers,
                                       on_error="fail", quiet=args.quiet)
     preprocess = mindspore_preprocess(args.model)
@@ -192,60 +190,18 @@ def train(args) -> dict:
               f"{len(train_items)} training and {len(val_items)} validation images, global batch {global_batch} "
               f"({world.size} x {args.batch_size}), peak lr {peak:.3g}, epochs {start_epoch}..{args.epochs - 1}",
               file=sys.stderr)
+    run = EpochRunner(args, world, model, step, optimizer, ema, mixup, train_items, global_batch)
     row = log_rows[-1] if log_rows else {}
     try:
         for epoch in range(start_epoch, args.epochs):
             lr = epoch_lr(epoch, peak, args_recipe(args))
-            steps = rank_steps(len(train_items), epoch, args.seed, args.repeated_aug, args.batch_size, world)
-            jobs = [[(train_items[i][0], sample_seed(args.seed, epoch, s, int(pos)))
-                     for i, pos in zip(indices, positions)] for s, (indices, positions) in enumerate(steps)]
-            bar = None
-            if world.is_main and not args.quiet:
-                from tqdm import tqdm
-                bar = tqdm(total=len(steps), desc=f"epoch {epoch}", unit="step", file=sys.stderr)
-            losses, start, images_seen = [], time.perf_counter(), 0
-            try:
-                for s, images in enumerate(loader.batches(jobs)):
-                    indices, positions = steps[s]
-                    targets = one_hot(np.array([train_items[i][1] for i in indices]), NUM_CLASSES)
-                    if mixup is not None:
-                        np.random.seed(int(step_rng(args.seed, epoch, s, 2).integers(2 ** 31)))
-                        images, targets = mixup(images, targets.argmax(1))
-                    draws = None
-                    if args.drop_path > 0:
-                        draws = ms.Tensor(drop_path_draws(args.seed, epoch, s, depth, positions, global_batch),
-                                          ms.float32)
-                    loss, finite = step(ms.Tensor(images, dtype), ms.Tensor(targets, dtype), draws,
-                                        *optimizer.scalars(lr))
-                    loss = float(loss.asnumpy())
-                    if not bool(finite.asnumpy()) or not math.isfinite(loss):
-                        raise TrainingError(f"non-finite loss or gradient at epoch {epoch} step {s} (loss {loss}) "
-                                            f"at lr {lr:.3g}: training stopped; the last checkpoint written is "
-                                            f"intact (lower --lr; with --amp-level, a lower --loss-scale)")
-                    if ema is not None:
-                        ema()
-                    losses.append(loss)
-                    images_seen += len(images)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.3g} "
-                                            f"{images_seen * world.size / (time.perf_counter() - start):.1f} img/s",
-                                            refresh=False)
-            except ImageError as e:
-                raise ev.UsageError(f"unreadable training image: {e}") from None
-            finally:
-                if bar is not None:
-                    bar.close()
-            train_seconds = time.perf_counter() - start
-            parts = gather_objects(world, (float(np.mean(losses)) if losses else float("nan"), len(losses)))
-            train_loss = float(np.average([p[0] for p in parts], weights=[max(p[1], 1) for p in parts]))
-
+            train_loss, num_steps, seconds = run.train_one_epoch(epoch, lr, loader)
             params_from_numpy(eval_model, {p.name: p.asnumpy() for p in model.get_parameters()})
             result = ev.evaluate(val_items, lambda x: ms_ppt.run_with_trace(eval_model, x)[:2], preprocess,
                                  eval_args, f"val {epoch}", world, fixed_batch=args.mode == "graph")
             metrics = result.metrics.result()
-            row = {"epoch": epoch, "train_lr": lr, "train_loss": train_loss, "train_steps": len(steps),
-                   "train_images_per_second": len(steps) * global_batch / train_seconds,
+            row = {"epoch": epoch, "train_lr": lr, "train_loss": train_loss, "train_steps": num_steps,
+                   "train_images_per_second": num_steps * global_batch / seconds,
                    "test_loss": metrics["loss"], "test_acc1": metrics["top1"], "test_acc5": metrics["top5"],
                    "test_images": metrics["num_images"],
                    "n_parameters": int(sum(np.prod(p.shape) for p in model.trainable_params()))}
@@ -256,11 +212,74 @@ def train(args) -> dict:
                     meta = dict(identity, epoch=epoch, optimizer_steps=optimizer.num_steps,
                                 recipe=json.dumps(schedule(args)))
                     T.save_training_checkpoint(os.path.join(out, CHECKPOINT), model, optimizer, ema, meta)
-                    atomic_write(os.path.join(out, LOG),
-                                 lambda tmp: open(tmp, "w").write("".join(json.dumps(r) + "\n" for r in log_rows)))
+                    atomic_write(os.path.join(out, LOG), json_lines_writer(log_rows))
     finally:
         loader.close()
     return row
+
+
+class EpochRunner:
+    """One epoch of training steps on this rank: the epoch's addressed draws (order, augmentation seeds, mixup,
+    drop path), the compiled step, EMA, a progress bar with loss, lr and images/s."""
+
+    def __init__(self, args, world: World, model, step, optimizer, ema, mixup, train_items, global_batch: int):
+        self.args, self.world, self.step, self.optimizer, self.ema, self.mixup = args, world, step, optimizer, ema, mixup
+        self.items, self.global_batch = train_items, global_batch
+        self.depth, self.dtype = model.arch.depth, model.cls_token.dtype
+
+    def train_one_epoch(self, epoch: int, lr: float, loader) -> Tuple[float, int, float]:
+        """(mean loss over all ranks, steps, seconds)."""
+        import mindspore as ms
+        args, seed = self.args, self.args.seed
+        steps = rank_steps(len(self.items), epoch, seed, args.repeated_aug, args.batch_size, self.world)
+        jobs = [[(self.items[i][0], sample_seed(seed, epoch, s, int(pos))) for i, pos in zip(indices, positions)]
+                for s, (indices, positions) in enumerate(steps)]
+        bar = None
+        if self.world.is_main and not args.quiet:
+            from tqdm import tqdm
+            bar = tqdm(total=len(steps), desc=f"epoch {epoch}", unit="step", file=sys.stderr)
+        losses, start = [], time.perf_counter()
+        try:
+            for s, images in enumerate(loader.batches(jobs)):
+                indices, positions = steps[s]
+                targets = one_hot(np.array([self.items[i][1] for i in indices]), NUM_CLASSES)
+                if self.mixup is not None:
+                    np.random.seed(int(step_rng(seed, epoch, s, 2).integers(2 ** 31)))  # mindcv's Mixup draws here
+                    images, targets = self.mixup(images, targets.argmax(1))
+                draws = None
+                if args.drop_path > 0:
+                    draws = ms.Tensor(drop_path_draws(seed, epoch, s, self.depth, positions, self.global_batch),
+                                      ms.float32)
+                loss, finite = self.step(ms.Tensor(images, self.dtype), ms.Tensor(targets, self.dtype), draws,
+                                         *self.optimizer.scalars(lr))
+                loss = float(loss.asnumpy())
+                if not bool(finite.asnumpy()) or not math.isfinite(loss):
+                    raise TrainingError(f"non-finite loss or gradient at epoch {epoch} step {s} (loss {loss}) at lr "
+                                        f"{lr:.3g}: training stopped; the last checkpoint written is intact (lower "
+                                        f"--lr; with --amp-level, a lower --loss-scale)")
+                if self.ema is not None:
+                    self.ema()
+                losses.append(loss)
+                if bar is not None:
+                    seen = (s + 1) * self.global_batch
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.3g} {seen / (time.perf_counter() - start):.1f} "
+                                        "img/s", refresh=False)
+        except ImageError as e:
+            raise ev.UsageError(f"unreadable training image: {e}") from None
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - start
+        parts = gather_objects(self.world, (float(np.mean(losses)) if losses else float("nan"), len(losses)))
+        return float(np.average([p[0] for p in parts], weights=[max(p[1], 1) for p in parts])), len(steps), seconds
+
+
+def json_lines_writer(rows: List[dict]):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    return write
 
 
 def schedule(args) -> dict:
