@@ -58,12 +58,9 @@ class TrainTransform:
     reprob: float = 0.25
     interpolation: str = "bicubic"
 
-    def steps(self):
-        return _train_steps(self)
-
     def __call__(self, path: str, seed: int) -> np.ndarray:
         import mindspore.dataset as ds
-        steps = self.steps()
+        steps = _train_steps(self)
         image = np.asarray(open_rgb(path))
         ds.config.set_seed(seed)  # MindSpore's random ops, and Python's and NumPy's generators (RandAugment)
         try:

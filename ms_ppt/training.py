@@ -1,9 +1,9 @@
-"""Training cells: DeiT's optimizer and EMA, the smoothed soft-target loss, one compiled training step, and the training checkpoint.
+"""Training cells: DeiT's optimizer and EMA, the smoothed soft-target loss, one compiled training step, and the
+training checkpoint. Mirrors pt_reference/training.py.
 
-Mirrors pt_reference/training.py. mindcv's AdamW and EMA are not: mindcv's AdamW
-computes every update in float32 whatever the parameters' dtype (so a float64 run cannot match PyTorch's), and
-its EMA warms the decay up as decay * (1 - exp(-t / 2000)) where DeiT's timm ModelEma uses the decay from the
-first step (training-notes.md).
+mindcv's AdamW and EMA are not used: its AdamW computes every update in float32 whatever the parameters' dtype (so
+a float64 run cannot match PyTorch's), and its EMA warms the decay up as decay * (1 - exp(-t / 2000)) where DeiT's
+timm ModelEma uses the decay from the first step (training-notes.md).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import math
 from typing import Optional, Sequence, Tuple
 
 import mindspore as ms
-import numpy as np
 from mindspore import nn, ops
 from mindspore.common.parameter import ParameterTuple
 
@@ -234,6 +233,3 @@ def load_training_state(path: str, optimizer: AdamW, ema: Optional[ModelEma]) ->
     optimizer.num_steps = int(meta.get("optimizer_steps", 0))
     return meta
 
-
-def as_tensor_draws(draws: Optional[np.ndarray], dtype) -> Optional[ms.Tensor]:
-    return None if draws is None else ms.Tensor(draws, dtype)
