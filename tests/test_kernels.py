@@ -10,7 +10,7 @@ import ms_ppt
 from conftest import DEIT_TINY
 from ms_ppt import kernels
 from ms_ppt.factory import run_with_trace
-from ms_ppt.vision_transformer import GELU, TokenReduction
+from ms_ppt.vision_transformer import GELU, LayerNorm, PatchProjection, SwapMiddleAxes, TokenReduction
 from ppt_common.trace import compare_traces
 
 
@@ -31,6 +31,72 @@ def test_gelu_kernel_matches_exact_gelu_to_float32_accuracy():
     mindspore_kernel = nn.GELU(approximate=False)(ms.Tensor(x)).asnumpy()
     assert np.abs(got - exact).max() < 6e-7  # MindSpore's own float32 kernel: 4.5e-7
     assert np.abs(mindspore_kernel - exact).max() < 6e-7
+
+
+def layer_norm_float64(x, w, b, eps):
+    x = x.astype(np.float64)
+    x_hat = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+    return x_hat, x_hat * w + b
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_layer_norm_kernel_matches_float64_layer_norm_and_its_gradient(mode):
+    """At least as accurate as MindSpore's own float32 LayerNorm, forward and backward (dx, dweight, dbias)."""
+    need_kernel("layer_norm_cpu")
+    ms.set_context(mode=mode)
+    rng = np.random.RandomState(0)
+    x = (rng.randn(4, 37, 96) * 3 + 2).astype(np.float32)  # an offset mean: a one-pass variance would lose digits
+    w, b, dout = rng.randn(96).astype(np.float32), rng.randn(96).astype(np.float32), rng.randn(4, 37, 96)
+    x_hat, expected = layer_norm_float64(x, w, b, 1e-6)
+    g = dout * w
+    expected_dx = (g - g.mean(-1, keepdims=True) - x_hat * (g * x_hat).mean(-1, keepdims=True)) / np.sqrt(
+        x.astype(np.float64).var(-1, keepdims=True) + 1e-6)
+    expected_dw, expected_db = (dout * x_hat).reshape(-1, 96).sum(0), dout.reshape(-1, 96).sum(0)
+
+    class Weighted(nn.Cell):
+        def __init__(self, norm):
+            super().__init__()
+            self.norm = norm
+
+        def construct(self, x, dout):
+            return (self.norm(x) * dout).sum()
+
+    errors = {}
+    for custom in (True, False):
+        norm = LayerNorm(96, 1e-6, custom_kernels=custom)
+        assert norm.use_fast == custom
+        norm.weight.set_data(ms.Tensor(w))
+        norm.bias.set_data(ms.Tensor(b))
+        y = norm(ms.Tensor(x)).asnumpy()
+        dx, (dw, db) = ms.grad(Weighted(norm), grad_position=0, weights=[norm.weight, norm.bias])(
+            ms.Tensor(x), ms.Tensor(dout.astype(np.float32)))
+        errors[custom] = [np.abs(got - want).max() / np.abs(want).max() for got, want in (
+            (y, expected), (dx.asnumpy(), expected_dx), (dw.asnumpy(), expected_dw), (db.asnumpy(), expected_db))]
+    fast, mindspore_kernel = np.array(errors[True]), np.array(errors[False])
+    assert (fast < 2e-6).all() and (mindspore_kernel < 2e-6).all(), errors  # relative to the largest value
+    assert fast[0] <= mindspore_kernel[0]  # statistics in double: the forward is the more accurate one
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_swap_kernel_is_a_bit_identical_transpose_and_its_own_gradient(dtype):
+    need_kernel("swap_axes_cpu")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    rng = np.random.RandomState(0)
+    x, dout = rng.randn(2, 5, 7, 3).astype(dtype), rng.randn(2, 7, 5, 3).astype(dtype)
+    swap = SwapMiddleAxes(custom_kernels=True)
+    assert swap.use_op
+    np.testing.assert_array_equal(swap(ms.Tensor(x)).asnumpy(), x.transpose(0, 2, 1, 3))
+    dx = ms.grad(lambda t: (swap(t) * ms.Tensor(dout)).sum())(ms.Tensor(x)).asnumpy()
+    np.testing.assert_array_equal(dx, dout.transpose(0, 2, 1, 3))
+
+
+def test_patches_from_two_swaps_equal_the_six_axis_transpose():
+    need_kernel("swap_axes_cpu")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x = ms.Tensor(np.random.RandomState(0).randn(2, 3, 64, 48).astype(np.float32))
+    fast, reference = PatchProjection(3, 8, 16, custom_kernels=True), PatchProjection(3, 8, 16)
+    assert fast.swap.use_op and not reference.swap.use_op
+    np.testing.assert_array_equal(fast.patches(x).asnumpy(), reference.patches(x).asnumpy())
 
 
 def test_kernels_can_be_switched_off(monkeypatch, tmp_path):

@@ -1,9 +1,12 @@
 """Custom CPU kernels (MindSpore AOT custom ops), compiled on first use and cached.
 
-Two kernels, both float32 (docs/performance.md has the measurements):
-- gelu_cpu.cc: exact-semantics GELU, 9x faster than MindSpore's CPU GELU at DeiT shapes;
+Four kernels (docs/performance.md has the measurements):
+- gelu_cpu.cc: exact-semantics GELU, 9x faster than MindSpore's CPU GELU at DeiT shapes (float32);
+- layer_norm_cpu.cc: LayerNorm with double statistics, ~10x faster than MindSpore's CPU LayerNorm (float32);
+- swap_axes_cpu.cc: the attention's head split and merge and the patch extraction, a plain copy (any dtype) that,
+  unlike MindSpore's CPU Transpose, holds no buffers for the graph's lifetime;
 - ppt_reduce_cpu.cc: PPT's whole token reduction (importance scores, policy, ranking, matching, merge) in one
-  call, replacing ~75 small graph ops per PP block with the same decisions.
+  call, replacing ~75 small graph ops per PP block with the same decisions (float32).
 They are compiled with the host's g++ for this CPU
 (-march=native) into a cache folder keyed by source, flags and CPU model; without a compiler, or with
 MS_PPT_CUSTOM_KERNELS=0, models fall back to MindSpore's own kernels.
@@ -85,6 +88,29 @@ def gelu_op():
         return None
     from mindspore import ops
     return ops.Custom(f"{path}:GeluErf", out_shape=lambda x: x, out_dtype=lambda x: x, func_type="aot")
+
+
+def layer_norm_op():
+    """An ops.Custom computing LayerNorm over the last axis on float32 CPU tensors, or None.
+
+    (x, weight, bias, eps[1] float64) -> y. No backward of its own: vision_transformer.FastLayerNorm gives it one.
+    """
+    path = build("layer_norm_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+    return ops.Custom(f"{path}:LayerNormF32", out_shape=lambda x, w, b, eps: x, out_dtype=lambda x, w, b, eps: x,
+                      func_type="aot")
+
+
+def swap_axes_op():
+    """An ops.Custom taking [A, B, C, D] to [A, C, B, D] (any dtype; pure data movement), or None."""
+    path = build("swap_axes_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+    return ops.Custom(f"{path}:SwapAxes12", out_shape=lambda s: (s[0], s[2], s[1], s[3]), out_dtype=lambda t: t,
+                      func_type="aot")
 
 
 def ppt_reduce_op(r: int):
