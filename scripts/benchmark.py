@@ -13,9 +13,14 @@ little, since the fused CPU reduction computes only the policy each image takes:
 discarded first; then --runs rounds, each running every variant once (interleaved, so machine drift does not bias
 the ratios) after a short pause (so one framework's spinning worker threads do not slow the next call); the median
 per variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise) inside each timed call.
+
+Memory: each variant is also built, compiled and called twice in a child process of its own, and that process's
+peak resident set size (RSS, from wait4) is reported: what a user's process needs for that model, batch and
+framework, libraries included (--no-memory skips it).
 """
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -26,6 +31,7 @@ import numpy as np
 from ppt_common.config import MODEL_CONFIGS, get_arch
 from ppt_common.evaluation import UsageError, fail
 from ppt_common.files import OutputError, atomic_write, check_output, json_writer
+from ppt_common.measure import own_peak_rss_mb, time_interleaved
 from ppt_common.training import RECIPE
 
 
@@ -117,25 +123,31 @@ def pytorch_runner(name, batch, variant, dtype, device):
     return run
 
 
-# Pause before each timed call: PyTorch's OpenMP workers keep spinning for a few ms after a call and slow
-# whatever runs next (measured: a 4 ms MindSpore call took 11 ms right after a PyTorch call, 3.6 ms after 20 ms).
-SETTLE_S = 0.05
+def make_runner(fw, name, batch, variant, args):
+    if fw == "mindspore":
+        make = mindspore_train_runner if args.task == "train" else mindspore_runner
+        return make(name, batch, variant, args.dtype, args.mode)
+    make = pytorch_train_runner if args.task == "train" else pytorch_runner
+    return make(name, batch, variant, args.dtype, args.device)
 
 
-def time_interleaved(runners: dict, runs: int, warmup: int) -> dict:
-    """Median seconds per variant; every round runs each variant once, so drift on a busy machine hits all
-    variants alike instead of biasing the ratios."""
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    times = {key: [] for key in runners}
-    for _ in range(runs):
-        for key, run in runners.items():
-            time.sleep(SETTLE_S)
-            start = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - start)
-    return {key: float(np.median(v)) for key, v in times.items()}
+def peak_rss_mb(fw, name, batch, variant, args) -> float:
+    """Peak RSS (MB) of a fresh process that builds this variant, compiles it and calls it twice."""
+    command = [sys.executable, os.path.abspath(__file__), "--task", args.task, "--dtype", args.dtype, "--mode",
+               args.mode, "--device", args.device, "--memory-child", fw, name, str(batch), variant]
+    child = subprocess.run(command, capture_output=True, text=True)
+    lines = child.stdout.split()
+    if child.returncode != 0 or not lines:
+        raise RuntimeError(f"the memory run of {fw} {variant} failed: {child.stderr[-500:]}")
+    return float(lines[-1])
+
+
+def memory_child(args) -> int:
+    fw, name, batch, variant = args.memory_child
+    run = make_runner(fw, name, int(batch), variant, args)
+    run()
+    print(own_peak_rss_mb())
+    return 0
 
 
 def main(argv=None) -> int:
@@ -153,9 +165,14 @@ def main(argv=None) -> int:
     p.add_argument("--token-ops", dest="token_ops", action="store_true",
                    help="also time MindSpore PPT with its token operations replaced by a slice (their cost), and "
                         "with the reduction as graph ops instead of the fused CPU kernel")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the peak-memory runs (one child process per variant)")
+    p.add_argument("--memory-child", dest="memory_child", nargs=4, help=argparse.SUPPRESS)
     p.add_argument("--output-json", dest="output_json", default=None)
     p.add_argument("--force", action="store_true", help="overwrite an existing --output-json")
     args = p.parse_args(argv)
+    if args.memory_child:
+        return memory_child(args)
     try:
         for name in args.models:
             if name not in MODEL_CONFIGS:
@@ -172,22 +189,21 @@ def main(argv=None) -> int:
     started = time.time()
     for name in args.models:
         for batch in args.batch_sizes:
-            runners = {}
-            for fw in args.frameworks:
-                variants = ["dense", "ppt"] + (["ppt_graph_reduction", "ppt_without_token_ops"]
-                                               if fw == "mindspore" and args.token_ops else [])
-                train = args.task == "train"
-                for variant in variants:
-                    if fw == "mindspore":
-                        make = mindspore_train_runner if train else mindspore_runner
-                        runners[(fw, variant)] = make(name, batch, variant, args.dtype, args.mode)
-                    else:
-                        make = pytorch_train_runner if train else pytorch_runner
-                        runners[(fw, variant)] = make(name, batch, variant, args.dtype, args.device)
+            variants = [(fw, variant) for fw in args.frameworks for variant in ["dense", "ppt"] + (
+                ["ppt_graph_reduction", "ppt_without_token_ops"] if fw == "mindspore" and args.token_ops else [])]
+            try:  # before the timed runners exist, so that the children have the machine to themselves
+                memory = {key: peak_rss_mb(*key[:1], name, batch, key[1], args) for key in variants} if args.memory \
+                    else {}
+            except RuntimeError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+            runners = {(fw, variant): make_runner(fw, name, batch, variant, args) for fw, variant in variants}
             for (fw, variant), sec in time_interleaved(runners, args.runs, args.warmup).items():
                 rows.append({"model": name, "task": args.task, "framework": fw, "variant": variant, "batch_size": batch,
-                             "images_per_s": batch / sec, "latency_ms": 1000 * sec})
-                print(f"  {name} {fw:9s} {variant:21s} batch {batch:3d}: {1000 * sec:8.1f} ms", file=sys.stderr)
+                             "images_per_s": batch / sec, "latency_ms": 1000 * sec,
+                             "peak_rss_mb": memory.get((fw, variant))})
+                print(f"  {name} {fw:9s} {variant:21s} batch {batch:3d}: {1000 * sec:8.1f} ms"
+                      + (f", peak RSS {memory[(fw, variant)]:.0f} MB" if memory else ""), file=sys.stderr)
     print(format_table(rows))
     if args.output_json:
         report = {"rows": rows, "config": vars(args), "seconds": time.time() - started, "machine": machine()}
@@ -209,8 +225,9 @@ def format_table(rows) -> str:
     task = rows[0]["task"] if rows else "inference"
     step = "step" if task == "train" else "latency"
     lines = [f"{'training steps (forward, backward, AdamW)' if task == 'train' else 'inference'}",
-             f"| model | batch | framework | dense img/s | PPT img/s | PPT speed-up | {step} dense / PPT (ms) |",
-             "|---|---|---|---|---|---|---|"]
+             f"| model | batch | framework | dense img/s | PPT img/s | PPT speed-up | {step} dense / PPT (ms) | "
+             "peak RSS dense / PPT (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["model"], r["batch_size"]) for r in rows}, key=lambda k: (k[0], -k[1]))
     for model, batch in keys:
         for fw in ("mindspore", "pytorch"):
@@ -218,12 +235,14 @@ def format_table(rows) -> str:
             if d and p:
                 lines.append(f"| {model} | {batch} | {fw} | {d['images_per_s']:.1f} | {p['images_per_s']:.1f} | "
                              f"{p['images_per_s'] / d['images_per_s']:.2f}x | {d['latency_ms']:.1f} / "
-                             f"{p['latency_ms']:.1f} |")
+                             f"{p['latency_ms']:.1f} | {memory_cell(d, p)} |")
         ms_d, pt_d = find.get((model, "mindspore", "dense", batch)), find.get((model, "pytorch", "dense", batch))
         ms_p, pt_p = find.get((model, "mindspore", "ppt", batch)), find.get((model, "pytorch", "ppt", batch))
         if ms_d and pt_d and ms_p and pt_p:
+            memory = (f"{ms_d['peak_rss_mb'] / pt_d['peak_rss_mb']:.2f}x / {ms_p['peak_rss_mb'] / pt_p['peak_rss_mb']:.2f}x"
+                      if ms_d.get("peak_rss_mb") and pt_d.get("peak_rss_mb") else "")
             lines.append(f"| {model} | {batch} | MindSpore / PyTorch | {ms_d['images_per_s'] / pt_d['images_per_s']:.2f}x"
-                         f" | {ms_p['images_per_s'] / pt_p['images_per_s']:.2f}x | | |")
+                         f" | {ms_p['images_per_s'] / pt_p['images_per_s']:.2f}x | | | {memory} |")
         ablated = find.get((model, "mindspore", "ppt_without_token_ops", batch))
         for variant, label in (("ppt", "PPT"), ("ppt_graph_reduction", "PPT, graph-op reduction")):
             full = find.get((model, "mindspore", variant, batch))
@@ -231,8 +250,14 @@ def format_table(rows) -> str:
                 share = 1 - ablated["latency_ms"] / full["latency_ms"]
                 lines.append(f"| {model} | {batch} | MindSpore {label} | | {full['images_per_s']:.1f} | "
                              f"{ms_d['latency_ms'] / full['latency_ms']:.2f}x | token ops {100 * share:.1f} % of the "
-                             "forward |")
+                             "forward | |")
     return "\n".join(lines)
+
+
+def memory_cell(dense, ppt) -> str:
+    if dense.get("peak_rss_mb") is None or ppt.get("peak_rss_mb") is None:
+        return ""
+    return f"{dense['peak_rss_mb']:.0f} / {ppt['peak_rss_mb']:.0f}"
 
 
 if __name__ == "__main__":

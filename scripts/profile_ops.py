@@ -10,29 +10,13 @@ milliseconds per call, the ratio, and the per-forward total (x depth, dense).
 """
 import argparse
 import sys
-import time
 
 import _bootstrap  # noqa: F401
 
 import numpy as np
 
-from benchmark import SETTLE_S
 from ppt_common.config import MODEL_CONFIGS, get_arch
-
-
-def median_ms_interleaved(fn_a, fn_b, runs, warmup=3):
-    """Median milliseconds of two calls timed alternately, so machine drift does not bias their ratio."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a, times_b = [], []
-    for _ in range(runs):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            time.sleep(SETTLE_S)
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times_a)), 1000 * float(np.median(times_b))
+from ppt_common.measure import time_interleaved
 
 
 def ops_table(arch, batch):
@@ -40,7 +24,7 @@ def ops_table(arch, batch):
     import mindspore as ms
     import torch
     from mindspore import nn, ops
-    from ms_ppt.vision_transformer import GELU, LayerNorm
+    from ms_ppt.vision_transformer import GELU, LayerNorm, SwapMiddleAxes
     B, N, C, H = batch, arch.num_tokens, arch.embed_dim, arch.num_heads
     d, hidden = C // H, arch.mlp_hidden
     rng = np.random.RandomState(0)
@@ -55,8 +39,12 @@ def ops_table(arch, batch):
             return ops.matmul(a, w.swapaxes(0, 1))
 
     class QK(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.q_kt = ops.BatchMatMul(transpose_b=True)  # as the model's Attention
+
         def construct(self, a, b):
-            return ops.matmul(a, b.swapaxes(-2, -1))
+            return self.q_kt(a, b)
 
     class AV(nn.Cell):
         def construct(self, a, b):
@@ -91,8 +79,13 @@ def ops_table(arch, batch):
          lambda a: torch.nn.functional.gelu(a), (tt(h),)),
         ("GELU (exact), ms_ppt kernel", 1, GELU(custom_kernels=True), (T(h),),
          lambda a: torch.nn.functional.gelu(a), (tt(h),)),
-        ("LayerNorm", 2, ln, (T(x),),
+        ("LayerNorm, MindSpore kernel", 2, ln, (T(x),),
          lambda a: torch.nn.functional.layer_norm(a, (C,), eps=1e-6), (tt(x),)),
+        ("LayerNorm, ms_ppt kernel", 2, LayerNorm(C, 1e-6, custom_kernels=True), (T(x),),
+         lambda a: torch.nn.functional.layer_norm(a, (C,), eps=1e-6), (tt(x),)),
+        ("head split, ms_ppt kernel", 1, SwapMiddleAxes(custom_kernels=True),
+         (T(np.concatenate([x] * 3, -1).reshape(B, N, 3 * H, d)),),
+         lambda a: a.permute(0, 2, 1, 3).contiguous(), (tt(np.concatenate([x] * 3, -1).reshape(B, N, 3 * H, d)),)),
         ("qkv reshape+transpose", 1, SplitHeads(),
          (T(np.concatenate([x] * 3, -1)),),
          lambda a: a.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).contiguous(), (tt(np.concatenate([x] * 3, -1)),)),
@@ -114,8 +107,9 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     with torch.no_grad():
         for name, calls, cell, ms_in, pt_fn, pt_in in ops_table(arch, args.batch_size):
-            t_ms, t_pt = median_ms_interleaved(lambda: cell(*ms_in).asnumpy(), lambda: pt_fn(*pt_in).numpy(),
-                                               args.runs)
+            times = time_interleaved({"ms": lambda: cell(*ms_in).asnumpy(), "pt": lambda: pt_fn(*pt_in).numpy()},
+                                     args.runs, warmup=3)
+            t_ms, t_pt = 1000 * times["ms"], 1000 * times["pt"]
             print(f"| {name} | {t_ms:.2f} | {t_pt:.2f} | {t_ms / t_pt:.1f}x | {t_ms * calls * arch.depth:.0f} |")
     return 0
 
