@@ -165,7 +165,8 @@ class Attention(nn.Cell):
         self.with_scores = with_scores
         self.qkv = nn.Dense(dim, dim * 3, has_bias=qkv_bias)
         self.swap_heads = SwapMiddleAxes(custom_kernels)
-        self.q_kt = ops.BatchMatMul(transpose_b=True)  # q @ k^T without materialising k^T (bit-identical)
+        # q @ k^T without a transposed copy of k: equal in float64, within one rounding of the sum in float32
+        self.q_kt = ops.BatchMatMul(transpose_b=True)
         self.attn_drop = nn.Dropout(p=attn_drop)
         self.proj = nn.Dense(dim, dim)
         self.proj_drop = nn.Dropout(p=proj_drop)
@@ -487,7 +488,7 @@ class VisionTransformer(nn.Cell):
 
     def drop_fast_kernels(self) -> "VisionTransformer":
         """Use graph ops instead of the float32-only compiled CPU kernels: for float16/float64 models, and for
-        mixed precision (auto_mixed_precision feeds the cells float16)."""
+        mixed precision (auto_mixed_precision feeds the cells float16). The swap kernel stays: it copies any dtype."""
         for _, cell in self.cells_and_names():
             if isinstance(cell, (GELU, LayerNorm, TokenReduction)):
                 cell.drop_fast_kernel()
