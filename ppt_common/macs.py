@@ -7,6 +7,8 @@ This reproduces the authors' figures: DeiT-S 4.60 dense and 2.944 with PPT (r=50
 """
 from __future__ import annotations
 
+from typing import Sequence, Tuple
+
 from ppt_common.config import ArchConfig, PPTConfig, arch_schedule
 
 
@@ -33,3 +35,27 @@ def count_macs(arch: ArchConfig, ppt: PPTConfig = None) -> int:
 
 def gmacs(arch: ArchConfig, ppt: PPTConfig = None) -> float:
     return count_macs(arch, ppt) / 1e9
+
+
+TARGET_RULE = "the r nearest the target, the same at every PP block, ties to the smaller r (more tokens kept)"
+
+
+def r_for_target_gmacs(arch: ArchConfig, target: float, pp_loc_list: Sequence[int]) -> Tuple[int, float, str]:
+    """The r, removed at every PP block of pp_loc_list, whose analytic GMACs are nearest to target (TARGET_RULE).
+    Returns (r, its GMACs, a sentence giving the choice, its neighbours and the rule). Beyond the r at which every
+    PP block is clamped (token_schedule) nothing changes, so the search stops there."""
+    if not target > 0:
+        raise ValueError(f"the GMACs target must be positive, got {target}")
+    reachable = []
+    for r in range(arch.num_tokens):
+        g = gmacs(arch, PPTConfig(r=r, pp_loc_list=tuple(pp_loc_list)))
+        if reachable and g == reachable[-1]:
+            break
+        reachable.append(g)
+    r = min(range(len(reachable)), key=lambda k: (abs(reachable[k] - target), k))
+    neighbours = ", ".join(f"r={k}: {reachable[k]:.4f}" for k in (r - 1, r + 1) if 0 <= k < len(reachable))
+    message = (f"--target-gmacs {target:g}: r={r} at blocks {list(pp_loc_list)} gives {reachable[r]:.4f} GMACs "
+               f"({neighbours}); rule: {TARGET_RULE}")
+    if not reachable[-1] <= target <= reachable[0]:
+        message += f"; the target is outside the reachable {reachable[-1]:.4f}-{reachable[0]:.4f}"
+    return r, reachable[r], message

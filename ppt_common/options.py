@@ -7,7 +7,7 @@ import sys
 from typing import Optional
 
 from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL, MODEL_CONFIGS,
-                               PPTConfig)
+                               PPTConfig, get_arch)
 from ppt_common.files import OutputError, check_outputs
 from ppt_common.imagenet import NUM_CLASSES
 
@@ -39,8 +39,11 @@ def check_weights(args) -> None:
 
 
 def add_ppt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--r_tokens", "--r-tokens", dest="r_tokens", type=int, nargs="+", default=[DEFAULT_R],
-                   help="tokens removed per PP block: one value, or one per PP block (0 = dense)")
+    p.add_argument("--r_tokens", "--r-tokens", dest="r_tokens", type=int, nargs="+", default=None,
+                   help=f"tokens removed per PP block: one value, or one per PP block (0 = dense; default {DEFAULT_R})")
+    p.add_argument("--target-gmacs", "--target_gmacs", dest="target_gmacs", type=float, default=None,
+                   help="choose r instead: the same r at every PP block, the one whose MACs per image (the paper's "
+                        "'GFLOPs') are nearest to this many billions; ties go to the smaller r")
     p.add_argument("--pp_loc_list", "--pp-loc-list", dest="pp_loc_list", type=int, nargs="*",
                    default=list(DEFAULT_PP_LOC_LIST), help="0-based indices of the PP blocks")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="policy threshold on score variance")
@@ -116,12 +119,29 @@ def check_imagenet_head(num_classes: int) -> None:
 
 
 def ppt_config(args) -> PPTConfig:
-    r = 0 if args.dense else (args.r_tokens[0] if len(args.r_tokens) == 1 else tuple(args.r_tokens))
+    if args.target_gmacs is not None:
+        choose_r_for_target(args)
+    r_tokens = args.r_tokens if args.r_tokens is not None else [DEFAULT_R]
+    r = 0 if args.dense else (r_tokens[0] if len(r_tokens) == 1 else tuple(r_tokens))
     try:
         return PPTConfig(r=r, pp_loc_list=tuple(args.pp_loc_list), threshold=args.threshold,
                          prop_attn=args.prop_attn)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def choose_r_for_target(args) -> None:
+    """--target-gmacs becomes --r_tokens (once: the tools may build their configuration more than once), and the
+    choice with its rule is printed."""
+    from ppt_common.macs import r_for_target_gmacs
+    if args.dense or args.r_tokens is not None:
+        raise UsageError("--target-gmacs chooses r: give it without --r_tokens or --dense")
+    try:
+        r, _, message = r_for_target_gmacs(get_arch(args.model), args.target_gmacs, args.pp_loc_list)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(message, file=sys.stderr)
+    args.r_tokens, args.target_gmacs = [r], None
 
 
 def fail(message: str) -> int:

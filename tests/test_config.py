@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ppt_common.config import PPTConfig, get_arch, parse_r, token_schedule
-from ppt_common.macs import gmacs
+from ppt_common.macs import gmacs, r_for_target_gmacs
 
 
 def test_trajectory_224_r50_at_3_6_9_is_197_147_97_49():
@@ -95,3 +95,26 @@ def test_macs_match_the_paper(name, r, dense, ppt):
 def test_macs_without_reduction_equal_dense():
     arch = get_arch("deit_tiny_patch16_224")
     assert gmacs(arch, PPTConfig(r=0)) == gmacs(arch) == gmacs(arch, PPTConfig(pp_loc_list=()))
+
+
+def test_target_gmacs_takes_the_nearest_r_and_states_the_rule():
+    """The paper's '0.8G' for DeiT-T is r=50 at blocks 3 6 9 (0.8001), its '11.6G' for DeiT-B is r=47."""
+    r, g, message = r_for_target_gmacs(get_arch("deit_tiny_patch16_224"), 0.8, [3, 6, 9])
+    assert (r, round(g, 4)) == (50, 0.8001)
+    assert "r=50" in message and "0.8001" in message and "r=49: 0.8061" in message and "r=51: 0.7941" in message
+    assert "nearest" in message and "ties to the smaller r" in message and "outside" not in message
+    assert r_for_target_gmacs(get_arch("deit_base_patch16_224"), 11.6, [3, 6, 9])[0] == 47
+
+
+def test_target_gmacs_ties_go_to_the_smaller_r_and_unreachable_targets_are_said():
+    arch = get_arch("deit_tiny_patch16_224")
+    g49, g50 = (gmacs(arch, PPTConfig(r=r)) for r in (49, 50))
+    middle = (g49 + g50) / 2
+    r = r_for_target_gmacs(arch, middle, [3, 6, 9])[0]
+    assert r == (49 if abs(g49 - middle) <= abs(g50 - middle) else 50)
+    r, g, message = r_for_target_gmacs(arch, 0.1, [3, 6, 9])
+    assert g == gmacs(arch, PPTConfig(r=r)) == gmacs(arch, PPTConfig(r=r + 20))  # every PP block clamped
+    assert g < gmacs(arch, PPTConfig(r=r - 1)) and "outside the reachable" in message
+    assert r_for_target_gmacs(arch, 9.0, [3, 6, 9])[0] == 0
+    with pytest.raises(ValueError, match="must be positive"):
+        r_for_target_gmacs(arch, 0.0, [3, 6, 9])

@@ -45,6 +45,9 @@ def test_demo_default_runs_and_writes_every_output(tmp_path):
     (["--pp_loc_list", "3", "12"], "outside the model's blocks"),
     (["--threshold", "nan"], "threshold must be a finite number"),
     (["--r_tokens", "50", "40"], "2 values for 3 PP blocks"),
+    (["--target-gmacs", "0.8", "--r_tokens", "40"], "--target-gmacs chooses r"),
+    (["--target-gmacs", "0.8", "--dense"], "--target-gmacs chooses r"),
+    (["--target-gmacs", "-1"], "must be positive"),
     (["--output-json", "/proc/ms_ppt_report.json"], "not writable"),
     (["--output-json", "/tmp"], "is a folder"),
     (["--output-json", "/tmp/ms_ppt_same.npz", "--save-predictions", "/tmp/ms_ppt_same"], "name the same file"),
@@ -53,6 +56,16 @@ def test_bad_arguments_fail_with_a_clear_message(args, message):
     res = run("eval_ms.py", *args, *FAST)
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_target_gmacs_chooses_r_and_says_how(tmp_path):
+    out = tmp_path / "r.json"
+    res = run("eval_ms.py", "--target-gmacs", "0.8", "--limit", "4", "--output-json", out, *FAST)
+    assert res.returncode == 0, res.stderr
+    assert "--target-gmacs 0.8: r=50 at blocks [3, 6, 9] gives 0.8001 GMACs" in res.stderr
+    assert "ties to the smaller r" in res.stderr and res.stderr.count("--target-gmacs 0.8:") == 1
+    report = json.loads(out.read_text())
+    assert report["config"]["r_tokens"] == 50 and round(report["gmacs"], 4) == 0.8001
 
 
 def test_wrong_and_empty_folders_are_errors(tmp_path):
