@@ -76,9 +76,40 @@ def csv_writer(rows: Sequence[dict]):
     return write
 
 
-def write_table(json_path: str, csv_path: str, rows: Sequence[dict], config: dict) -> None:
+def write_table(json_path: str, csv_path: str, rows: Sequence[dict], config: dict,
+                calibration: Optional[List[dict]] = None) -> None:
     """Both tables, as one set (an interrupted sweep leaves the last complete pair)."""
-    write_all([(json_path, json_writer({"rows": list(rows), "config": config})), (csv_path, csv_writer(rows))])
+    table = {"rows": list(rows), "config": config}
+    if calibration is not None:
+        table["calibration"] = calibration
+    write_all([(json_path, json_writer(table)), (csv_path, csv_writer(rows))])
+
+
+def calibrate(rows: Sequence[dict]) -> List[dict]:
+    """For each r and PP block list swept at two or more thresholds: the threshold with the highest top-1, ties
+    broken by the lower loss, and its margin over the next best (in images and in loss), on the sweep's images."""
+    groups: Dict[Tuple, List[dict]] = {}
+    for row in rows:
+        if row["r_tokens"]:
+            groups.setdefault((row["r_tokens"], tuple(row["pp_loc_list"])), []).append(row)
+    choices = []
+    for (r, pp), group in groups.items():
+        if len(group) < 2:
+            continue
+        best, runner_up = sorted(group, key=lambda row: (-row["top1"], row["loss"]))[:2]
+        choices.append({"r_tokens": r, "pp_loc_list": list(pp), "threshold": best["threshold"], "top1": best["top1"],
+                        "loss": best["loss"], "num_images": best["num_images"],
+                        "next_threshold": runner_up["threshold"],
+                        "margin_images": round((best["top1"] - runner_up["top1"]) * best["num_images"] / 100),
+                        "margin_loss": runner_up["loss"] - best["loss"]})
+    return choices
+
+
+def describe_calibration(choice: dict) -> str:
+    return (f"calibrated threshold for r={choice['r_tokens']} at blocks {' '.join(map(str, choice['pp_loc_list']))}: "
+            f"{choice['threshold']:g} (top-1 {choice['top1']:.2f} %, loss {choice['loss']:.4f} on "
+            f"{choice['num_images']} images); next best {choice['next_threshold']:g}: {choice['margin_images']} "
+            f"image(s) fewer correct, its loss {choice['margin_loss']:+.4f} against the choice")
 
 
 def plot(rows: Sequence[dict], png_path: str, title: str) -> None:

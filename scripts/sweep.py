@@ -11,6 +11,7 @@ The images are decoded once, in the batches eval_ms.py forms, so every row equal
 setting. Each setting's graph is compiled once; images/s is its forward alone, after that compilation. The table
 is rewritten after every setting: --resume-sweep continues an interrupted sweep, evaluating only the settings missing
 from it. Threshold 0 makes every image prune and a threshold above every variance makes every image pool.
+--calibrate adds, for each r and PP block list, the threshold with the best top-1 and its margin over the next best.
 """
 import argparse
 import sys
@@ -47,6 +48,9 @@ def build_parser():
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--preprocess", choices=["mindspore", "pil"], default="mindspore")
+    p.add_argument("--calibrate", action="store_true",
+                   help="for each r and PP block list: the threshold with the best top-1 on these images (ties to the "
+                        "lower loss), with its margin over the next best")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(on_error="skip")
     return p
@@ -126,9 +130,15 @@ def run(args) -> dict:
         if not args.quiet:
             print(f"[{i + 1}/{len(todo)}] {setting.key}: top-1 {row['top1']:.2f} %, {row['gmacs']:.4f} GMACs, "
                   f"{row['images_per_s']:.1f} images/s ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    calibration = None
+    if args.calibrate:
+        calibration = sweep.calibrate(rows)
+        sweep.write_table(json_path, csv_path, rows, config, calibration)
+        for choice in calibration:
+            print(sweep.describe_calibration(choice))
     sweep.plot(rows, png_path, f"{args.model}, {config['num_images']} images")
     print(f"wrote {json_path}, {csv_path}, {png_path}")
-    return {"rows": rows, "config": config}
+    return {"rows": rows, "config": config, "calibration": calibration}
 
 
 def evaluate_setting(model, setting, batches, batch_size: int, fixed_batch: bool) -> dict:

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from ppt_common.sweep import calibrate
 
 FAST = ["--mode", "pynative", "--quiet"]
 
@@ -41,11 +42,14 @@ def test_rows_equal_eval_ms_and_a_resumed_sweep_evaluates_only_what_is_missing(t
     assert rows[2]["pooled_per_block"] == expected["pooled_per_block"]
 
     res = run("sweep.py", "--r-values", 20, 50, "--thresholds", 0, 7e-5, "--output", prefix, "--resume-sweep",
-              "--mode", "pynative")
+              "--mode", "pynative", "--calibrate")
     assert res.returncode == 0, res.stderr
     assert "resuming: 3 of 5 settings" in res.stderr
     assert res.stderr.count("] r=20") == 2 and "dense:" not in res.stderr and "] r=50" not in res.stderr
     assert [r["r_tokens"] for r in rows_of(prefix)] == [0, 20, 50, 20, 50]
+    table = json.loads((tmp_path / "demo.json").read_text())
+    assert [c["r_tokens"] for c in table["calibration"]] == [20, 50]
+    assert res.stdout.count("calibrated threshold for r=") == 2 and "next best" in res.stdout
     assert (tmp_path / "demo.csv").read_text().splitlines()[0].startswith("setting,r_tokens,pp_loc_list,threshold")
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -69,3 +73,18 @@ def test_an_existing_sweep_is_neither_overwritten_nor_resumed_unasked(tmp_path):
     res = run("sweep.py", "--output", tmp_path / "s", "--resume-sweep", *FAST)
     assert res.returncode == 2 and "not a sweep table" in res.stderr
     assert (tmp_path / "s.json").read_text() == "{}"
+
+
+def test_calibration_takes_the_best_top1_then_the_lower_loss_and_states_its_margin():
+    def row(threshold, top1, loss, r=50):
+        return {"r_tokens": r, "pp_loc_list": [3, 6, 9], "threshold": threshold, "top1": top1, "loss": loss,
+                "num_images": 200}
+    rows = [{"r_tokens": 0, "pp_loc_list": [], "threshold": None, "top1": 90.0, "loss": 0.5, "num_images": 200},
+            row(0.0, 80.0, 1.0), row(7e-5, 85.0, 0.90), row(1.0, 85.0, 0.95), row(3e-5, 84.0, 0.80),
+            row(7e-5, 70.0, 1.0, r=60)]  # a single threshold for r=60: nothing to choose
+    (choice,) = calibrate(rows)
+    assert choice["threshold"] == 7e-5 and choice["next_threshold"] == 1.0  # equal top-1: the lower loss wins
+    assert choice["margin_images"] == 0 and choice["margin_loss"] == pytest.approx(0.05)
+    rows[3]["top1"] = 83.0
+    (choice,) = calibrate(rows)
+    assert choice["next_threshold"] == 3e-5 and choice["margin_images"] == 2  # 1 point of 200 images
