@@ -15,6 +15,14 @@ from ppt_common.config import data_config, get_arch
 from ppt_common.imagenet import ImageError, default_crop_pct, open_rgb
 
 
+def eval_preprocess(model: str, kind: str) -> Callable[[str], np.ndarray]:
+    """The eval tools' --preprocess: 'mindspore' (mindcv's pipeline) or 'pil' (bit-identical to timm's)."""
+    if kind == "pil":
+        from ppt_common.data import pil_preprocess
+        return pil_preprocess(model)
+    return mindspore_preprocess(model)
+
+
 def mindspore_preprocess(model: str) -> Callable[[str], np.ndarray]:
     """path -> [3, img_size, img_size] float32 for a registered model (its DataConfig): PIL decode, then mindcv's
     Resize, CenterCrop, Normalize, HWC2CHW (create_transforms' eval pipeline without its Decode)."""

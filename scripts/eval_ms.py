@@ -43,11 +43,8 @@ def validate(args) -> dict:
     except CheckpointError as e:
         raise ev.UsageError(str(e)) from None
     ev.check_imagenet_head(model.arch.num_classes)
-    if args.preprocess == "pil":
-        preprocess = ev.pil_preprocess(args.model)
-    else:
-        from ms_ppt.data import mindspore_preprocess
-        preprocess = mindspore_preprocess(args.model)
+    from ms_ppt.data import eval_preprocess
+    preprocess = eval_preprocess(args.model, args.preprocess)
     result = ev.evaluate(items, lambda images: ms_ppt.run_with_trace(model, images)[:2], preprocess, args,
                          "eval_ms", world, fixed_batch=args.mode == "graph")
     if result.sample is None:

@@ -101,11 +101,8 @@ def run(args) -> dict:
         raise ev.UsageError(str(e)) from None
     ev.check_imagenet_head(first.arch.num_classes)
     weights = {p.name: p.asnumpy() for p in first.get_parameters()}
-    if args.preprocess == "pil":
-        preprocess = ev.pil_preprocess(args.model)
-    else:
-        from ms_ppt.data import mindspore_preprocess
-        preprocess = mindspore_preprocess(args.model)
+    from ms_ppt.data import eval_preprocess
+    preprocess = eval_preprocess(args.model, args.preprocess)
     batch_size = min(args.batch_size, max(1, len(items)))
     skipped = []
     batches = list(ev.iter_batches(items, batch_size, preprocess, args.num_workers, "skip", skipped))
