@@ -7,7 +7,8 @@ a `ReductionPlan`; `apply_reduction` applies it to the tokens and their sizes (d
 Static shapes: both policies remove exactly r tokens, so each image's reduction is written as a `dest` map (the
 output slot of every input token, -1 if dropped). Pruning and pooling each produce one, the image's policy picks
 one with `where`, and a single one-hot matmul applies it. No data-dependent shapes, no `nonzero`, no Python branch
-on tensor values: the same graph compiles for GRAPH_MODE, PyNative and Ascend.
+on tensor values: the same graph compiles for GRAPH_MODE, PyNative and Ascend. The single-rule methods compared with
+PPT (prune_fuse, decouple_merge; the spec's "Methods") are one more dest map each, applied by the same matmul.
 
 Ties follow the stable policy of the spec: ranks are computed by counting (greater keys, plus equal keys at lower
 positions), which is deterministic on every backend, unlike sort kernels.
@@ -103,10 +104,12 @@ class ReductionPlan(NamedTuple):
     Inside graphs the plan travels as a plain tuple in this field order, read with the indices below:
     MindSpore 2.10 fails to compile GRAPH_MODE gradients through a NamedTuple built in the graph. Outside,
     `ReductionPlan(*plan)` names it."""
-    policy: Tensor  # [B] bool (int32 from the fused kernel): True where the image pools
+    policy: Tensor  # [B] bool (int32 from the fused kernel): True where the image pools; int32 codes
+    #                 PRUNE_FUSE / DECOUPLE_MERGE for those methods
     variance: Tensor  # [B] unbiased variance of the patch scores
     scores: Tensor  # [B, N] importance scores, prefix tokens 2.0
-    node_max: Tensor  # [B, ceil(N/2)] best cosine similarity of each A token (prefix rows -inf)
+    node_max: Tensor  # [B, ceil(N/2)] best cosine similarity of each A token (prefix rows -inf); decouple_merge:
+    #                   [B, r] over its inattentive A tokens; prune_fuse: [B, r] NaN
     dest: Tensor  # [B, N] int32 output slot of every input token, -1 if dropped
 
 
@@ -123,33 +126,108 @@ def decide(scores, metric, r, threshold, num_prefix_tokens=1):
     return policy, variance, scores, node_max, dest
 
 
+PRUNE_FUSE, DECOUPLE_MERGE = 2, 3  # policy codes of the single-rule methods, after PPT's prune (0) and pool (1)
+
+
+def fuse_dest(scores, r):
+    """prune_fuse (EViT, SPViT): pruning's dest map with the r dropped tokens sent to one extra slot, N - r."""
+    dest = prune_dest(scores, r)
+    return ops.where(dest < 0, ops.full_like(dest, scores.shape[1] - r), dest)
+
+
+def decouple_merge_dest(scores, metric, r):
+    """decouple_merge (2211.11315) as a dest map [B, N], with node_max [B, r].
+
+    The N - 2r attentive tokens (top scores; prefix tokens score 2.0, so they are among them) keep pruning's slots
+    in descending score order. The 2r inattentive ones, in position order, alternate A, B, A, B, ...: each A token
+    merges into its most similar B token (cosine of the metric, the first maximal B on ties), and the r B tokens
+    take the last r slots in position order."""
+    B, N = scores.shape
+    n_keep = N - 2 * r
+    rank = stable_descending_rank(scores)
+    inattentive = rank >= n_keep
+    member = ops.cumsum(inattentive.astype(ms.int32), 1) - 1  # place in the inattentive set, by position
+    member = ops.where(inattentive, member, ops.full_like(member, -1))
+    gather = (member[:, None, :] == ops.arange(2 * r).astype(ms.int32)[None, :, None]).astype(metric.dtype)
+    m = ops.matmul(gather, metric)  # [B, 2r, C]: the inattentive tokens' metric, in position order
+    m = m / ops.sqrt((m * m).sum(-1, keepdims=True))
+    sim = ops.matmul(m[:, ::2], m[:, 1::2].swapaxes(1, 2))  # [B, r (A), r (B)]
+    node_max = ops.amax(sim, -1)
+    b_index = ops.arange(r)[None, None, :].astype(ms.int32)
+    partner = ops.amin(ops.where(sim == node_max[..., None], b_index, ops.full_like(b_index, r)), -1)  # [B, r]
+    half = ops.maximum(member, 0) // 2
+    group = ops.where(member % 2 == 1, half, ops.gather_elements(partner, 1, half))
+    return ops.where(inattentive, group + n_keep, rank), node_max
+
+
+def decide_single_rule(scores, metric, r, method, num_prefix_tokens=1):
+    """The plan (a ReductionPlan as a tuple) of a single-rule method, prune_fuse or decouple_merge: every image
+    takes it; the variance is recorded, not used."""
+    scores, metric = ops.stop_gradient(scores), ops.stop_gradient(metric)
+    variance = score_variance(scores, num_prefix_tokens)
+    code = PRUNE_FUSE if method == "prune_fuse" else DECOUPLE_MERGE
+    policy = ops.full(variance.shape, code, dtype=ms.int32)
+    if method == "prune_fuse":
+        dest = fuse_dest(scores, r)
+        return policy, variance, scores, ops.full((scores.shape[0], r), float("nan"), dtype=scores.dtype), dest
+    dest, node_max = decouple_merge_dest(scores, metric, r)
+    return policy, variance, scores, node_max, dest
+
+
 def apply_dest(x, dest, n_out):
     """Gather (one source per slot) or size-weighted merge, as one matmul with a one-hot [B, n_out, N]."""
     onehot = (dest[:, None, :] == ops.arange(n_out).astype(ms.int32)[None, :, None]).astype(x.dtype)
     return ops.matmul(onehot, x)
 
 
-def apply_reduction(plan, x, size, r):
-    """Pooled images merge with weights `size` (x_out = sum(x*size)/sum(size)); pruned images gather with weight 1,
-    which copies their tokens exactly. Differentiable in x; sizes carry no gradient."""
-    n_out, c = x.shape[1] - r, x.shape[2]
-    size = ops.stop_gradient(size).astype(x.dtype)
-    weight = ops.where(plan[POLICY][:, None, None], size, ops.ones_like(size))
-    out = apply_dest(ops.concat([x * weight, weight, size], -1), plan[DEST], n_out)
+def merge_by_dest(x, size, weight, dest, n_out):
+    """Every output slot: the weight-averaged tokens sent to it, and the sum of their sizes."""
+    c = x.shape[2]
+    out = apply_dest(ops.concat([x * weight, weight, size], -1), dest, n_out)
     return out[..., :c] / out[..., c:c + 1], out[..., c + 1:]
 
 
-def apply_to_source(plan, source, r):
+def apply_reduction(plan, x, size, r):
+    """Pooled images merge with weights `size` (x_out = sum(x*size)/sum(size)); pruned images gather with weight 1,
+    which copies their tokens exactly. Differentiable in x; sizes carry no gradient."""
+    size = ops.stop_gradient(size).astype(x.dtype)
+    weight = ops.where(plan[POLICY][:, None, None], size, ops.ones_like(size))
+    return merge_by_dest(x, size, weight, plan[DEST], x.shape[1] - r)
+
+
+def tokens_out(n, r, method):
+    """Tokens after a reducing block: r fewer, but prune_fuse adds its fused token back."""
+    return n - r + 1 if method == "prune_fuse" else n - r
+
+
+def apply_single_rule(plan, x, size, r, method):
+    """prune_fuse: kept tokens copied (weight 1), the fused token (the last) the score-weighted mean of the dropped
+    ones; decouple_merge: size-weighted means, as pooling. Differentiable in x; sizes carry no gradient."""
+    size = ops.stop_gradient(size).astype(x.dtype)
+    n_out = tokens_out(x.shape[1], r, method)
+    weight = size
+    if method == "prune_fuse":
+        fused = (plan[DEST] == n_out - 1)[..., None]
+        weight = ops.where(fused, plan[SCORES].astype(x.dtype)[..., None], ops.ones_like(size))
+    return merge_by_dest(x, size, weight, plan[DEST], n_out)
+
+
+def apply_to_source(plan, source, r, method="ppt"):
     """Source rows are 0/1 with disjoint support, so their sum is their union (ToMe's amax)."""
-    return apply_dest(source, plan[DEST], source.shape[1] - r)
+    return apply_dest(source, plan[DEST], tokens_out(source.shape[1], r, method))
 
 
-def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1):
-    """decide, then apply: (x, size, source, plan) with the block's r tokens removed from every image."""
-    plan = decide(scores, metric, r, threshold, num_prefix_tokens)
-    x_out, size_out = apply_reduction(plan, x, size, r)
+def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1, method="ppt"):
+    """decide, then apply: (x, size, source, plan) with the block's r tokens removed from every image (prune_fuse:
+    r dropped, one fused token added). `threshold` is the variance threshold of PPTConfig.policy_threshold."""
+    if method in ("prune_fuse", "decouple_merge"):
+        plan = decide_single_rule(scores, metric, r, method, num_prefix_tokens)
+        x_out, size_out = apply_single_rule(plan, x, size, r, method)
+    else:
+        plan = decide(scores, metric, r, threshold, num_prefix_tokens)
+        x_out, size_out = apply_reduction(plan, x, size, r)
     if source is not None:
-        source = apply_to_source(plan, source, r)
+        source = apply_to_source(plan, source, r, method)
     return x_out, size_out.astype(size.dtype), source, plan
 
 

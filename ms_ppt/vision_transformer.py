@@ -301,19 +301,23 @@ class FusedReduction(nn.Cell):
 
 
 class TokenReduction(nn.Cell):
-    """PPT's reduction of a PP block: importance scores, merge metric (k averaged over heads) and
-    ppt.reduce_tokens as graph ops, or in float32 on CPU one compiled kernel (kernels/ppt_reduce_cpu.cc) taking
-    the same decisions in one op instead of ~75, for only the policy each image takes. The graph ops stay the
-    reference: float64, float16, other backends and MindIR export use them."""
+    """The reduction of a PP block: importance scores, merge metric (k averaged over heads) and
+    ppt.reduce_tokens as graph ops, or, for PPT's policies in float32 on CPU, one compiled kernel
+    (kernels/ppt_reduce_cpu.cc) taking the same decisions in one op instead of ~75, for only the policy each image
+    takes. The graph ops stay the reference: float64, float16, other backends, MindIR export and the single-rule
+    methods (prune_fuse, decouple_merge) use them. `threshold` is PPTConfig.policy_threshold."""
 
-    def __init__(self, r: int, threshold: float, custom_kernels: bool, num_prefix_tokens: int = 1):
+    def __init__(self, r: int, threshold: float, custom_kernels: bool, num_prefix_tokens: int = 1,
+                 method: str = "ppt"):
         super().__init__()
         self.r = r
         self.threshold = threshold
         self.num_prefix_tokens = num_prefix_tokens
+        self.method = method
         self.threshold_tensor = Tensor([threshold], ms.float32)
-        # the fused kernel protects the class token only
-        op = kernels.ppt_reduce_op(r) if custom_kernels and num_prefix_tokens == 1 else None
+        # the fused kernel takes PPT's two policies and protects the class token only
+        ppt_policies = method in ("ppt", "prune", "pool")
+        op = kernels.ppt_reduce_op(r) if custom_kernels and num_prefix_tokens == 1 and ppt_policies else None
         self.fused = FusedReduction(op) if op is not None else None
         self.use_fused = self.fused is not None
 
@@ -332,7 +336,7 @@ class TokenReduction(nn.Cell):
         attn, v, k = ops.stop_gradient(attn), ops.stop_gradient(v), ops.stop_gradient(k)  # decisions only
         scores = ppt.importance_scores(attn, v, self.num_prefix_tokens)
         x, size, source, plan = ppt.reduce_tokens(x, scores, k.mean(1), size, self.r, self.threshold, source,
-                                                  self.num_prefix_tokens)
+                                                  self.num_prefix_tokens, self.method)
         return x, size, source, (plan, size)
 
 
@@ -360,7 +364,8 @@ class Block(nn.Cell):
         self.drop_path1 = DropPath(drop_path)
         self.drop_path2 = DropPath(drop_path)
         if self.reduces:
-            self.reduction = TokenReduction(plan.r, float(ppt_cfg.threshold), custom_kernels, arch.num_prefix_tokens)
+            self.reduction = TokenReduction(plan.r, ppt_cfg.policy_threshold, custom_kernels, arch.num_prefix_tokens,
+                                            ppt_cfg.method)
 
     def branch1(self, x, draws):
         return self.drop_path1(self.ls1(x) if self.layer_scale else x, None if draws is None else draws[0])

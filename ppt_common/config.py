@@ -210,6 +210,12 @@ DEFAULT_R = 50
 DEFAULT_PP_LOC_LIST = (3, 6, 9)
 DEFAULT_THRESHOLD = 7e-5
 
+# The reduction rule of every PP block (docs/ppt-spec.md, "Methods"). "ppt" is the authors' adaptive choice per image;
+# the others apply one rule to every image: PPT's pruning or pooling alone, EViT/SPViT's pruning that fuses the dropped
+# tokens into one extra token, and 2211.11315's decouple-and-merge.
+METHODS = ("ppt", "prune", "pool", "prune_fuse", "decouple_merge")
+DEFAULT_METHOD = "ppt"
+
 # what the eval tools run with no options: DeiT-Tiny on the sample shipped in ms_ppt/demo-data
 DEMO_MODEL = "deit_tiny_patch16_224"
 DEMO_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ms_ppt", "demo-data")
@@ -273,6 +279,7 @@ class PPTConfig:
     threshold: float = DEFAULT_THRESHOLD
     prop_attn: bool = True
     trace_source: bool = False
+    method: str = DEFAULT_METHOD
 
     def __post_init__(self):
         if isinstance(self.pp_loc_list, (str, bytes)) or not isinstance(self.pp_loc_list, (Sequence, np.ndarray)):
@@ -287,6 +294,8 @@ class PPTConfig:
         if not math.isfinite(self.threshold) or self.threshold < 0:
             raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold}")
         object.__setattr__(self, "threshold", float(self.threshold))
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for flag in ("prop_attn", "trace_source"):
             if not isinstance(getattr(self, flag), (bool, np.bool_)):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
@@ -312,6 +321,12 @@ class PPTConfig:
                             f"({', '.join(sorted(given))}), not both")
         return ppt_config
 
+    @property
+    def policy_threshold(self) -> float:
+        """The variance threshold that gives the method's per-image policy: PPT's own; 0 makes every image prune
+        and infinity every image pool (so prune-only and pool-only are PPT's reduction with the choice fixed)."""
+        return {"prune": 0.0, "pool": math.inf}.get(self.method, self.threshold)
+
     def r_per_pp_block(self, depth: int) -> List[int]:
         """The i-th PP block takes the i-th value of the schedule over all blocks (the authors' `pop(0)`)."""
         if isinstance(self.r, tuple) and not is_schedule(self.r):
@@ -323,12 +338,13 @@ class PPTConfig:
 class BlockPlan:
     index: int
     tokens_in: int
-    r: int  # effective r (0 for non-PP blocks and clamped PP blocks)
+    r: int  # effective r (0 for non-PP blocks and clamped PP blocks): the tokens dropped or merged away
     is_pp: bool
+    fused: int = 0  # 1 where prune_fuse adds the dropped tokens' fused token
 
     @property
     def tokens_out(self) -> int:
-        return self.tokens_in - self.r
+        return self.tokens_in - self.r + self.fused
 
 
 def max_r(num_tokens: int, num_prefix_tokens: int = 1) -> int:
@@ -346,8 +362,9 @@ def token_schedule(num_tokens: int, depth: int, ppt: PPTConfig, num_prefix_token
     for i in range(depth):
         is_pp = i in r_values
         r_eff = max(0, min(r_values[i], max_r(n, num_prefix_tokens))) if is_pp else 0
-        plans.append(BlockPlan(index=i, tokens_in=n, r=r_eff, is_pp=is_pp))
-        n -= r_eff
+        plan = BlockPlan(index=i, tokens_in=n, r=r_eff, is_pp=is_pp, fused=int(r_eff > 0 and ppt.method == "prune_fuse"))
+        plans.append(plan)
+        n = plan.tokens_out
     return plans
 
 

@@ -6,8 +6,8 @@ import os
 import sys
 from typing import Optional
 
-from ppt_common.config import (DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL, MODEL_CONFIGS,
-                               PPTConfig, get_arch)
+from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL,
+                               METHODS, MODEL_CONFIGS, PPTConfig, get_arch)
 from ppt_common.files import OutputError, check_outputs
 from ppt_common.imagenet import NUM_CLASSES
 
@@ -47,6 +47,10 @@ def add_ppt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pp_loc_list", "--pp-loc-list", dest="pp_loc_list", type=int, nargs="*",
                    default=list(DEFAULT_PP_LOC_LIST), help="0-based indices of the PP blocks")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="policy threshold on score variance")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help="the reduction of every PP block: ppt (the authors' adaptive choice, by --threshold), prune "
+                        "or pool alone, prune_fuse (EViT: the r dropped tokens fused into one extra token) or "
+                        "decouple_merge (2211.11315: the 2r least attentive tokens merged pairwise by similarity)")
     p.add_argument("--prop_attn", "--prop-attn", dest="prop_attn", type=str2bool, nargs="?", const=True,
                    default=True, help="proportional attention (default true; '--prop_attn false' to disable)")
     p.add_argument("--dense", action="store_true", help="evaluate without PPT (same as --r_tokens 0)")
@@ -125,7 +129,7 @@ def ppt_config(args) -> PPTConfig:
     r = 0 if args.dense else (r_tokens[0] if len(r_tokens) == 1 else tuple(r_tokens))
     try:
         return PPTConfig(r=r, pp_loc_list=tuple(args.pp_loc_list), threshold=args.threshold,
-                         prop_attn=args.prop_attn)
+                         prop_attn=args.prop_attn, method=getattr(args, "method", DEFAULT_METHOD))
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -137,7 +141,8 @@ def choose_r_for_target(args) -> None:
     if args.dense or args.r_tokens is not None:
         raise UsageError("--target-gmacs chooses r: give it without --r_tokens or --dense")
     try:
-        r, _, message = r_for_target_gmacs(get_arch(args.model), args.target_gmacs, args.pp_loc_list)
+        r, _, message = r_for_target_gmacs(get_arch(args.model), args.target_gmacs, args.pp_loc_list,
+                                           getattr(args, "method", DEFAULT_METHOD))
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(message, file=sys.stderr)

@@ -5,6 +5,7 @@ it differs as a consequence. A disagreement is *explained* when its margin is wi
 - policy:    |variance - threshold| / threshold             (the image sits on the threshold)
 - prune:     |score gap| / mean score where the two kept orders first part (two tokens tie in the order)
 - pool:      similarity gap at the merge cut (cosine, absolute), or for a partner swap the gap at the cut too
+- prune_fuse, decouple_merge: as prune where the kept tokens part; a decouple_merge partner swap has no bound
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ppt_common.trace import BlockTrace, merge_margin, policy_margin, prune_margin
+from ppt_common.trace import POLICY_NAMES, BlockTrace, merge_margin, policy_margin, prune_margin
 
 # float32 noise in scores and similarities measured on real images is ~1e-6 relative; bounds leave 100x room
 DEFAULT_BOUNDS = {"policy": 1e-3, "prune": 1e-3, "pool": 1e-4}
@@ -24,7 +25,7 @@ class Disagreement:
     image: int
     path: str
     block: int
-    kind: str  # policy | prune | pool
+    kind: str  # policy | prune | pool | prune_fuse | decouple_merge
     margin: float
     explained: bool
 
@@ -45,6 +46,12 @@ def first_disagreement(a: List[BlockTrace], b: List[BlockTrace], i: int, thresho
                                       and np.array_equal(ta.merge_dst[i], tb.merge_dst[i])):
             m = merge_margin(ta, i)
             return Disagreement(i, "", ta.block, "pool", m, m <= bounds["pool"])
+        if ta.policy[i] >= 2 and not np.array_equal(ta.dest[i], tb.dest[i]):
+            kind = POLICY_NAMES[int(ta.policy[i])]
+            if not np.array_equal(ta.kept[i], tb.kept[i]):  # the score order parts, as in pruning
+                m = prune_margin(ta, i, tb.kept[i]) / float(np.mean(ta.scores[i, 1:]))
+                return Disagreement(i, "", ta.block, kind, m, m <= bounds["prune"])
+            return Disagreement(i, "", ta.block, kind, float("nan"), False)  # a partner choice: no bound
     return None
 
 
@@ -68,12 +75,11 @@ def compare_runs(trace_a: List[List[BlockTrace]], trace_b: List[List[BlockTrace]
             row = per_block.setdefault(t_a.block, {"block": t_a.block, "images": 0, "policy_agree": 0,
                                                    "selection_agree": 0, "pooled_a": 0, "pooled_b": 0})
             row["images"] += t_a.batch_size
-            row["pooled_a"] += int(t_a.policy.sum())
-            row["pooled_b"] += int(t_b.policy.sum())
+            row["pooled_a"] += int((t_a.policy == 1).sum())
+            row["pooled_b"] += int((t_b.policy == 1).sum())
             same_policy = t_a.policy == t_b.policy
             row["policy_agree"] += int(same_policy.sum())
-            same_sel = same_policy & np.all(t_a.kept == t_b.kept, 1) & np.all(t_a.merge_src == t_b.merge_src, 1) \
-                & np.all(t_a.merge_dst == t_b.merge_dst, 1)
+            same_sel = same_policy & np.all(t_a.dest == t_b.dest, 1)
             row["selection_agree"] += int(same_sel.sum())
         offset += n
     top1_a, top1_b = logits_a.argmax(1), logits_b.argmax(1)

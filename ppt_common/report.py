@@ -93,8 +93,9 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
         # the whole evaluation loop, wall clock: decoding, the model, and compilation
         "end_to_end_throughput": (result["num_images"] / end_to_end_seconds
                                   if end_to_end_seconds == end_to_end_seconds and end_to_end_seconds > 0 else None),
-        "pooled_per_block": [int(v) for v in policies.sum(0)] if policies.size else [0] * len(pp_blocks),
-        "pruned_per_block": [int(v) for v in (1 - policies).sum(0)] if policies.size else [0] * len(pp_blocks),
+        "method": cfg.method,
+        "pooled_per_block": [int(v) for v in (policies == 1).sum(0)] if policies.size else [0] * len(pp_blocks),
+        "pruned_per_block": [int(v) for v in (policies == 0).sum(0)] if policies.size else [0] * len(pp_blocks),
         "pp_blocks": pp_blocks,
         "r_requested_per_pp_block": cfg.r_per_pp_block(arch.depth),
         "r_applied_per_pp_block": applied,  # clamped to half the patches a block sees (docs/ppt-spec.md)
@@ -102,7 +103,7 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
         "config": {
             "model": args.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained, "data_path": args.data_path or DEMO_DATA,
             "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r), "pp_loc_list": list(cfg.pp_loc_list),
-            "threshold": cfg.threshold, "prop_attn": cfg.prop_attn, "batch_size": args.batch_size,
+            "threshold": cfg.threshold, "method": cfg.method, "prop_attn": cfg.prop_attn, "batch_size": args.batch_size,
             "dtype": args.dtype, "limit": args.limit, "timing_batch_size": timing_batch,
             "data_config": dataclasses.asdict(data_config(args.model)), **extra_config,
         },
@@ -157,5 +158,9 @@ def print_summary(report: dict, out=None) -> None:
         ranks = c.get("world_size", 1)
         print(f"  end to end  {report['end_to_end_throughput']:.1f} images/s (whole run, decoding and compilation "
               f"included{f', {ranks} processes' if ranks > 1 else ''})", file=out)
+    if report.get("method", "ppt") in ("prune_fuse", "decouple_merge"):
+        blocks = " ".join(map(str, report["pp_blocks"]))
+        print(f"  PP blocks   {blocks}: every image {report['method']}", file=out)
+        return
     for blk, pooled, pruned in zip(report["pp_blocks"], report["pooled_per_block"], report["pruned_per_block"]):
         print(f"  PP block {blk:2d}: pooled {pooled:5d}  pruned {pruned:5d}", file=out)

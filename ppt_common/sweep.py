@@ -12,11 +12,11 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ppt_common.config import PPTConfig
+from ppt_common.config import DEFAULT_METHOD, METHODS, PPTConfig
 from ppt_common.files import json_writer, write_all
 
-COLUMNS = ["setting", "r_tokens", "pp_loc_list", "threshold", "top1", "top5", "loss", "gmacs", "images_per_s",
-           "num_images", "pooled_per_block"]
+COLUMNS = ["setting", "method", "r_tokens", "pp_loc_list", "threshold", "top1", "top5", "loss", "gmacs",
+           "images_per_s", "num_images", "pooled_per_block"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,23 +24,31 @@ class Setting:
     r: int
     pp_loc_list: Tuple[int, ...]
     threshold: float
+    method: str = DEFAULT_METHOD
 
     @property
     def key(self) -> str:
         if self.r == 0:
             return "dense"
-        return f"r={self.r} pp={' '.join(map(str, self.pp_loc_list))} threshold={self.threshold:g}"
+        where = f"r={self.r} pp={' '.join(map(str, self.pp_loc_list))}"
+        if self.method == DEFAULT_METHOD:  # PPT's key names its threshold (and is what earlier tables hold)
+            return f"{where} threshold={self.threshold:g}"
+        return f"{self.method} {where}"
 
     def ppt_config(self) -> PPTConfig:
-        return PPTConfig(r=self.r, pp_loc_list=self.pp_loc_list if self.r else (), threshold=self.threshold)
+        return PPTConfig(r=self.r, pp_loc_list=self.pp_loc_list if self.r else (), threshold=self.threshold,
+                         method=self.method)
 
 
-def grid(r_values: Sequence[int], pp_loc_lists: Sequence[Sequence[int]], thresholds: Sequence[float]) -> List[Setting]:
-    """The dense model first, then every (PP blocks, threshold, r) combination with r > 0."""
+def grid(r_values: Sequence[int], pp_loc_lists: Sequence[Sequence[int]], thresholds: Sequence[float],
+         methods: Sequence[str] = (DEFAULT_METHOD,)) -> List[Setting]:
+    """The dense model first, then every (PP blocks, method, r) combination with r > 0: PPT at each threshold, the
+    methods that apply one rule to every image once (their threshold is unused)."""
     settings = [Setting(0, (), thresholds[0])]
     for pp in pp_loc_lists:
-        for threshold in thresholds:
-            settings += [Setting(r, tuple(pp), threshold) for r in r_values if r > 0]
+        for method in methods:
+            for threshold in (thresholds if method == DEFAULT_METHOD else thresholds[:1]):
+                settings += [Setting(r, tuple(pp), threshold, method) for r in r_values if r > 0]
     return settings
 
 
@@ -52,16 +60,29 @@ def parse_pp_loc_list(text: str) -> Tuple[int, ...]:
         raise ValueError(f"a PP block list is integers such as '3 6 9', got {text!r}") from None
 
 
-def read_table(path: str) -> Dict[str, dict]:
-    """The rows of an earlier sweep's JSON table, by setting; {} if there is none."""
+def read_table(path: str) -> Tuple[Dict[str, dict], dict]:
+    """The rows of an earlier sweep's JSON table, by setting, and its config; ({}, {}) if there is none."""
     if not os.path.exists(path):
-        return {}
+        return {}, {}
     try:
         with open(path) as f:
-            rows = json.load(f)["rows"]
-        return {row["setting"]: row for row in rows}
+            table = json.load(f)
+        return {row["setting"]: row for row in table["rows"]}, dict(table["config"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a sweep table this tool wrote ({e}); name another --output") from None
+
+
+# what makes two sweeps' rows comparable: a table is continued or extended only by a run that agrees on these
+SAME_RUN = ("model", "checkpoint", "pretrained", "data_path", "batch_size", "mode", "preprocess", "num_images")
+
+
+def check_same_run(table_config: dict, config: dict, path: str) -> None:
+    """Refuse to add rows measured on other weights, images or settings to a table (those known so far)."""
+    differ = [f"{k}: {table_config[k]!r} there, {config[k]!r} now" for k in SAME_RUN
+              if k in table_config and k in config and table_config[k] != config[k]]
+    if differ:
+        raise ValueError(f"{path} was measured differently ({'; '.join(differ)}): resume it with the same options, "
+                         "or name another --output")
 
 
 def csv_writer(rows: Sequence[dict]):
@@ -90,7 +111,7 @@ def calibrate(rows: Sequence[dict]) -> List[dict]:
     broken by the lower loss, and its margin over the next best (in images and in loss), on the sweep's images."""
     groups: Dict[Tuple, List[dict]] = {}
     for row in rows:
-        if row["r_tokens"]:
+        if row["r_tokens"] and row.get("method", DEFAULT_METHOD) == DEFAULT_METHOD:
             groups.setdefault((row["r_tokens"], tuple(row["pp_loc_list"])), []).append(row)
     choices = []
     for (r, pp), group in groups.items():
@@ -112,9 +133,19 @@ def describe_calibration(choice: dict) -> str:
             f"image(s) fewer correct, its loss {choice['margin_loss']:+.4f} against the choice")
 
 
+def curve_order(pp, method, threshold):
+    return pp, METHODS.index(method), threshold if threshold is not None else 0.0
+
+
+def curve_label(pp, method: str, threshold: Optional[float], with_pp: bool) -> str:
+    """'PPT, threshold 7e-05', 'prune_fuse', ... with the PP blocks when the plot has several lists."""
+    label = f"PPT, threshold {threshold:g}" if method == DEFAULT_METHOD else method
+    return f"{label}, PP blocks {' '.join(map(str, pp))}" if with_pp else label
+
+
 def plot(rows: Sequence[dict], png_path: str, title: str) -> None:
-    """Top-1 against GMACs (left) and against measured images/s (right): one curve per PP block list and
-    threshold, r along each curve, the dense model as a star."""
+    """Top-1 against GMACs (left) and against measured images/s (right): one curve per PP block list, method and
+    (for PPT) threshold, r along each curve, the dense model as a star."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -124,13 +155,16 @@ def plot(rows: Sequence[dict], png_path: str, title: str) -> None:
         if row["r_tokens"] == 0:
             dense = row
         else:
-            curves.setdefault((tuple(row["pp_loc_list"]), row["threshold"]), []).append(row)
+            method = row.get("method", DEFAULT_METHOD)
+            threshold = row["threshold"] if method == DEFAULT_METHOD else None
+            curves.setdefault((tuple(row["pp_loc_list"]), method, threshold), []).append(row)
+    pp_lists = {key[0] for key in curves}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, x_key, x_label in ((axes[0], "gmacs", "GMACs per image"), (axes[1], "images_per_s", "images/s (measured)")):
-        for (pp, threshold), points in sorted(curves.items()):
+        for (pp, method, threshold), points in sorted(curves.items(), key=lambda kv: curve_order(*kv[0])):
             points = sorted(points, key=lambda p: p["r_tokens"])
             ax.plot([p[x_key] for p in points], [p["top1"] for p in points], "o-", markersize=4,
-                    label=f"PP blocks {' '.join(map(str, pp))}, threshold {threshold:g}")
+                    label=curve_label(pp, method, threshold, len(pp_lists) > 1))
         if dense is not None:
             ax.plot([dense[x_key]], [dense["top1"]], "k*", markersize=12, label="dense")
         ax.set_xlabel(x_label)

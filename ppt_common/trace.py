@@ -8,18 +8,18 @@ the batch. Token positions are positions in the block's *input* sequence (0 = CL
 | block       | int                   | index of the block in the model                                          |
 | tokens_in   | int                   | N, tokens entering the reduction                                         |
 | r           | int                   | tokens removed (the clamped r)                                           |
-| policy      | int8 [B]              | 1 = pool (variance < threshold), 0 = prune                               |
+| policy      | int8 [B]              | 1 = pool (variance < threshold), 0 = prune; 2 = prune_fuse, 3 = decouple_merge |
 | variance    | float64 [B]           | unbiased variance of the normalised importance scores (CLS excluded)     |
 | scores      | float64 [B, N]        | importance scores, CLS fixed at 2.0                                      |
-| node_max    | float64 [B, ceil(N/2)]| pool: best cosine similarity of each A token (CLS -inf); NaN if pruned   |
-| kept        | int64 [B, N-r]        | prune: kept input positions in output (descending score) order; -1 if pooled |
-| merge_src   | int64 [B, r]          | pool: input positions of the merged A tokens, ascending; -1 if pruned   |
-| merge_dst   | int64 [B, r]          | pool: input position of the B token each one merged into; -1 if pruned   |
-| sizes       | float64 [B, N-r]      | token sizes after the block (patches represented by each token)          |
+| node_max    | float64 [B, ceil(N/2)]| pool: best cosine similarity of each A token (CLS -inf); NaN otherwise   |
+| kept        | int64 [B, N-r]        | prune, prune_fuse: kept input positions in output (descending score) order; decouple_merge: the N-2r attentive ones, then -1; -1 if pooled |
+| merge_src   | int64 [B, r]          | pool, decouple_merge: input positions of the merged A tokens, ascending; prune_fuse: the fused (dropped) tokens, ascending; -1 if pruned |
+| merge_dst   | int64 [B, r]          | pool, decouple_merge: input position of the B token each one merged into; -1 if pruned or fused |
+| dest        | int64 [B, N]          | output slot of every input token, -1 if dropped                          |
+| sizes       | float64 [B, N_out]    | token sizes after the block (patches represented by each token)          |
 
-Both frameworks build their records with `record_from_plan` from the same fields of their `ReductionPlan` (policy,
-variance, scores, node_max, dest: the output slot of every input token, -1 if dropped). `dest_from_record` gives
-the dest map back, for the visualiser.
+N_out is N - r, or N - r + 1 for prune_fuse (its fused token is the last). Both frameworks build their records with
+`record_from_plan` from the same fields of their `ReductionPlan` (policy, variance, scores, node_max, dest).
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ from typing import Dict, List
 
 import numpy as np
 
-FIELDS = ("policy", "variance", "scores", "node_max", "kept", "merge_src", "merge_dst", "sizes")
-INT_FIELDS = ("policy", "kept", "merge_src", "merge_dst")
+FIELDS = ("policy", "variance", "scores", "node_max", "kept", "merge_src", "merge_dst", "dest", "sizes")
+INT_FIELDS = ("policy", "kept", "merge_src", "merge_dst", "dest")
+POLICY_NAMES = ("prune", "pool", "prune_fuse", "decouple_merge")  # by policy code
 
 
 @dataclasses.dataclass
@@ -44,11 +45,12 @@ class BlockTrace:
     kept: np.ndarray
     merge_src: np.ndarray
     merge_dst: np.ndarray
+    dest: np.ndarray
     sizes: np.ndarray
 
     @property
     def tokens_out(self) -> int:
-        return self.tokens_in - self.r
+        return int(self.sizes.shape[1])
 
     @property
     def batch_size(self) -> int:
@@ -64,52 +66,70 @@ class BlockTrace:
         return out
 
 
-def dest_from_record(t: BlockTrace) -> np.ndarray:
-    """Output slot of every input token [B, N] (-1 if pruned): the reduction written as one map."""
-    B, N, r = t.batch_size, t.tokens_in, t.r
-    dest = np.full((B, N), -1, dtype=np.int64)
-    num_a = (N + 1) // 2
-    for b in range(B):
-        if t.policy[b]:
-            merged = np.zeros(N, dtype=bool)
-            merged[t.merge_src[b]] = True
-            unmerged_a = [p for p in range(0, N, 2) if not merged[p]]
-            dest[b, unmerged_a] = np.arange(len(unmerged_a))
-            dest[b, 1::2] = num_a - r + np.arange(N // 2)
-            dest[b, t.merge_src[b]] = num_a - r + (t.merge_dst[b] - 1) // 2
-        else:
-            dest[b, t.kept[b]] = np.arange(N - r)
-    return dest
-
-
 def record_from_plan(block: int, r: int, policy, variance, scores, node_max, dest, sizes) -> BlockTrace:
-    """A block's record from its ReductionPlan's fields (NumPy, either framework) and the sizes after it: the
-    dest map is read back into kept / merge_src / merge_dst."""
+    """A block's record from its ReductionPlan's fields (NumPy, either framework) and the sizes after it [B, N_out]:
+    the dest map is read back into kept / merge_src / merge_dst."""
     policy = np.asarray(policy).astype(np.int8)
     dest = np.asarray(dest).astype(np.int64)
     B, N = dest.shape
-    num_a = (N + 1) // 2
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(B, -1)
     kept = np.full((B, N - r), -1, dtype=np.int64)
     merge_src = np.full((B, r), -1, dtype=np.int64)
     merge_dst = np.full((B, r), -1, dtype=np.int64)
     node_max = np.asarray(node_max, dtype=np.float64).copy()
+    if node_max.shape[1] != (N + 1) // 2:  # the single-rule methods' own similarities are not part of the trace
+        node_max = np.full((B, (N + 1) // 2), np.nan)
     for b in range(B):
-        if policy[b]:
-            src = np.array([p for p in range(0, N, 2) if dest[b, p] >= num_a - r], dtype=np.int64)
-            if src.size != r:
-                raise ValueError(f"block {block}, image {b}: {src.size} merged tokens, expected {r}")
-            merge_src[b] = src
-            merge_dst[b] = 2 * (dest[b, src] - (num_a - r)) + 1
-        else:
-            order = np.full(N - r, -1, dtype=np.int64)
-            live = dest[b] >= 0
-            order[dest[b, live]] = np.nonzero(live)[0]
-            kept[b] = order
+        if policy[b] != 1:
             node_max[b] = np.nan
+        reader = {0: _read_prune, 1: _read_pool, 2: _read_prune_fuse, 3: _read_decouple_merge}[int(policy[b])]
+        merged = reader(dest[b], r, kept[b], merge_src[b], merge_dst[b])
+        if merged is not None and len(merged) != r:
+            raise ValueError(f"block {block}, image {b}: {len(merged)} merged tokens, expected {r}")
     return BlockTrace(block=block, tokens_in=N, r=r, policy=policy,
                       variance=np.asarray(variance, dtype=np.float64), scores=np.asarray(scores, dtype=np.float64),
-                      node_max=node_max, kept=kept, merge_src=merge_src, merge_dst=merge_dst,
-                      sizes=np.asarray(sizes, dtype=np.float64).reshape(B, N - r))
+                      node_max=node_max, kept=kept, merge_src=merge_src, merge_dst=merge_dst, dest=dest, sizes=sizes)
+
+
+def _kept_in_order(dest, n_kept, kept):
+    """kept[k] = the input position sent to slot k, for k < n_kept."""
+    live = (dest >= 0) & (dest < n_kept)
+    kept[dest[live]] = np.nonzero(live)[0]
+
+
+def _read_prune(dest, r, kept, merge_src, merge_dst):
+    _kept_in_order(dest, len(dest) - r, kept)
+
+
+def _read_pool(dest, r, kept, merge_src, merge_dst):
+    """Returns the merged A tokens (checked against r by the caller)."""
+    first_b_slot = (len(dest) + 1) // 2 - r
+    src = np.array([p for p in range(0, len(dest), 2) if dest[p] >= first_b_slot], dtype=np.int64)
+    if len(src) == r:
+        merge_src[:] = src
+        merge_dst[:] = 2 * (dest[src] - first_b_slot) + 1
+    return src
+
+
+def _read_prune_fuse(dest, r, kept, merge_src, merge_dst):
+    n_kept = len(dest) - r
+    _kept_in_order(dest, n_kept, kept)
+    fused = np.nonzero(dest == n_kept)[0]
+    if len(fused) == r:
+        merge_src[:] = fused
+    return fused
+
+
+def _read_decouple_merge(dest, r, kept, merge_src, merge_dst):
+    n_keep = len(dest) - 2 * r
+    _kept_in_order(dest, n_keep, kept)
+    inattentive = np.nonzero(dest >= n_keep)[0]
+    a, b = inattentive[::2], inattentive[1::2]
+    if len(a) == len(b) == r and (dest[b] == n_keep + np.arange(r)).all():
+        merge_src[:] = a
+        merge_dst[:] = b[dest[a] - n_keep]
+        return a
+    return inattentive  # not a decouple-and-merge map: the caller reports it
 
 
 def compare_traces(a: List[BlockTrace], b: List[BlockTrace], rtol: float = 1e-9, atol: float = 1e-12) -> List[str]:

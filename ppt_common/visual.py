@@ -10,7 +10,7 @@ from typing import List, Sequence
 import numpy as np
 
 from ppt_common.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ppt_common.trace import BlockTrace, dest_from_record
+from ppt_common.trace import POLICY_NAMES, BlockTrace
 
 
 def token_maps(traces: Sequence[BlockTrace], i: int) -> List[np.ndarray]:
@@ -21,7 +21,7 @@ def token_maps(traces: Sequence[BlockTrace], i: int) -> List[np.ndarray]:
     current = np.arange(traces[0].tokens_in)
     maps = []
     for t in traces:
-        dest = dest_from_record(t.image(i))[0]
+        dest = t.dest[i]
         current = np.where(current >= 0, dest[np.maximum(current, 0)], -1)
         maps.append(current.copy())
     return maps
@@ -76,7 +76,7 @@ def render_figure(images: np.ndarray, traces: Sequence[BlockTrace], patch: int, 
         top = pad + i * (size + title + pad)
         panels = [(labels[i] if i < len(labels) else "input", np.repeat(np.repeat(rgb, scale, 0), scale, 1))]
         for t, m in zip(traces, token_maps(traces, i)):
-            policy = "pool" if t.policy[i] else "prune"
+            policy = POLICY_NAMES[int(t.policy[i])]
             panels.append((f"block {t.block}: {policy} ({t.tokens_out} tokens)", render_panel(rgb, m, patch, scale)))
         for j, (text, arr) in enumerate(panels):
             left = pad + j * (size + pad)

@@ -34,13 +34,15 @@ def build_timm_model(arch: ArchConfig) -> VisionTransformer:
 def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False,
                  ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None,
                  pp_loc_list: Optional[Sequence[int]] = None, threshold: Optional[float] = None,
-                 prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None, trace: bool = False,
+                 prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
+                 method: Optional[str] = None,
+                 trace: bool = False,
                  dtype="float32", num_classes: Optional[int] = None, **training_flags) -> VisionTransformer:
     """The reference twin of ms_ppt.create_model (same arguments, same checkpoints)."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"unsupported dtype '{dtype}'; choose from {', '.join(SUPPORTED_DTYPES)}")
     ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
-                                         prop_attn=prop_attn, trace_source=trace_source)
+                                         prop_attn=prop_attn, trace_source=trace_source, method=method)
     from convert import resolve_model
     arch, state = resolve_model(name, checkpoint, num_classes, pretrained, **training_flags)
     model = build_timm_model(arch)

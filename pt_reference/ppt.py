@@ -84,9 +84,19 @@ def matching_dest(m: Matching, num_tokens: int) -> torch.Tensor:
     return dest
 
 
+class Grouping(NamedTuple):
+    """A single-rule method's decision in index form: the `keep` tokens copied in this order, then `num_groups`
+    tokens, each the weighted mean of its members (positions `members`, each in group `groups`)."""
+    keep: torch.Tensor  # [B, K]
+    members: torch.Tensor  # [B, M]
+    groups: torch.Tensor  # [B, M] in 0..num_groups-1
+    num_groups: int
+
+
 class ReductionPlan(NamedTuple):
     """Every decision of one PP block (no gradient flows through it). The first five fields are those of
-    ms_ppt.ppt.ReductionPlan; the last four are the authors' index form, which apply_reduction uses."""
+    ms_ppt.ppt.ReductionPlan; the next four are the authors' index form, which apply_reduction uses; `grouping`
+    is the single-rule methods' (apply_single_rule)."""
     policy: torch.Tensor  # [B] bool: True where the image pools
     variance: torch.Tensor  # [B]
     scores: torch.Tensor  # [B, N]
@@ -96,6 +106,7 @@ class ReductionPlan(NamedTuple):
     prune_ids: torch.Tensor  # images that prune
     matching: Optional[Matching]  # of the pooling images
     keep: Optional[torch.Tensor]  # of the pruning images, prune_indices
+    grouping: Optional[Grouping] = None
 
 
 @torch.no_grad()
@@ -118,6 +129,57 @@ def decide(scores, metric, r, threshold, num_prefix_tokens=1) -> ReductionPlan:
         keep = prune_indices(scores[prune_ids], r)
         dest[prune_ids] = prune_dest(keep, N)
     return ReductionPlan(policy, variance, scores, node_max, dest, pool_ids, prune_ids, matching, keep)
+
+
+PRUNE_FUSE, DECOUPLE_MERGE = 2, 3  # policy codes of the single-rule methods, after PPT's prune (0) and pool (1)
+
+
+def fuse_grouping(scores: torch.Tensor, r: int) -> Grouping:
+    """prune_fuse (EViT, SPViT): pruning's kept tokens, then one token fusing the r dropped ones."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    n_keep = scores.shape[1] - r
+    dropped = order[:, n_keep:].sort(dim=-1).values
+    return Grouping(order[:, :n_keep], dropped, torch.zeros_like(dropped), 1)
+
+
+def decouple_merge_grouping(scores: torch.Tensor, metric: torch.Tensor, r: int):
+    """decouple_merge (2211.11315): the N - 2r top-scored (attentive) tokens kept in descending score order; the 2r
+    others, in position order, alternate A, B: each A token merges into its most similar B token (first maximal).
+    Returns (grouping, node_max [B, r])."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    n_keep = scores.shape[1] - 2 * r
+    inattentive = order[:, n_keep:].sort(dim=-1).values
+    a_idx, b_idx = inattentive[:, ::2], inattentive[:, 1::2]
+    metric = metric / metric.norm(dim=-1, keepdim=True)
+    sim = batch_index_select(metric, a_idx) @ batch_index_select(metric, b_idx).transpose(-1, -2)
+    node_max = sim.amax(dim=-1)
+    partner = sim.argmax(dim=-1)  # first maximal index
+    groups = torch.cat([partner, torch.arange(r, device=scores.device).expand_as(partner)], dim=1)
+    return Grouping(order[:, :n_keep], torch.cat([a_idx, b_idx], dim=1), groups, r), node_max
+
+
+def grouping_dest(g: Grouping, num_tokens: int) -> torch.Tensor:
+    """dest map [B, N] of a grouping: kept tokens to slots 0..K-1, members to K + their group."""
+    B, K = g.keep.shape
+    dest = torch.full((B, num_tokens), -1, dtype=torch.long, device=g.keep.device)
+    dest.scatter_(1, g.keep, torch.arange(K, device=dest.device).expand_as(g.keep).contiguous())
+    return dest.scatter_(1, g.members, K + g.groups)
+
+
+@torch.no_grad()
+def decide_single_rule(scores, metric, r, method, num_prefix_tokens=1) -> ReductionPlan:
+    """The plan of prune_fuse or decouple_merge: every image takes it; the variance is recorded, not used."""
+    B, N = scores.shape
+    variance = score_variance(scores, num_prefix_tokens)
+    code = PRUNE_FUSE if method == "prune_fuse" else DECOUPLE_MERGE
+    if method == "prune_fuse":
+        grouping = fuse_grouping(scores, r)
+        node_max = torch.full((B, r), math.nan, dtype=scores.dtype, device=scores.device)
+    else:
+        grouping, node_max = decouple_merge_grouping(scores, metric, r)
+    none = torch.zeros(0, dtype=torch.long, device=scores.device)
+    return ReductionPlan(torch.full((B,), code, dtype=torch.int32, device=scores.device), variance, scores,
+                         node_max, grouping_dest(grouping, N), none, none, None, None, grouping)
 
 
 def merge(x: torch.Tensor, m: Matching, mode: str) -> torch.Tensor:
@@ -156,16 +218,43 @@ def apply_reduction(plan: ReductionPlan, x: torch.Tensor, size: torch.Tensor, r:
     return x_out, size_out
 
 
+def group_sum(x: torch.Tensor, g: Grouping) -> torch.Tensor:
+    """[B, num_groups, C]: the sum of each group's members."""
+    idx = g.groups[..., None].expand(-1, -1, x.shape[-1])
+    return x.new_zeros(x.shape[0], g.num_groups, x.shape[-1]).scatter_add(1, idx, batch_index_select(x, g.members))
+
+
+def apply_grouping(x: torch.Tensor, g: Grouping, weight: torch.Tensor) -> torch.Tensor:
+    """The kept tokens, then each group's weighted mean sum(x*w)/sum(w)."""
+    return torch.cat([batch_index_select(x, g.keep), group_sum(x * weight, g) / group_sum(weight, g)], dim=1)
+
+
+def apply_single_rule(plan: ReductionPlan, x: torch.Tensor, size: torch.Tensor, r: int, method: str):
+    """prune_fuse: kept tokens copied, the fused token the score-weighted mean of the dropped ones;
+    decouple_merge: size-weighted means, as pooling. Differentiable in x; sizes carry no gradient."""
+    size, g = size.detach(), plan.grouping
+    weight = plan.scores[..., None].to(x.dtype) if method == "prune_fuse" else size
+    size_out = torch.cat([batch_index_select(size, g.keep), group_sum(size, g)], dim=1)
+    return apply_grouping(x, g, weight), size_out
+
+
 def apply_to_source(plan: ReductionPlan, source: torch.Tensor, r: int) -> torch.Tensor:
     """Merged tokens hold the union of their sources (ToMe's amax), kept tokens their own."""
+    if plan.grouping is not None:  # disjoint 0/1 rows: their sum is their union
+        return torch.cat([batch_index_select(source, plan.grouping.keep), group_sum(source, plan.grouping)], dim=1)
     return _apply_split(plan, source, r, lambda ids: merge(source[ids], plan.matching, "amax"),
                         lambda ids: batch_index_select(source[ids], plan.keep))
 
 
-def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1):
-    """decide, then apply: (x, size, source, plan) with the block's r tokens removed from every image."""
-    plan = decide(scores, metric, r, threshold, num_prefix_tokens)
-    x_out, size_out = apply_reduction(plan, x, size, r)
+def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1, method="ppt"):
+    """decide, then apply: (x, size, source, plan) with the block's r tokens removed from every image (prune_fuse:
+    r dropped, one fused token added). `threshold` is the variance threshold of PPTConfig.policy_threshold."""
+    if method in ("prune_fuse", "decouple_merge"):
+        plan = decide_single_rule(scores, metric, r, method, num_prefix_tokens)
+        x_out, size_out = apply_single_rule(plan, x, size, r, method)
+    else:
+        plan = decide(scores, metric, r, threshold, num_prefix_tokens)
+        x_out, size_out = apply_reduction(plan, x, size, r)
     if source is not None:
         source = apply_to_source(plan, source, r)
     return x_out, size_out, source, plan
@@ -183,5 +272,7 @@ def proportional_bias(size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 __all__ = ["CLS_SCORE", "importance_scores", "score_variance", "pool_policy", "prune_indices", "Matching",
-           "bipartite_matching", "prune_dest", "matching_dest", "ReductionPlan", "decide", "merge",
-           "apply_reduction", "apply_to_source", "reduce_tokens", "initial_source", "proportional_bias"]
+           "bipartite_matching", "prune_dest", "matching_dest", "Grouping", "ReductionPlan", "decide",
+           "PRUNE_FUSE", "DECOUPLE_MERGE", "fuse_grouping", "decouple_merge_grouping", "grouping_dest",
+           "decide_single_rule", "merge", "apply_reduction", "group_sum", "apply_grouping", "apply_single_rule",
+           "apply_to_source", "reduce_tokens", "initial_source", "proportional_bias"]

@@ -69,7 +69,8 @@ class PPTBlock(Block):
             unit = torch.ones_like(x[..., :1])
             merge_size = info["size"] if (cfg.prop_attn and info["size"] is not None) else unit
             x, info["size"], info["source"], plan = ppt.reduce_tokens(
-                x, scores, metric, merge_size, r, cfg.threshold, source=info["source"], num_prefix_tokens=prefix)
+                x, scores, metric, merge_size, r, cfg.policy_threshold, source=info["source"],
+                num_prefix_tokens=prefix, method=cfg.method)
             if info["want_trace"]:
                 info["trace"].append(trace_record(self._ppt_index, r, plan, info["size"]))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
@@ -143,7 +144,7 @@ def check_supported(model) -> None:
 def apply_ppt(model: VisionTransformer, ppt_config: Optional[PPTConfig] = None, trace: bool = False,
               **settings) -> VisionTransformer:
     """Turn a timm ViT/DeiT into a PPT model in place (no new parameters) and return it. The settings are a
-    PPTConfig or its fields as keywords (r, pp_loc_list, threshold, prop_attn, trace_source)."""
+    PPTConfig or its fields as keywords (r, pp_loc_list, threshold, prop_attn, trace_source, method)."""
     check_supported(model)
     cfg = PPTConfig.from_settings(ppt_config, **settings)
     if cfg.pp_loc_list and cfg.pp_loc_list[-1] >= len(model.blocks):

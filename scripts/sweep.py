@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Accuracy against cost over a grid of PPT settings (r, PP blocks, threshold) in MindSpore: a table and a plot.
+"""Accuracy against cost over a grid of PPT settings (r, PP blocks, threshold, method) in MindSpore: a table and a
+plot.
 
     python scripts/sweep.py --model deit_tiny_patch16_224 --checkpoint deit_tiny_patch16_224.pth \
         --data-path imagenet-sample foolbox-imagenet --r-values 10 20 30 40 50 60 \
@@ -9,8 +10,9 @@ writes deit_tiny_sweep.json and .csv (one row per setting: top-1, top-5, loss, G
 pooled per PP block; the dense model first) and deit_tiny_sweep.png (top-1 against GMACs and against images/s).
 The images are decoded once, in the batches eval_ms.py forms, so every row equals eval_ms.py's report for that
 setting. Each setting's graph is compiled once; images/s is its forward alone, after that compilation. The table
-is rewritten after every setting: --resume-sweep continues an interrupted sweep, evaluating only the settings missing
-from it. Threshold 0 makes every image prune and a threshold above every variance makes every image pool.
+is rewritten after every setting: --resume-sweep continues an interrupted sweep, or extends one with another grid,
+evaluating only the settings missing from it. Threshold 0 makes every image prune and a threshold above every variance makes every image pool.
+--methods adds the other reductions (prune, pool, prune_fuse, decouple_merge), each one curve, at the same r values.
 --calibrate adds, for each r and PP block list, the threshold with the best top-1 and its margin over the next best.
 """
 import argparse
@@ -23,7 +25,8 @@ import numpy as np
 
 from ppt_common import evaluation as ev
 from ppt_common import sweep
-from ppt_common.config import DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, get_arch
+from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, METHODS,
+                               get_arch)
 from ppt_common.files import OutputError, check_outputs
 from ppt_common.macs import gmacs
 
@@ -37,7 +40,9 @@ def build_parser():
                    help="r (tokens removed at each PP block) for each point of a curve")
     p.add_argument("--pp-loc-lists", dest="pp_loc_lists", nargs="+", default=[" ".join(map(str, DEFAULT_PP_LOC_LIST))],
                    help="PP block lists, each quoted: '3 6 9' '4 7 10'")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[DEFAULT_THRESHOLD])
+    p.add_argument("--thresholds", type=float, nargs="+", default=[DEFAULT_THRESHOLD], help="PPT's thresholds")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=[DEFAULT_METHOD],
+                   help="reductions to compare: ppt at each threshold, the others (one rule for every image) once")
     p.add_argument("--output", required=True, help="path prefix of the outputs: PREFIX.json, PREFIX.csv, PREFIX.png")
     p.add_argument("--resume-sweep", dest="resume_sweep", action="store_true",
                    help="continue the sweep in PREFIX.json (same images and model); --resume names weights, as in "
@@ -65,7 +70,8 @@ def check(args):
     ev.check_weights(args)
     arch = get_arch(args.model)
     try:
-        settings = sweep.grid(args.r_values, [sweep.parse_pp_loc_list(t) for t in args.pp_loc_lists], args.thresholds)
+        settings = sweep.grid(args.r_values, [sweep.parse_pp_loc_list(t) for t in args.pp_loc_lists], args.thresholds,
+                              list(dict.fromkeys(args.methods)))
         for s in settings:
             gmacs(arch, s.ppt_config())  # PP blocks outside the model, bad thresholds
     except ValueError as e:
@@ -83,11 +89,15 @@ def check(args):
 def run(args) -> dict:
     settings, (json_path, csv_path, png_path) = check(args)
     try:
-        done = sweep.read_table(json_path) if args.resume_sweep else {}
+        done, done_config = sweep.read_table(json_path) if args.resume_sweep else ({}, {})
     except ValueError as e:
         raise ev.UsageError(str(e)) from None
     ev.use_cached_weights_for_demo(args)  # as eval_ms.py: the demo takes cached official weights
     items = ev.load_items(args)
+    config = {"model": args.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained,
+              "data_path": args.data_path, "batch_size": min(args.batch_size, max(1, len(items))), "mode": args.mode,
+              "preprocess": args.preprocess}
+    sweep.check_same_run(done_config, config, json_path)  # before any image is decoded
     import mindspore as ms
     from ms_ppt.context import set_context
     set_context(args.mode)
@@ -103,19 +113,21 @@ def run(args) -> dict:
     weights = {p.name: p.asnumpy() for p in first.get_parameters()}
     from ms_ppt.data import eval_preprocess
     preprocess = eval_preprocess(args.model, args.preprocess)
-    batch_size = min(args.batch_size, max(1, len(items)))
+    batch_size = config["batch_size"]
     skipped = []
     batches = list(ev.iter_batches(items, batch_size, preprocess, args.num_workers, "skip", skipped))
     if not batches:
         raise ev.UsageError("no image could be read")
-    config = {"model": args.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained,
-              "data_path": args.data_path, "num_images": sum(len(b[1]) for b in batches), "skipped": len(skipped),
-              "batch_size": batch_size, "mode": args.mode, "preprocess": args.preprocess}
+    config.update(num_images=sum(len(b[1]) for b in batches), skipped=len(skipped))
+    sweep.check_same_run(done_config, config, json_path)
     order = {s.key: i for i, s in enumerate(settings)}
-    rows = [done[s.key] for s in settings if s.key in done]
+    kept = [key for key in done if key not in order]  # rows of another grid: an extended sweep keeps them
+    order.update({key: len(settings) + i for i, key in enumerate(kept)})
+    rows = sorted(done.values(), key=lambda row: order[row["setting"]])
     todo = [s for s in settings if s.key not in done]
     if done:
-        print(f"resuming: {len(rows)} of {len(settings)} settings are in {json_path}", file=sys.stderr)
+        print(f"resuming: {len(settings) - len(todo)} of {len(settings)} settings are in {json_path}"
+              + (f"; its {len(kept)} other rows are kept" if kept else ""), file=sys.stderr)
     started = time.perf_counter()
     for i, setting in enumerate(todo):
         model = ms_ppt.create_model(args.model, num_classes=first.arch.num_classes,
@@ -154,9 +166,10 @@ def evaluate_setting(model, setting, batches, batch_size: int, fixed_batch: bool
         policies = np.stack([t.policy for t in traces], 1)[:n] if traces else None
         metrics.add(np.asarray(logits)[:n], labels, paths, policies)
     result = metrics.result()
-    pooled = metrics.policy_matrix(len(model.pp_blocks)).sum(0).tolist()
-    return {"setting": setting.key, "r_tokens": setting.r, "pp_loc_list": list(setting.pp_loc_list),
-            "threshold": setting.threshold if setting.r else None, **result,
+    pooled = (metrics.policy_matrix(len(model.pp_blocks)) == 1).sum(0).tolist()
+    return {"setting": setting.key, "method": setting.method if setting.r else None, "r_tokens": setting.r,
+            "pp_loc_list": list(setting.pp_loc_list),
+            "threshold": setting.threshold if setting.r and setting.method == DEFAULT_METHOD else None, **result,
             "gmacs": gmacs(model.arch, setting.ppt_config()),
             "images_per_s": sum(len(p) for p in padded) / forward_seconds, "pooled_per_block": pooled}
 

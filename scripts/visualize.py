@@ -16,6 +16,7 @@ import numpy as np
 from ppt_common import evaluation as ev
 from ppt_common.files import OutputError, atomic_write, check_output
 from ppt_common.imagenet import ImageError
+from ppt_common.trace import POLICY_NAMES
 
 
 def traces_for(args, cfg, images):
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return ev.interrupted()
     print(f"wrote {args.output} ({figure.width}x{figure.height}); policies per PP block: "
-          + ", ".join(f"block {t.block}: {['prune', 'pool'][int(v)]}" for t in traces for v in t.policy[:1]))
+          + ", ".join(f"block {t.block}: {POLICY_NAMES[int(v)]}" for t in traces for v in t.policy[:1]))
     return 0
 
 

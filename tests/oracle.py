@@ -66,6 +66,37 @@ def reduce(x, scores, metric, size, r, threshold, prefix=1):
     return (*prune_tokens(x, size, prune_keep(scores, r)), 0)
 
 
+def weighted_groups(x, size, groups, weights):
+    """x_out: each group's weighted mean; size_out: each group's summed size."""
+    x_out = np.array([sum(x[i] * weights[i] for i in g) / sum(weights[i] for i in g) for g in groups])
+    return x_out, np.array([sum(size[i] for i in g) for g in groups]), groups
+
+
+def prune_fuse(x, size, scores, r):
+    """EViT/SPViT: the top N-r tokens in descending score order, then one token: the r dropped tokens' mean
+    weighted by their scores, holding their summed size."""
+    order = prune_keep(scores, 0)
+    keep, dropped = order[:len(x) - r], sorted(order[len(x) - r:])
+    weights = np.where(np.isin(np.arange(len(x)), dropped), scores, 1.0)
+    return weighted_groups(x, size, [[i] for i in keep] + [dropped], weights)
+
+
+def decouple_merge(x, size, scores, metric, r):
+    """2211.11315: the N-2r top-scored tokens kept in descending score order; the 2r others, by position,
+    alternate A, B; each A token joins its most similar B token (first maximal); size-weighted means."""
+    order = prune_keep(scores, 0)
+    n_keep = len(x) - 2 * r
+    inattentive = sorted(order[n_keep:])
+    a_pos, b_pos = inattentive[0::2], inattentive[1::2]
+    m = metric / np.linalg.norm(metric, axis=1, keepdims=True)
+    partner = {}
+    for p in a_pos:
+        sims = [float(m[p] @ m[q]) for q in b_pos]
+        partner[p] = b_pos[sims.index(max(sims))]
+    groups = [[i] for i in order[:n_keep]] + [[q] + [p for p in a_pos if partner[p] == q] for q in b_pos]
+    return weighted_groups(x, size, groups, size)
+
+
 def attention_with_bias(q, k, size, scale):
     """q, k [H, N, d], size [N] or None -> softmax(q k^T * scale + log size over keys)."""
     logits = np.einsum("hnd,hmd->hnm", q, k) * scale

@@ -18,6 +18,20 @@ def test_r_is_clamped_to_half_the_patches():
     assert [p.tokens_out for p in plans] == [6, 4, 3, 2]
 
 
+def test_prune_fuse_adds_its_fused_token_back_and_the_other_methods_remove_r():
+    for method, trajectory in (("prune_fuse", [148, 99, 51]), ("decouple_merge", [147, 97, 49]),
+                               ("prune", [147, 97, 49]), ("pool", [147, 97, 49])):
+        plans = token_schedule(197, 12, PPTConfig(r=50, method=method))
+        assert [p.tokens_out for p in plans if p.is_pp] == trajectory, method
+        assert [p.r for p in plans if p.is_pp] == [50, 50, 48 if method != "prune_fuse" else 49]
+
+
+def test_prune_and_pool_are_ppt_with_the_choice_fixed():
+    assert PPTConfig(method="prune", threshold=1.0).policy_threshold == 0.0  # no variance is below 0
+    assert PPTConfig(method="pool").policy_threshold == float("inf")
+    assert PPTConfig(threshold=3e-5).policy_threshold == 3e-5
+
+
 def test_per_pp_block_list_and_tome_schedule():
     assert PPTConfig(r=[40, 30, 20], pp_loc_list=(3, 6, 9)).r_per_pp_block(12) == [40, 30, 20]
     # the authors pop a 12-long ToMe schedule, one value per PP block
@@ -35,6 +49,7 @@ def test_per_pp_block_list_and_tome_schedule():
     (dict(threshold=float("nan")), "finite"),
     (dict(threshold=float("inf")), "finite"),
     (dict(pp_loc_list=(-1, 3)), ">= 0"),
+    (dict(method="tome"), "method must be one of ppt, prune, pool, prune_fuse, decouple_merge"),
 ])
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -95,6 +110,16 @@ def test_macs_match_the_paper(name, r, dense, ppt):
 def test_macs_without_reduction_equal_dense():
     arch = get_arch("deit_tiny_patch16_224")
     assert gmacs(arch, PPTConfig(r=0)) == gmacs(arch) == gmacs(arch, PPTConfig(pp_loc_list=()))
+
+
+def test_each_method_counts_the_similarities_it_computes():
+    """PPT (any threshold) and pool-only: ToMe's bipartite matmul at N = 197, 147, 97; decouple_merge: r x r among
+    the inattentive tokens (r = 50, 50, 48); pruning: none. DeiT-T's head_dim is 64."""
+    arch = get_arch("deit_tiny_patch16_224")
+    macs = {m: gmacs(arch, PPTConfig(r=50, method=m)) * 1e9 for m in ("ppt", "pool", "prune", "decouple_merge")}
+    assert macs["ppt"] == macs["pool"]
+    assert macs["ppt"] - macs["prune"] == pytest.approx((99 * 98 + 74 * 73 + 49 * 48) * 64, abs=1)
+    assert macs["decouple_merge"] - macs["prune"] == pytest.approx((50 * 50 + 50 * 50 + 48 * 48) * 64, abs=1)
 
 
 def test_target_gmacs_takes_the_nearest_r_and_states_the_rule():

@@ -58,14 +58,21 @@ def test_bad_arguments_fail_with_a_clear_message(args, message):
     assert "Traceback" not in res.stderr
 
 
-def test_target_gmacs_chooses_r_and_says_how(tmp_path):
+@pytest.mark.parametrize("method, r, gmacs", [("ppt", 50, 0.8001), ("prune_fuse", 51, 0.8002)])
+def test_target_gmacs_chooses_r_and_says_how(tmp_path, method, r, gmacs):
+    """prune_fuse keeps one fused token per PP block, so it needs one more r for the same budget."""
     out = tmp_path / "r.json"
-    res = run("eval_ms.py", "--target-gmacs", "0.8", "--limit", "4", "--output-json", out, *FAST)
+    res = run("eval_ms.py", "--target-gmacs", "0.8", "--method", method, "--limit", "4", "--output-json", out,
+              *FAST)
     assert res.returncode == 0, res.stderr
-    assert "--target-gmacs 0.8: r=50 at blocks [3, 6, 9] gives 0.8001 GMACs" in res.stderr
+    named = "" if method == "ppt" else f" ({method})"
+    assert f"--target-gmacs 0.8: r={r}{named} at blocks [3, 6, 9] gives {gmacs:.4f} GMACs" in res.stderr
     assert "ties to the smaller r" in res.stderr and res.stderr.count("--target-gmacs 0.8:") == 1
     report = json.loads(out.read_text())
-    assert report["config"]["r_tokens"] == 50 and round(report["gmacs"], 4) == 0.8001
+    assert report["config"]["r_tokens"] == r and round(report["gmacs"], 4) == gmacs
+    assert report["method"] == report["config"]["method"] == method
+    if method == "prune_fuse":
+        assert "every image prune_fuse" in res.stdout and report["pooled_per_block"] == [0, 0, 0]
 
 
 def test_wrong_and_empty_folders_are_errors(tmp_path):

@@ -137,6 +137,21 @@ def test_source_maps_match_the_reference_in_a_mixed_batch():
     np.testing.assert_array_equal(source, pt.ppt_source.numpy())
 
 
+@pytest.mark.parametrize("method", ["prune_fuse", "decouple_merge"])
+def test_single_rule_methods_give_the_reference_traces_logits_and_sources_in_graph_mode(method):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x = images(2, seed=4)
+    pt = pt_model("deit_tiny_patch16_224", method=method, trace_source=True)
+    pt_logits, pt_trace = run_pt(pt, x)
+    logits, traces, source = run_with_trace(ms_twin(pt, "deit_tiny_patch16_224", method=method, trace_source=True), x)
+    assert compare_traces(pt_trace, traces) == []
+    np.testing.assert_allclose(logits, pt_logits, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(source, pt.ppt_source.numpy())
+    # r=50 at blocks 3 6 9, clamped to half the patches at block 9; prune_fuse adds its fused token back
+    assert [t.tokens_out for t in traces] == ([148, 99, 51] if method == "prune_fuse" else [147, 97, 49])
+    assert (source.sum(1) == 1).all()  # nothing dropped: every patch is held by exactly one token
+
+
 def test_float16_keeps_decisions_in_float32_and_runs():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     model = ms_ppt.create_model("deit_tiny_patch16_224", dtype="float16", trace=True)

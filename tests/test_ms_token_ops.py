@@ -112,3 +112,80 @@ def test_distillation_token_is_never_pruned_or_merged_even_when_tempting(rng):
             assert (record.kept[:, :2] == [0, 1]).all()
         else:
             assert not np.isin(record.merge_src, [0, 1]).any() and not (record.merge_dst == 1).any()
+
+
+def single_rule_inputs(rng, B=3, N=13, C=5):
+    scores = np.concatenate([np.full((B, 1), 2.0), rng.dirichlet(np.ones(N - 1), size=B)], axis=1)
+    return rng.randn(B, N, C), scores, rng.randn(B, N, 3), rng.randint(1, 3, (B, N, 1)).astype(np.float64)
+
+
+def reduce_with_source(x, scores, metric, size, r, method, threshold=0.0, num_prefix_tokens=1):
+    """(x, size, source rows as lists of input positions, trace record) of one reduction."""
+    source = ppt.initial_source(x.shape[0], x.shape[1], T(x))
+    xo, so, src, plan = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold, source,
+                                          num_prefix_tokens, method)
+    groups = [[np.nonzero(row)[0].tolist() for row in img] for img in src.asnumpy()]
+    return xo.asnumpy(), so.asnumpy(), groups, trace_record(0, r, plan, so)
+
+
+@pytest.mark.parametrize("method", ["prune_fuse", "decouple_merge"])
+def test_single_rule_methods_match_oracle_image_by_image(rng, method):
+    B, N, r = 3, 13, 4
+    x, scores, metric, size = single_rule_inputs(rng, B, N)
+    xo, so, groups, record = reduce_with_source(x, scores, metric, size, r, method)
+    for b in range(B):
+        if method == "prune_fuse":
+            ex, es, eg = oracle.prune_fuse(x[b], size[b, :, 0], scores[b], r)
+        else:
+            ex, es, eg = oracle.decouple_merge(x[b], size[b, :, 0], scores[b], metric[b], r)
+        np.testing.assert_allclose(xo[b], ex, rtol=1e-12)
+        np.testing.assert_array_equal(so[b, :, 0], es)
+        assert groups[b] == [sorted(g) for g in eg]  # the source map holds each output token's inputs
+    assert (record.policy == (ppt.PRUNE_FUSE if method == "prune_fuse" else ppt.DECOUPLE_MERGE)).all()
+    assert record.tokens_out == (N - r + 1 if method == "prune_fuse" else N - r)
+
+
+def test_prune_fuse_keeps_what_pruning_keeps_and_fuses_what_it_drops(rng):
+    B, N, r = 2, 13, 4
+    x, scores, metric, _ = single_rule_inputs(rng, B, N)
+    size = np.ones((B, N, 1))
+    xp, _, _, pruned = reduce_with_source(x, scores, metric, size, r, "ppt", threshold=0.0)
+    xf, sf, groups, fused = reduce_with_source(x, scores, metric, size, r, "prune_fuse")
+    np.testing.assert_array_equal(xf[:, :N - r], xp)  # the kept tokens, copied exactly, in pruning's order
+    np.testing.assert_array_equal(fused.kept, pruned.kept)
+    for b in range(B):
+        dropped = sorted(set(range(N)) - set(pruned.kept[b].tolist()))
+        assert groups[b][-1] == dropped == fused.merge_src[b].tolist() and sf[b, -1, 0] == r
+        w = scores[b, dropped]
+        np.testing.assert_allclose(xf[b, -1], (w[:, None] * x[b, dropped]).sum(0) / w.sum(), rtol=1e-12)
+
+
+def test_decouple_merge_keeps_the_attentive_pair_pooling_merges_and_drops_nothing(rng):
+    """Tokens 1 and 2 score highest and are the most similar pair: PPT's pooling merges 2 into 1 and its pruning
+    drops the r lowest-scored tokens; decouple-and-merge keeps 1 and 2 apart and merges only among the 2r
+    inattentive tokens (positions 5..10 here), so every patch is still held by some token."""
+    N, r = 11, 3
+    patches = np.linspace(0.2, 0.01, N - 1)  # descending with position
+    scores = np.concatenate([[2.0], patches / patches.sum()])[None]
+    metric = rng.randn(1, N, 4)
+    metric[0, 2] = 3 * metric[0, 1]
+    x, size = rng.randn(1, N, 5), np.ones((1, N, 1))
+    _, _, _, pooled = reduce_with_source(x, scores, metric, size, r, "ppt", threshold=1e9)
+    assert 2 in pooled.merge_src[0] and pooled.merge_dst[0][pooled.merge_src[0].tolist().index(2)] == 1
+    _, _, _, pruned = reduce_with_source(x, scores, metric, size, r, "ppt", threshold=0.0)
+    assert pruned.kept[0].tolist() == list(range(N - r))
+    _, so, groups, dm = reduce_with_source(x, scores, metric, size, r, "decouple_merge")
+    assert groups[0][:N - 2 * r] == [[i] for i in range(N - 2 * r)]  # attentive 0..4 kept alone, 1 and 2 apart
+    assert dm.merge_src[0].tolist() == [5, 7, 9] and set(dm.merge_dst[0].tolist()) <= {6, 8, 10}
+    assert so.sum() == N  # nothing dropped
+
+
+@pytest.mark.parametrize("method", ["prune_fuse", "decouple_merge"])
+def test_single_rule_methods_keep_prefix_tokens_alone_when_tempting(rng, method):
+    B, r = 2, 5
+    attn, v, metric, x, size = oracle.tempting_distilled_inputs(rng, B)
+    scores = ppt.importance_scores(T(attn), T(v), 2).asnumpy()
+    _, _, groups, record = reduce_with_source(x, scores, metric, size, r, method, num_prefix_tokens=2)
+    for b in range(B):
+        assert groups[b][:2] == [[0], [1]]
+    assert not np.isin(record.merge_src, [0, 1]).any() and not np.isin(record.merge_dst, [0, 1]).any()

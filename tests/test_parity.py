@@ -11,10 +11,10 @@ from ms_ppt.vision_transformer import params_from_numpy
 from ppt_common.parity import run_both
 
 
-def parity(real_images, dtype, mode, threshold=7e-5, batch_size=30):
+def parity(real_images, dtype, mode, threshold=7e-5, batch_size=30, method="ppt"):
     need_shared_data()
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    kwargs = dict(threshold=threshold, trace=True, dtype=dtype)
+    kwargs = dict(threshold=threshold, trace=True, dtype=dtype, method=method)
     pt = pt_reference.create_model("deit_tiny_patch16_224", checkpoint=DEIT_TINY, **kwargs)
     msm = ms_ppt.create_model("deit_tiny_patch16_224", **kwargs)
     params_from_numpy(msm, {k: v.float().numpy() for k, v in pt.state_dict().items()})  # converted from pt
@@ -44,11 +44,13 @@ def test_float64_paper_settings_every_trace_identical_on_270_photos(real_images)
     assert pooled[0] > 0 and pooled[-1] < 270  # both policies occur on real photos
 
 
-@pytest.mark.parametrize("threshold", [0.0, 1e9])
-def test_float64_forced_policies_identical(real_images, threshold):
+@pytest.mark.parametrize("method", ["prune", "pool", "prune_fuse", "decouple_merge"])
+def test_float64_single_rule_methods_identical(real_images, method):
+    """Prune-only and pool-only (PPT with the policy fixed) and the sibling methods, on 30 photos."""
     x, labels, paths = real_images
-    r = parity((x[::9], labels[::9], paths[::9]), "float64", "pynative", threshold=threshold)
+    r = parity((x[::9], labels[::9], paths[::9]), "float64", "pynative", method=method)
     assert r["images_with_identical_traces"] == r["num_images"] == 30 and r["max_abs_logit_diff"] < 1e-9
+    assert r["top1_pt"] == r["top1_ms"]
 
 
 def test_float32_agrees_up_to_explained_near_ties(real_images):

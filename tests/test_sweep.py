@@ -41,16 +41,21 @@ def test_rows_equal_eval_ms_and_a_resumed_sweep_evaluates_only_what_is_missing(t
     assert rows[2]["loss"] == pytest.approx(expected["loss"], rel=1e-6)
     assert rows[2]["pooled_per_block"] == expected["pooled_per_block"]
 
-    res = run("sweep.py", "--r-values", 20, 50, "--thresholds", 0, 7e-5, "--output", prefix, "--resume-sweep",
-              "--mode", "pynative", "--calibrate")
+    # extended with another grid: r=20 and a second method; the r=50 rows stay
+    res = run("sweep.py", "--r-values", 20, "--thresholds", 0, 7e-5, "--methods", "ppt", "decouple_merge",
+              "--output", prefix, "--resume-sweep", "--mode", "pynative", "--calibrate")
     assert res.returncode == 0, res.stderr
-    assert "resuming: 3 of 5 settings" in res.stderr
-    assert res.stderr.count("] r=20") == 2 and "dense:" not in res.stderr and "] r=50" not in res.stderr
-    assert [r["r_tokens"] for r in rows_of(prefix)] == [0, 20, 50, 20, 50]
+    assert "resuming: 1 of 4 settings" in res.stderr and "its 2 other rows are kept" in res.stderr
+    assert res.stderr.count("] r=20") == 2 and "dense:" not in res.stderr and "r=50" not in res.stderr
+    rows = rows_of(prefix)
+    assert [(r["method"], r["r_tokens"]) for r in rows] == [(None, 0), ("ppt", 20), ("ppt", 20),
+                                                            ("decouple_merge", 20), ("ppt", 50), ("ppt", 50)]
+    assert rows[3]["setting"] == "decouple_merge r=20 pp=3 6 9" and rows[3]["threshold"] is None
+    assert round(rows[3]["gmacs"], 4) == 1.0638 and rows[3]["pooled_per_block"] == [0, 0, 0]
     table = json.loads((tmp_path / "demo.json").read_text())
-    assert [c["r_tokens"] for c in table["calibration"]] == [20, 50]
+    assert [c["r_tokens"] for c in table["calibration"]] == [20, 50]  # PPT's thresholds only
     assert res.stdout.count("calibrated threshold for r=") == 2 and "next best" in res.stdout
-    assert (tmp_path / "demo.csv").read_text().splitlines()[0].startswith("setting,r_tokens,pp_loc_list,threshold")
+    assert (tmp_path / "demo.csv").read_text().splitlines()[0].startswith("setting,method,r_tokens,pp_loc_list,threshold")
     assert (tmp_path / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -73,6 +78,15 @@ def test_an_existing_sweep_is_neither_overwritten_nor_resumed_unasked(tmp_path):
     res = run("sweep.py", "--output", tmp_path / "s", "--resume-sweep", *FAST)
     assert res.returncode == 2 and "not a sweep table" in res.stderr
     assert (tmp_path / "s.json").read_text() == "{}"
+
+
+def test_a_sweep_is_extended_only_with_the_same_model_images_and_options(tmp_path):
+    table = {"rows": [], "config": {"model": "deit_small_patch16_224", "mode": "pynative"}}
+    (tmp_path / "s.json").write_text(json.dumps(table))
+    res = run("sweep.py", "--output", tmp_path / "s", "--resume-sweep", *FAST)
+    assert res.returncode == 2, res.stderr
+    assert "measured differently (model: 'deit_small_patch16_224' there, 'deit_tiny_patch16_224' now)" in res.stderr
+    assert json.loads((tmp_path / "s.json").read_text()) == table
 
 
 def test_calibration_takes_the_best_top1_then_the_lower_loss_and_states_its_margin():

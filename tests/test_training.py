@@ -16,10 +16,10 @@ SMALL = ArchConfig(img_size=64, patch_size=8, embed_dim=48, depth=4, num_heads=3
 FLAGS = {"plain": {}, "distilled_layer_scale": dict(num_prefix_tokens=2, init_values=0.5)}
 
 
-def twin_models(arch, threshold, seed=0, train=False):
+def twin_models(arch, threshold, seed=0, train=False, method="ppt"):
     """A float64 pt_reference model and the MindSpore model with its weights, PPT at blocks 1 and 2."""
     torch.manual_seed(seed)
-    cfg = PPTConfig(r=10, pp_loc_list=(1, 2), threshold=threshold)
+    cfg = PPTConfig(r=10, pp_loc_list=(1, 2), threshold=threshold, method=method)
     pt = apply_ppt(build_timm_model(arch).double().train(train), cfg, trace=True)
     ms_model = VisionTransformer(arch, cfg, trace=True).to_dtype(ms.float64)
     params_from_numpy(ms_model, {k: v.numpy() for k, v in pt.state_dict().items()})
@@ -57,11 +57,31 @@ def test_parameter_gradients_match_the_reference_in_float64(flags, mode, rng):
     def loss(images):
         return (ms_model(images)[0] * c).sum()
     grads = ms.grad(loss, grad_position=None, weights=params)(ms.Tensor(x))
+    assert_gradients_equal(params, grads, expected)
+
+
+def assert_gradients_equal(params, grads, expected):
     assert sorted(p.name for p in params) == sorted(expected)
     for p, g in zip(params, grads):
         want = expected[p.name]
         np.testing.assert_allclose(g.asnumpy(), want, rtol=0, atol=1e-9 * max(1.0, np.abs(want).max()),
                                    err_msg=p.name)
+
+
+@pytest.mark.parametrize("method", ["prune_fuse", "decouple_merge"])
+def test_single_rule_methods_back_propagate_like_the_reference_in_graph_mode(method, rng):
+    """The fused token passes s_j / sum(s) of its gradient to each dropped token, a merged token size_j / sum(size)
+    to each member: the same gradients as autograd through pt_reference's gather and scatter_add."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x, cotangent = rng.randn(2, 3, 64, 64), rng.randn(2, SMALL.num_classes)
+    pt, ms_model = twin_models(SMALL, 0.0, train=True, method=method)
+    (pt(torch.from_numpy(x)) * torch.from_numpy(cotangent)).sum().backward()
+    params, c = ms_model.trainable_params(), ms.Tensor(cotangent)
+
+    def loss(images):
+        return (ms_model(images)[0] * c).sum()
+    grads = ms.grad(loss, grad_position=None, weights=params)(ms.Tensor(x))
+    assert_gradients_equal(params, grads, {name: p.grad.numpy() for name, p in pt.named_parameters()})
 
 
 def test_drop_path_rates_follow_timms_linear_rule():
