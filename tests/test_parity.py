@@ -46,10 +46,10 @@ def test_float64_paper_settings_every_trace_identical_on_270_photos(real_images)
 
 @pytest.mark.parametrize("method", ["prune", "pool", "prune_fuse", "decouple_merge"])
 def test_float64_single_rule_methods_identical(real_images, method):
-    """Prune-only and pool-only (PPT with the policy fixed) and the sibling methods, on 30 photos."""
+    """Prune-only and pool-only (PPT with the policy fixed) and the sibling methods, on 15 photos."""
     x, labels, paths = real_images
-    r = parity((x[::9], labels[::9], paths[::9]), "float64", "pynative", method=method)
-    assert r["images_with_identical_traces"] == r["num_images"] == 30 and r["max_abs_logit_diff"] < 1e-9
+    r = parity((x[::18], labels[::18], paths[::18]), "float64", "pynative", batch_size=15, method=method)
+    assert r["images_with_identical_traces"] == r["num_images"] == 15 and r["max_abs_logit_diff"] < 1e-9
     assert r["top1_pt"] == r["top1_ms"]
 
 
