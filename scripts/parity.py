@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         report = run_both(run_pt, run_ms, progress, cfg.threshold, DEFAULT_BOUNDS)
         report["config"] = {"model": args.model, "checkpoint": args.checkpoint, "dtype": args.dtype,
                             "mode": args.mode, "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r),
-                            "pp_loc_list": list(cfg.pp_loc_list), "threshold": cfg.threshold,
+                            "pp_loc_list": list(cfg.pp_loc_list), "threshold": cfg.threshold, "method": cfg.method,
                             "prop_attn": cfg.prop_attn, "skipped_images": skipped}
         print(format_report(report))
         if args.output_json:
