@@ -117,7 +117,7 @@ def free_port():
 
 
 def eval_args(out):
-    return ["--checkpoint", DEIT_TINY, "--data-path", IMAGENET_SAMPLE, FOOLBOX, "--batch-size", "16",
+    return ["--checkpoint", DEIT_TINY, "--data-path", IMAGENET_SAMPLE, FOOLBOX, "--limit", "46", "--batch-size", "16",
             "--throughput-runs", "0", "--quiet", "--output-json", out / "report.json",
             "--save-predictions", out / "predictions.npz"]
 
@@ -145,9 +145,10 @@ def launch(launcher, script, out, cwd):
 
 @pytest.mark.parametrize("launcher, script", [("msrun", "eval_ms.py"), ("torchrun", "eval_pt.py")])
 def test_two_workers_give_exactly_the_one_process_evaluation(launcher, script, tmp_path):
-    """270 real photos over 2 ranks (135 each, batches of 16: both end on a short batch, padded in GRAPH_MODE):
+    """46 real photos over 2 ranks (23 each, batches of 16: both end on a short batch, padded in GRAPH_MODE):
     top-1, top-5, loss, policy counts and every image's logits, in the same order, as one process; only rank 0
-    writes, and nothing is left in the working folder."""
+    writes, and nothing is left in the working folder. PyTorch's CPU matmul rounds a row alike only within batches
+    of the same size, so the counts are those of all 270 photos: batches of 16, 14 (one process) and 7 (a rank)."""
     need_shared_data()
     if launcher == "msrun" and shutil.which("msrun", path=os.path.dirname(sys.executable)) is None:
         pytest.fail("msrun is not installed beside this Python (it comes with mindspore)")
@@ -157,7 +158,7 @@ def test_two_workers_give_exactly_the_one_process_evaluation(launcher, script, t
     res, parallel, parallel_pred = launch(launcher, script, tmp_path / "parallel", work)
     for key in ("top1", "top5", "loss", "num_images", "pooled_per_block", "pruned_per_block", "skipped_images"):
         assert parallel[key] == single[key], key
-    assert single["num_images"] == 270 and parallel["config"]["world_size"] == 2
+    assert single["num_images"] == 46 and parallel["config"]["world_size"] == 2
     for key in ("paths", "labels", "policies"):
         np.testing.assert_array_equal(parallel_pred[key], single_pred[key])
     np.testing.assert_array_equal(parallel_pred["logits"], single_pred["logits"])

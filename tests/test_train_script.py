@@ -89,7 +89,7 @@ def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tmp_path):
 
 
 def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
-    """2 ranks x batch 4 against 1 process x batch 8, 3 steps (mixup off: it mixes within a rank's batch): the
+    """2 ranks x batch 4 against 1 process x batch 8, 2 steps (mixup off: it mixes within a rank's batch): the
     same images with the same augmentation and drop-path draws reach the same weights up to float32 summation
     order, and validation counts summed over ranks equal the single process's. Only rank 0 writes.
 
@@ -98,7 +98,7 @@ def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
     need_shared_data()
     if shutil.which("msrun", path=os.path.dirname(sys.executable)) is None:
         pytest.fail("msrun is not installed beside this Python (it comes with mindspore)")
-    common = ["--model", "deit_tiny_patch16_224", "--resume", DEIT_TINY, "--limit", "24", "--epochs", "1",
+    common = ["--model", "deit_tiny_patch16_224", "--resume", DEIT_TINY, "--limit", "16", "--epochs", "1",
               "--mixup", "0", "--cutmix", "0", "--num_workers", "1", "--mode", "pynative"]
     work = tmp_path / "work"
     work.mkdir()
@@ -117,11 +117,11 @@ def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
             diffs[k][dim:2 * dim] = 0
     worst = max(float(d.max()) for d in diffs.values())
     lr = 1e-6  # epoch 0 runs at the warm-up lr
-    assert worst <= 1e-6 and key_bias <= 2 * lr * 3, (worst, key_bias)
+    assert worst <= 1e-6 and key_bias <= 2 * lr * 2, (worst, key_bias)
     a, b = log_rows(tmp_path / "single"), log_rows(tmp_path / "parallel")
     for key in ("train_steps", "test_acc1", "test_acc5", "test_images"):
         assert a[0][key] == b[0][key], key
-    assert a[0]["train_steps"] == 3 and abs(a[0]["train_loss"] - b[0]["train_loss"]) < 1e-5
+    assert a[0]["train_steps"] == 2 and abs(a[0]["train_loss"] - b[0]["train_loss"]) < 1e-5
     assert sorted(os.listdir(tmp_path / "parallel")) == ["checkpoint.ckpt", "log.txt"] and os.listdir(work) == []
 
 
