@@ -16,7 +16,7 @@ per variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise
 
 Memory: each variant is also built, compiled and called twice in a child process of its own, and that process's
 peak resident set size (RSS, from wait4) is reported: what a user's process needs for that model, batch and
-framework, libraries included (--no-memory skips it).
+framework, libraries included (--no-memory skips it). The --token-ops diagnostic variants are timed only.
 """
 import argparse
 import os
@@ -192,8 +192,8 @@ def main(argv=None) -> int:
             variants = [(fw, variant) for fw in args.frameworks for variant in ["dense", "ppt"] + (
                 ["ppt_graph_reduction", "ppt_without_token_ops"] if fw == "mindspore" and args.token_ops else [])]
             try:  # before the timed runners exist, so that the children have the machine to themselves
-                memory = {key: peak_rss_mb(*key[:1], name, batch, key[1], args) for key in variants} if args.memory \
-                    else {}
+                memory = {key: peak_rss_mb(*key[:1], name, batch, key[1], args) for key in variants
+                          if key[1] in ("dense", "ppt")} if args.memory else {}
             except RuntimeError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 1
@@ -203,7 +203,8 @@ def main(argv=None) -> int:
                              "images_per_s": batch / sec, "latency_ms": 1000 * sec,
                              "peak_rss_mb": memory.get((fw, variant))})
                 print(f"  {name} {fw:9s} {variant:21s} batch {batch:3d}: {1000 * sec:8.1f} ms"
-                      + (f", peak RSS {memory[(fw, variant)]:.0f} MB" if memory else ""), file=sys.stderr)
+                      + (f", peak RSS {memory[(fw, variant)]:.0f} MB" if (fw, variant) in memory else ""),
+                      file=sys.stderr)
     print(format_table(rows))
     if args.output_json:
         report = {"rows": rows, "config": vars(args), "seconds": time.time() - started, "machine": machine()}

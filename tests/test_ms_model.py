@@ -70,8 +70,8 @@ def test_random_init_parity_all_pool_all_prune_mixed(name, mode):
 
 
 def test_random_init_parity_deit_base_mixed():
-    x = images(2)
-    assert_parity("deit_base_patch16_224", x, mixed_threshold("deit_base_patch16_224", x), "graph",
+    x = images(2)  # PyNative: DeiT-B's graph compiles like DeiT-T's, at twice the cost
+    assert_parity("deit_base_patch16_224", x, mixed_threshold("deit_base_patch16_224", x), "pynative",
                   expect_policies={0, 1})
 
 
@@ -260,11 +260,11 @@ def randomised_layer_scale(pt):
 
 
 @pytest.mark.parametrize("name, mode, thresholds", [
-    ("deit_tiny_distilled_patch16_224", "pynative", ("pool", "prune", "mixed")),
+    ("deit_tiny_distilled_patch16_224", "pynative", ("mixed",)),  # a mixed batch: both policies
     ("deit_tiny_distilled_patch16_224", "graph", ("mixed",)),
-    ("deit3_small_patch16_224", "pynative", ("pool", "prune", "mixed")),
+    ("deit3_small_patch16_224", "pynative", ("mixed",)),
     ("deit3_small_patch16_224", "graph", ("mixed",)),
-    ("vit_base_patch16_clip_quickgelu_224", "pynative", ("pool", "mixed")),
+    ("vit_base_patch16_clip_quickgelu_224", "pynative", ("mixed",)),
 ])
 def test_new_backbones_give_the_reference_traces_and_logits_in_float64(name, mode, thresholds):
     """Distilled DeiT (two protected prefix tokens), DeiT-III (LayerScale, no class position embedding) and CLIP

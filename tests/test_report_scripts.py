@@ -26,7 +26,10 @@ def test_benchmark_writes_rows_for_both_frameworks_and_variants(tmp_path):
         ("pytorch", "dense"), ("pytorch", "ppt")}
     for r in rows:
         assert r["batch_size"] == 1 and r["images_per_s"] > 0 and r["latency_ms"] > 0
-        assert 100 < r["peak_rss_mb"] < 20000  # a child process per variant: the libraries alone take >100 MB
+        if r["variant"] in ("dense", "ppt"):  # a child process per variant: the libraries alone take >100 MB
+            assert 100 < r["peak_rss_mb"] < 20000
+        else:  # the token-ops diagnostics are timed only
+            assert r["peak_rss_mb"] is None
     assert "PPT speed-up" in res.stdout and "MindSpore / PyTorch" in res.stdout and "peak RSS" in res.stdout
     assert "graph-op reduction" in res.stdout and "token ops" in res.stdout
 
@@ -69,14 +72,15 @@ def test_parity_script_reports_the_promised_keys(tmp_path):
 
 
 def test_train_parity_script_reports_equal_steps_in_float64(tmp_path):
-    """Two AdamW steps of the real DeiT-Tiny on 4 photos whose batch mixes both policies at the first PP block."""
+    """An AdamW step of the real DeiT-Tiny on 4 photos whose batch mixes both policies at the first PP block (more
+    steps: tests/test_training.py)."""
     need_shared_data()
     out = tmp_path / "train_parity.json"
     res = run("train_parity.py", "--checkpoint", DEIT_TINY, "--data-path", FOOLBOX, "--limit", "4", "--batch-size",
-              "4", "--mode", "pynative", "--mixed-threshold", "--lrs", "1e-4", "3e-4", "--quiet", "--output-json", out)
+              "4", "--mode", "pynative", "--mixed-threshold", "--lrs", "1e-4", "--quiet", "--output-json", out)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert [s["step"] for s in report["steps"]] == [0, 1] and report["all_traces_identical"]
+    assert [s["step"] for s in report["steps"]] == [0] and report["all_traces_identical"]
     assert report["worst_grad_gap"] < 1e-9 and report["worst_weight_gap"] < 1e-9
     assert 0 < report["steps"][0]["pooled_per_block"][0] < 4  # some pool, some prune
     assert all(abs(s["loss_pt"] - s["loss_ms"]) < 1e-10 for s in report["steps"])
