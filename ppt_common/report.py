@@ -142,8 +142,9 @@ def print_summary(report: dict, out=None) -> None:
     c = report["config"]
     applied = report["r_applied_per_pp_block"]
     capped = "" if applied == report["r_requested_per_pp_block"] else f" (capped at half the patches: {applied})"
+    rule = f"threshold={c['threshold']:g}" if c.get("method", "ppt") == "ppt" else f"method={c['method']}"
     print(f"{report['framework']} | {c['model']} | r={c['r_tokens']} at {c['pp_loc_list']}{capped} "
-          f"threshold={c['threshold']:g} prop_attn={c['prop_attn']} | {c['dtype']}", file=out)
+          f"{rule} prop_attn={c['prop_attn']} | {c['dtype']}", file=out)
     print(f"  images      {report['num_images']}" + (f"  ({len(report['skipped_images'])} unreadable, skipped)"
                                                       if report["skipped_images"] else ""), file=out)
     print(f"  top-1       {report['top1']:.2f} %", file=out)

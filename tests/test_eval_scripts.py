@@ -73,6 +73,7 @@ def test_target_gmacs_chooses_r_and_says_how(tmp_path, method, r, gmacs):
     assert report["method"] == report["config"]["method"] == method
     if method == "prune_fuse":
         assert "every image prune_fuse" in res.stdout and report["pooled_per_block"] == [0, 0, 0]
+        assert "method=prune_fuse" in res.stdout and "threshold=" not in res.stdout
 
 
 def test_wrong_and_empty_folders_are_errors(tmp_path):
