@@ -21,6 +21,8 @@ from typing import NamedTuple
 import mindspore as ms
 from mindspore import Tensor, ops
 
+from ppt_common.config import SINGLE_RULE_METHODS
+
 CLS_SCORE = 2.0
 NEG_INF = float("-inf")
 
@@ -220,7 +222,7 @@ def apply_to_source(plan, source, r, method="ppt"):
 def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1, method="ppt"):
     """decide, then apply: (x, size, source, plan) with the block's r tokens removed from every image (prune_fuse:
     r dropped, one fused token added). `threshold` is the variance threshold of PPTConfig.policy_threshold."""
-    if method in ("prune_fuse", "decouple_merge"):
+    if method in SINGLE_RULE_METHODS:
         plan = decide_single_rule(scores, metric, r, method, num_prefix_tokens)
         x_out, size_out = apply_single_rule(plan, x, size, r, method)
     else:

@@ -11,7 +11,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from ppt_common.config import ArchConfig, BlockPlan, PPTConfig, arch_schedule
+from ppt_common.config import SINGLE_RULE_METHODS, ArchConfig, BlockPlan, PPTConfig, arch_schedule
 from ms_ppt import kernels, ppt
 
 # float16 runs matmuls in float16; softmax, scores, variance, similarity and LayerNorm run in float32.
@@ -316,7 +316,7 @@ class TokenReduction(nn.Cell):
         self.method = method
         self.threshold_tensor = Tensor([threshold], ms.float32)
         # the fused kernel takes PPT's two policies and protects the class token only
-        ppt_policies = method in ("ppt", "prune", "pool")
+        ppt_policies = method not in SINGLE_RULE_METHODS
         op = kernels.ppt_reduce_op(r) if custom_kernels and num_prefix_tokens == 1 and ppt_policies else None
         self.fused = FusedReduction(op) if op is not None else None
         self.use_fused = self.fused is not None

@@ -215,6 +215,7 @@ DEFAULT_THRESHOLD = 7e-5
 # tokens into one extra token, and 2211.11315's decouple-and-merge.
 METHODS = ("ppt", "prune", "pool", "prune_fuse", "decouple_merge")
 DEFAULT_METHOD = "ppt"
+SINGLE_RULE_METHODS = ("prune_fuse", "decouple_merge")  # their own dest maps; the others are PPT's reduction
 
 # what the eval tools run with no options: DeiT-Tiny on the sample shipped in ms_ppt/demo-data
 DEMO_MODEL = "deit_tiny_patch16_224"

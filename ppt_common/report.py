@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ppt_common.config import DEMO_DATA, arch_schedule, data_config, get_arch
+from ppt_common.config import DEFAULT_METHOD, DEMO_DATA, SINGLE_RULE_METHODS, arch_schedule, data_config, get_arch
 from ppt_common.data import is_demo
 from ppt_common.distributed import SINGLE, World
 from ppt_common.files import json_writer, write_all
@@ -142,7 +142,8 @@ def print_summary(report: dict, out=None) -> None:
     c = report["config"]
     applied = report["r_applied_per_pp_block"]
     capped = "" if applied == report["r_requested_per_pp_block"] else f" (capped at half the patches: {applied})"
-    rule = f"threshold={c['threshold']:g}" if c.get("method", "ppt") == "ppt" else f"method={c['method']}"
+    rule = (f"threshold={c['threshold']:g}" if c.get("method", DEFAULT_METHOD) == DEFAULT_METHOD
+            else f"method={c['method']}")
     print(f"{report['framework']} | {c['model']} | r={c['r_tokens']} at {c['pp_loc_list']}{capped} "
           f"{rule} prop_attn={c['prop_attn']} | {c['dtype']}", file=out)
     print(f"  images      {report['num_images']}" + (f"  ({len(report['skipped_images'])} unreadable, skipped)"
@@ -159,7 +160,7 @@ def print_summary(report: dict, out=None) -> None:
         ranks = c.get("world_size", 1)
         print(f"  end to end  {report['end_to_end_throughput']:.1f} images/s (whole run, decoding and compilation "
               f"included{f', {ranks} processes' if ranks > 1 else ''})", file=out)
-    if report.get("method", "ppt") in ("prune_fuse", "decouple_merge"):
+    if report.get("method", DEFAULT_METHOD) in SINGLE_RULE_METHODS:
         blocks = " ".join(map(str, report["pp_blocks"]))
         print(f"  PP blocks   {blocks}: every image {report['method']}", file=out)
         return
