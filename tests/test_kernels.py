@@ -4,13 +4,14 @@ import os
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import nn
+from mindspore import nn, ops
 
 import ms_ppt
 from conftest import DEIT_TINY
 from ms_ppt import kernels
 from ms_ppt.factory import run_with_trace
-from ms_ppt.vision_transformer import GELU, LayerNorm, PatchProjection, SwapMiddleAxes, TokenReduction
+from ms_ppt.vision_transformer import (GELU, BiasGELU, LayerNorm, PatchProjection, QkvHeads, ScaledSoftmax,
+                                      ScaledSoftmaxLogSize, SwapMiddleAxes, TokenReduction)
 from ppt_common.trace import compare_traces
 
 
@@ -97,6 +98,115 @@ def test_patches_from_two_swaps_equal_the_six_axis_transpose():
     fast, reference = PatchProjection(3, 8, 16, custom_kernels=True), PatchProjection(3, 8, 16)
     assert fast.swap.use_op and not reference.swap.use_op
     np.testing.assert_array_equal(fast.patches(x).asnumpy(), reference.patches(x).asnumpy())
+
+
+class Weighted(nn.Cell):
+    """sum(cell(*inputs) * cotangent), for gradients of cells with one or several outputs."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def construct(self, a, b, cotangents):
+        out = self.cell(a, b) if b is not None else self.cell(a)
+        if isinstance(out, tuple):
+            return sum((o * c).sum() for o, c in zip(out, cotangents))
+        return (out * cotangents[0]).sum()
+
+
+def grads_of(cell, a, b, cotangents):
+    positions = (0, 1) if b is not None else 0
+    return ms.grad(Weighted(cell), grad_position=positions)(a, b, cotangents)
+
+
+def test_qkv_heads_kernel_is_bias_add_swap_and_split_and_its_gradient(rng):
+    """The fused attention's head split: bit-identical to BiasAdd, the head swap and three slices, with the
+    gradient of those graph ops (GRAPH_MODE, as in training)."""
+    need_kernel("swap_axes_cpu")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    B, N, H, D = 2, 9, 3, 4
+    qkv, bias = rng.randn(B, N, 3 * H, D).astype(np.float32), rng.randn(3 * H * D).astype(np.float32)
+    cotangents = tuple(ms.Tensor(rng.randn(B, H, N, D).astype(np.float32)) for _ in range(3))
+
+    class GraphOps(nn.Cell):
+        def construct(self, qkv, bias):
+            heads = (qkv + bias.reshape(3 * H, D)).transpose(0, 2, 1, 3)
+            return heads[:, :H], heads[:, H:2 * H], heads[:, 2 * H:]
+
+    fused = QkvHeads(kernels.qkv_heads_op())
+    args = (ms.Tensor(qkv), ms.Tensor(bias))
+    for got, want in zip(fused(*args), GraphOps()(*args)):
+        np.testing.assert_array_equal(got.asnumpy(), want.asnumpy())
+    for got, want in zip(grads_of(fused, *args, cotangents), grads_of(GraphOps(), *args, cotangents)):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_bias_gelu_kernel_is_bias_add_then_gelu_and_its_gradient(rng):
+    need_kernel("gelu_cpu")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x, bias = (rng.randn(37, 48) * 3).astype(np.float32), rng.randn(48).astype(np.float32)
+    cotangents = (ms.Tensor(rng.randn(37, 48).astype(np.float32)),)
+
+    class GraphOps(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.gelu = GELU(custom_kernels=True)
+
+        def construct(self, x, bias):
+            return self.gelu(ops.bias_add(x, bias))
+
+    fused, reference = BiasGELU(kernels.bias_gelu_op()), GraphOps()
+    args = (ms.Tensor(x), ms.Tensor(bias))
+    np.testing.assert_array_equal(fused(*args).asnumpy(), reference(*args).asnumpy())
+    for got, want in zip(grads_of(fused, *args, cotangents), grads_of(reference, *args, cotangents)):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_log_size", [False, True], ids=["plain", "proportional"])
+def test_scaled_softmax_kernel_matches_float64_softmax_and_the_graph_gradient(rng, with_log_size):
+    """softmax(scores * scale [+ log size]) with the logits rounded as the graph ops round them: closer to the
+    float64 softmax than MindSpore's own CPU Softmax (PyTorch's accuracy class); the gradient is the graph ops'
+    and reaches the scores (times scale) and the log sizes."""
+    need_kernel("softmax_cpu")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    B, H, M, N, scale = 2, 3, 5, 37, 8 ** -0.5
+    scores = (rng.randn(B, H, M, N) * 6).astype(np.float32)
+    log_size = np.log(rng.randint(1, 5, (B, N))).astype(np.float32)
+    cotangents = (ms.Tensor(rng.randn(B, H, M, N).astype(np.float32)),)
+    logits = scores * np.float32(scale)
+    if with_log_size:
+        logits = logits + log_size[:, None, None, :]
+    exact = np.exp(logits.astype(np.float64) - logits.max(-1, keepdims=True))
+    exact /= exact.sum(-1, keepdims=True)
+
+    class GraphOps(nn.Cell):
+        def construct(self, scores, log_size=None):
+            logits = scores * scale
+            if log_size is not None:
+                logits = logits + ops.broadcast_to(log_size.reshape(B, 1, 1, N), logits.shape)
+            return ops.softmax(logits, -1)
+
+    op = kernels.scaled_softmax_op(with_log_size)
+    fused = ScaledSoftmaxLogSize(op, scale) if with_log_size else ScaledSoftmax(op, scale)
+    args = (ms.Tensor(scores), ms.Tensor(log_size) if with_log_size else None)
+    inputs = args[:1 + with_log_size]
+    error = {name: (np.abs(cell(*inputs).asnumpy() - exact) / exact).max()
+             for name, cell in (("kernel", fused), ("mindspore", GraphOps()))}
+    assert error["kernel"] < 1.5e-6 and error["kernel"] <= error["mindspore"] < 1e-5, error
+    got_grads, want_grads = grads_of(fused, *args, cotangents), grads_of(GraphOps(), *args, cotangents)
+    if not with_log_size:
+        got_grads, want_grads = (got_grads,), (want_grads,)
+    for got, want in zip(got_grads, want_grads):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-6)
+        assert np.abs(want.asnumpy()).max() > 1e-3
+
+
+def test_fused_attention_and_mlp_are_dropped_for_other_dtypes():
+    """float64 and float16 models keep the graph ops: the fused kernels are float32 only."""
+    need_kernel("softmax_cpu")
+    model = ms_ppt.create_model("deit_tiny_patch16_224", dtype="float64")
+    assert not model.blocks[0].attn.fused and not model.blocks[0].mlp.fused
+    assert ms_ppt.create_model("deit_tiny_patch16_224").blocks[0].attn.fused
 
 
 def test_kernels_can_be_switched_off(monkeypatch, tmp_path):

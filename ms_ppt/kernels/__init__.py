@@ -1,10 +1,13 @@
 """Custom CPU kernels (MindSpore AOT custom ops), compiled on first use and cached.
 
-Four kernels (docs/performance.md has the measurements):
-- gelu_cpu.cc: exact-semantics GELU, 9x faster than MindSpore's CPU GELU at DeiT shapes (float32);
+Five kernel files (docs/performance.md has the measurements):
+- gelu_cpu.cc: exact-semantics GELU, 9x faster than MindSpore's CPU GELU at DeiT shapes (float32), alone or with
+  fc1's bias add folded in;
 - layer_norm_cpu.cc: LayerNorm with double statistics, ~10x faster than MindSpore's CPU LayerNorm (float32);
 - swap_axes_cpu.cc: the attention's head split and merge and the patch extraction, a plain copy (any dtype) that,
-  unlike MindSpore's CPU Transpose, holds no buffers for the graph's lifetime;
+  unlike MindSpore's CPU Transpose, holds no buffers for the graph's lifetime; and the qkv head split with the
+  qkv bias added in the same copy (float32);
+- softmax_cpu.cc: the attention's scale, proportional-attention bias and softmax in one pass (float32);
 - ppt_reduce_cpu.cc: PPT's whole token reduction (importance scores, policy, ranking, matching, merge) in one
   call, replacing ~75 small graph ops per PP block with the same decisions (float32).
 They are compiled with the host's g++ for this CPU
@@ -44,6 +47,16 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
+def _sources_digest(source: str) -> bytes:
+    """The kernel's source and the shared headers it may include: a changed header rebuilds every kernel."""
+    parts = [source] + sorted(os.path.join(HERE, f) for f in os.listdir(HERE) if f.endswith(".h"))
+    digest = hashlib.sha256()
+    for path in parts:
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.digest()
+
+
 class _CompileError(Exception):
     pass
 
@@ -58,8 +71,7 @@ def build(name: str) -> Optional[str]:
         warnings.warn("ms_ppt: no C++ compiler found, using MindSpore's own kernels (slower); install g++ for speed")
         return None
     source = os.path.join(HERE, f"{name}.cc")
-    with open(source, "rb") as f:
-        key = hashlib.sha256(f.read() + " ".join(FLAGS).encode() + _cpu_model().encode()).hexdigest()[:16]
+    key = hashlib.sha256(_sources_digest(source) + " ".join(FLAGS).encode() + _cpu_model().encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), f"{name}-{key}.so")
     if os.path.exists(target):
         return target
@@ -90,6 +102,16 @@ def gelu_op():
     return ops.Custom(f"{path}:GeluErf", out_shape=lambda x: x, out_dtype=lambda x: x, func_type="aot")
 
 
+def bias_gelu_op():
+    """An ops.Custom computing gelu(x + b) (b over the last axis) on float32 CPU tensors, or None; bit-identical
+    to BiasAdd then gelu_op. No backward of its own: vision_transformer.BiasGELU gives it one."""
+    path = build("gelu_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+    return ops.Custom(f"{path}:BiasGeluErf", out_shape=lambda x, b: x, out_dtype=lambda x, b: x, func_type="aot")
+
+
 def layer_norm_op():
     """An ops.Custom computing LayerNorm over the last axis on float32 CPU tensors, or None.
 
@@ -110,6 +132,38 @@ def swap_axes_op():
         return None
     from mindspore import ops
     return ops.Custom(f"{path}:SwapAxes12", out_shape=lambda s: (s[0], s[2], s[1], s[3]), out_dtype=lambda t: t,
+                      func_type="aot")
+
+
+def qkv_heads_op():
+    """An ops.Custom taking the qkv projection [B, N, 3H, D] and its bias [3H * D] to q, k, v, each [B, H, N, D]
+    (float32), or None: BiasAdd, the head swap and three slices in one copy, bit-identical."""
+    path = build("swap_axes_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+
+    def out_shape(qkv, bias):
+        head = (qkv[0], qkv[2] // 3, qkv[1], qkv[3])
+        return head, head, head
+
+    return ops.Custom(f"{path}:QkvHeads", out_shape=out_shape, out_dtype=lambda qkv, bias: (qkv, qkv, qkv),
+                      func_type="aot")
+
+
+def scaled_softmax_op(with_log_size: bool):
+    """An ops.Custom computing softmax(scores * scale) over the last axis, or with `with_log_size`
+    softmax(scores * scale + log_size[b]) for scores [B, H, M, N] and log_size [B, N] (float32), or None.
+    (scores, scale[1] float32[, log_size]) -> probabilities. No backward of its own: vision_transformer.
+    ScaledSoftmax gives it one."""
+    path = build("softmax_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+    if with_log_size:
+        return ops.Custom(f"{path}:ScaledSoftmaxLogSize", out_shape=lambda s, scale, log_size: s,
+                          out_dtype=lambda s, scale, log_size: s, func_type="aot")
+    return ops.Custom(f"{path}:ScaledSoftmax", out_shape=lambda s, scale: s, out_dtype=lambda s, scale: s,
                       func_type="aot")
 
 

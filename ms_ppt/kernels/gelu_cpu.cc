@@ -1,4 +1,6 @@
-// Exact-semantics GELU for MindSpore on CPU, as an AOT custom op (float32).
+// Exact-semantics GELU for MindSpore on CPU, as AOT custom ops (float32): GeluErf(x), and BiasGeluErf(x, b) =
+// gelu(x + b) over the last axis, which folds fc1's bias add into the same pass (x + b is rounded to float32 first,
+// as a separate BiasAdd would round it, so the result is bit-identical to BiasAdd then GeluErf).
 //
 // gelu(x) = x * Phi(x). With q = erfc(|x| / sqrt 2) from the Abramowitz-Stegun 7.1.26 polynomial
 // (|error| < 1.5e-7, the form PyTorch's vectorised CPU erf uses): x * (1 - q/2) for x >= 0, x * q/2 below,
@@ -8,24 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
-// expf for x <= 0 (Cephes: range reduction by ln 2, degree-6 polynomial, ~1 ulp), written without calls or
-// branches so the compiler vectorises the loop; std::exp would not vectorise without -ffast-math.
-static inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693359375f - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return e * scale;
-}
+#include "fast_exp.h"
 
 static inline float gelu(float v) {
   const float a = std::fabs(v) * 0.70710678118654752f;
@@ -50,5 +35,23 @@ extern "C" int GeluErf(int nparam, void **params, int *ndims, int64_t **shapes, 
   int64_t n = 1;
   for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
   for (int64_t i = 0; i < n; ++i) y[i] = gelu(x[i]);
+  return 0;
+}
+
+extern "C" int BiasGeluErf(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                           void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  (void)dtypes;
+  if (nparam != 3 || ndims[1] != 1) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *b = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int64_t width = shapes[1][0];
+  int64_t n = 1;
+  for (int i = 0; i < ndims[0]; ++i) n *= shapes[0][i];
+  if (width == 0 || shapes[0][ndims[0] - 1] != width) return 1;
+  for (int64_t row = 0; row < n; row += width)
+    for (int64_t j = 0; j < width; ++j) y[row + j] = gelu(x[row + j] + b[j]);
   return 0;
 }
