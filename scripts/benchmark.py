@@ -3,6 +3,7 @@
 
     python scripts/benchmark.py --models deit_tiny_patch16_224 deit_small_patch16_224 --batch-sizes 8 1
     python scripts/benchmark.py --task train --batch-sizes 16     # training steps: forward, backward, AdamW
+    python scripts/benchmark.py --unfused      # also without the fused attention/MLP kernels: what they gain
 
 Training steps use the fine-tuning recipe's model (drop path 0.1) and loss (smoothing 0.1), timed as whole
 optimizer steps on fixed random images and labels.
@@ -16,7 +17,8 @@ per variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise
 
 Memory: each variant is also built, compiled and called twice in a child process of its own, and that process's
 peak resident set size (RSS, from wait4) is reported: what a user's process needs for that model, batch and
-framework, libraries included (--no-memory skips it). The --token-ops diagnostic variants are timed only.
+framework, libraries included (--no-memory skips it). The --token-ops and --unfused diagnostic variants are
+timed only.
 """
 import argparse
 import os
@@ -46,16 +48,20 @@ def mindspore_runner(name, batch, variant, dtype, mode):
     """A call that runs one forward and fetches the logits; the graph is compiled here, not in the timing."""
     import mindspore as ms
     import ms_ppt
-    from ms_ppt.vision_transformer import TokenReduction
+    from ms_ppt.vision_transformer import Attention, Mlp, TokenReduction
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     original = TokenReduction.construct
     if variant == "ppt_without_token_ops":
         TokenReduction.construct = slice_instead_of_reduce
     try:
-        model = ms_ppt.create_model(name, dtype=dtype, r=0 if variant == "dense" else None)
+        model = ms_ppt.create_model(name, dtype=dtype, r=0 if variant.startswith("dense") else None)
         if variant == "ppt_graph_reduction":  # the reduction as graph ops, as before the fused kernel
             for _, cell in model.cells_and_names():
                 if isinstance(cell, TokenReduction):
+                    cell.drop_fast_kernel()
+        if variant.endswith("_unfused"):  # the attention and MLP as before their fused kernels
+            for _, cell in model.cells_and_names():
+                if isinstance(cell, (Attention, Mlp)):
                     cell.drop_fast_kernel()
         x = ms.Tensor(np.random.RandomState(0).randn(batch, 3, model.arch.img_size, model.arch.img_size),
                       model.cls_token.dtype)
@@ -165,6 +171,9 @@ def main(argv=None) -> int:
     p.add_argument("--token-ops", dest="token_ops", action="store_true",
                    help="also time MindSpore PPT with its token operations replaced by a slice (their cost), and "
                         "with the reduction as graph ops instead of the fused CPU kernel")
+    p.add_argument("--unfused", action="store_true",
+                   help="also time MindSpore dense and PPT without the fused attention and MLP kernels (qkv bias and "
+                        "head split, scaled softmax, fc1 bias and GELU): their gain")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak-memory runs (one child process per variant)")
     p.add_argument("--memory-child", dest="memory_child", nargs=4, help=argparse.SUPPRESS)
@@ -179,8 +188,9 @@ def main(argv=None) -> int:
                 raise UsageError(f"unknown model '{name}'")
         if min(args.batch_sizes) <= 0 or args.runs <= 0 or args.warmup < 0:
             raise UsageError("batch sizes and --runs must be positive, --warmup >= 0")
-        if args.task == "train" and (args.token_ops or args.dtype != "float32"):
-            raise UsageError("--task train times float32 dense and PPT steps (no --token-ops, no float16)")
+        if args.task == "train" and (args.token_ops or args.unfused or args.dtype != "float32"):
+            raise UsageError("--task train times float32 dense and PPT steps (no --token-ops or --unfused, "
+                             "no float16)")
         if args.output_json:
             check_output(args.output_json, args.force, option="--output-json")
     except (UsageError, OutputError) as e:
@@ -190,7 +200,8 @@ def main(argv=None) -> int:
     for name in args.models:
         for batch in args.batch_sizes:
             variants = [(fw, variant) for fw in args.frameworks for variant in ["dense", "ppt"] + (
-                ["ppt_graph_reduction", "ppt_without_token_ops"] if fw == "mindspore" and args.token_ops else [])]
+                ["ppt_graph_reduction", "ppt_without_token_ops"] if fw == "mindspore" and args.token_ops else []) + (
+                ["dense_unfused", "ppt_unfused"] if fw == "mindspore" and args.unfused else [])]
             try:  # before the timed runners exist, so that the children have the machine to themselves
                 memory = {key: peak_rss_mb(*key[:1], name, batch, key[1], args) for key in variants
                           if key[1] in ("dense", "ppt")} if args.memory else {}
@@ -252,6 +263,14 @@ def format_table(rows) -> str:
                 lines.append(f"| {model} | {batch} | MindSpore {label} | | {full['images_per_s']:.1f} | "
                              f"{ms_d['latency_ms'] / full['latency_ms']:.2f}x | token ops {100 * share:.1f} % of the "
                              "forward | |")
+        d = find.get((model, "mindspore", "dense_unfused", batch))
+        p = find.get((model, "mindspore", "ppt_unfused", batch))
+        if d and p and ms_d and ms_p:
+            lines.append(f"| {model} | {batch} | MindSpore, unfused attention and MLP | {d['images_per_s']:.1f} | "
+                         f"{p['images_per_s']:.1f} | {p['images_per_s'] / d['images_per_s']:.2f}x | "
+                         f"{d['latency_ms']:.1f} / {p['latency_ms']:.1f} | fused kernels: "
+                         f"{d['latency_ms'] / ms_d['latency_ms']:.2f}x / {p['latency_ms'] / ms_p['latency_ms']:.2f}x "
+                         "faster |")
     return "\n".join(lines)
 
 

@@ -24,7 +24,8 @@ def ops_table(arch, batch):
     import mindspore as ms
     import torch
     from mindspore import nn, ops
-    from ms_ppt.vision_transformer import GELU, LayerNorm, SwapMiddleAxes
+    from ms_ppt import kernels
+    from ms_ppt.vision_transformer import GELU, BiasGELU, LayerNorm, QkvHeads, ScaledSoftmax, SwapMiddleAxes
     B, N, C, H = batch, arch.num_tokens, arch.embed_dim, arch.num_heads
     d, hidden = C // H, arch.mlp_hidden
     rng = np.random.RandomState(0)
@@ -58,13 +59,55 @@ def ops_table(arch, batch):
         def construct(self, a):
             return a.reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4) * 1.0
 
+    class BiasSwapSlices(nn.Cell):  # the unfused model's qkv bias add, head swap and slices
+        def __init__(self):
+            super().__init__()
+            self.swap = SwapMiddleAxes(custom_kernels=True)
+
+        def construct(self, a, b):
+            heads = self.swap(ops.bias_add(a, b).reshape(B, N, 3 * H, d))
+            return heads[:, :H], heads[:, H:2 * H], heads[:, 2 * H:]
+
+    class ScaleSoftmax(nn.Cell):  # the unfused model's scale and softmax
+        def construct(self, a):
+            return ops.softmax(a * d ** -0.5, -1)
+
+    class BiasThenGELU(nn.Cell):  # the unfused model's fc1 bias add and GELU kernel
+        def __init__(self):
+            super().__init__()
+            self.gelu = GELU(custom_kernels=True)
+
+        def construct(self, a, b):
+            return self.gelu(ops.bias_add(a, b))
+
+    def pt_heads(a, b):
+        heads = (a + b).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).contiguous()
+        return heads[0], heads[1], heads[2]
+
     ln = LayerNorm(C)
     dense_qkv = nn.Dense(C, 3 * C, has_bias=False)
     dense_qkv.weight.set_data(ms.Tensor(w_qkv))
     gelu_kernel = nn.GELU(approximate=False)
     T = ms.Tensor
     tt = torch.from_numpy
-    return [
+    qkv_rows = rng.randn(B * N, 3 * C).astype(np.float32)
+    h_rows, b_qkv, b_fc1 = h.reshape(B * N, hidden), rng.randn(3 * C).astype(np.float32), rng.randn(hidden).astype(
+        np.float32)
+    fused = [] if kernels.qkv_heads_op() is None else [
+        ("qkv bias + head split, graph ops", 1, BiasSwapSlices(), (T(qkv_rows), T(b_qkv)),
+         pt_heads, (tt(qkv_rows), tt(b_qkv))),
+        ("qkv bias + head split, ms_ppt kernel", 1, QkvHeads(kernels.qkv_heads_op()),
+         (T(qkv_rows.reshape(B, N, 3 * H, d)), T(b_qkv)), pt_heads, (tt(qkv_rows), tt(b_qkv))),
+        ("scale + softmax, graph ops", 1, ScaleSoftmax(), (T(att),), lambda a: (a * d ** -0.5).softmax(-1),
+         (tt(att),)),
+        ("scale + softmax, ms_ppt kernel", 1, ScaledSoftmax(kernels.scaled_softmax_op(False), d ** -0.5), (T(att),),
+         lambda a: (a * d ** -0.5).softmax(-1), (tt(att),)),
+        ("fc1 bias + GELU, graph ops", 1, BiasThenGELU(), (T(h_rows), T(b_fc1)),
+         lambda a, b: torch.nn.functional.gelu(a + b), (tt(h_rows), tt(b_fc1))),
+        ("fc1 bias + GELU, ms_ppt kernel", 1, BiasGELU(kernels.bias_gelu_op()), (T(h_rows), T(b_fc1)),
+         lambda a, b: torch.nn.functional.gelu(a + b), (tt(h_rows), tt(b_fc1))),
+    ]
+    return fused + [
         ("qkv linear (nn.Dense)", 1, dense_qkv, (T(x),),
          lambda a: torch.nn.functional.linear(a, tt(w_qkv)), (tt(x),)),
         ("qkv linear (matmul)", 1, Linear(), (T(x), T(w_qkv)),
@@ -92,6 +135,12 @@ def ops_table(arch, batch):
     ]
 
 
+def fetch(out):
+    """To host: one tensor or a tuple of them, MindSpore's (asnumpy) or PyTorch's (numpy)."""
+    outs = out if isinstance(out, tuple) else (out,)
+    return [o.asnumpy() if hasattr(o, "asnumpy") else o.numpy() for o in outs]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="deit_small_patch16_224", choices=sorted(MODEL_CONFIGS))
@@ -107,7 +156,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     with torch.no_grad():
         for name, calls, cell, ms_in, pt_fn, pt_in in ops_table(arch, args.batch_size):
-            times = time_interleaved({"ms": lambda: cell(*ms_in).asnumpy(), "pt": lambda: pt_fn(*pt_in).numpy()},
+            times = time_interleaved({"ms": lambda: fetch(cell(*ms_in)), "pt": lambda: fetch(pt_fn(*pt_in))},
                                      args.runs, warmup=3)
             t_ms, t_pt = 1000 * times["ms"], 1000 * times["pt"]
             print(f"| {name} | {t_ms:.2f} | {t_pt:.2f} | {t_ms / t_pt:.1f}x | {t_ms * calls * arch.depth:.0f} |")

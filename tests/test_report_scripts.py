@@ -17,21 +17,22 @@ def run(script, *args):
 def test_benchmark_writes_rows_for_both_frameworks_and_variants(tmp_path):
     out = tmp_path / "bench.json"
     res = run("benchmark.py", "--models", "deit_tiny_patch16_224", "--batch-sizes", "1", "--runs", "2",
-              "--warmup", "1", "--token-ops", "--mode", "pynative", "--output-json", out)  # no graph compilations
+              "--warmup", "1", "--token-ops", "--unfused", "--mode", "pynative",
+              "--output-json", out)  # no graph compilations
     assert res.returncode == 0, res.stderr
     rows = json.loads(out.read_text())["rows"]
     assert {(r["framework"], r["variant"]) for r in rows} == {
         ("mindspore", "dense"), ("mindspore", "ppt"), ("mindspore", "ppt_graph_reduction"),
-        ("mindspore", "ppt_without_token_ops"),
+        ("mindspore", "ppt_without_token_ops"), ("mindspore", "dense_unfused"), ("mindspore", "ppt_unfused"),
         ("pytorch", "dense"), ("pytorch", "ppt")}
     for r in rows:
         assert r["batch_size"] == 1 and r["images_per_s"] > 0 and r["latency_ms"] > 0
         if r["variant"] in ("dense", "ppt"):  # a child process per variant: the libraries alone take >100 MB
             assert 100 < r["peak_rss_mb"] < 20000
-        else:  # the token-ops diagnostics are timed only
+        else:  # the token-ops and unfused diagnostics are timed only
             assert r["peak_rss_mb"] is None
     assert "PPT speed-up" in res.stdout and "MindSpore / PyTorch" in res.stdout and "peak RSS" in res.stdout
-    assert "graph-op reduction" in res.stdout and "token ops" in res.stdout
+    assert "graph-op reduction" in res.stdout and "token ops" in res.stdout and "fused kernels:" in res.stdout
 
 
 def test_benchmark_times_training_steps_dense_and_ppt_in_both_frameworks(tmp_path):
@@ -48,6 +49,7 @@ def test_benchmark_times_training_steps_dense_and_ppt_in_both_frameworks(tmp_pat
 @pytest.mark.parametrize("args, message", [
     (["--models", "resnet50"], "unknown model"),
     (["--task", "train", "--token-ops"], "--task train"),
+    (["--task", "train", "--unfused"], "--task train"),
     (["--batch-sizes", "0"], "must be positive"),
     (["--output-json", "/nonexistent/dir/b.json"], "output folder does not exist"),
 ])
