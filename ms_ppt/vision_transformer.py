@@ -190,15 +190,9 @@ class ScaledSoftmax(nn.Cell):
         return (softmax_grad(out, dout) * self.scale,)
 
 
-class ScaledSoftmaxLogSize(nn.Cell):
+class ScaledSoftmaxLogSize(ScaledSoftmax):
     """softmax(scores * scale + log_size) for scores [B, H, M, N], log_size [B, N]: PPT's proportional attention,
-    by the compiled kernel (kernels.scaled_softmax_op)."""
-
-    def __init__(self, op, scale: float):
-        super().__init__()
-        self.op = op
-        self.scale = scale
-        self.scale_tensor = Tensor([scale], ms.float32)
+    by the compiled kernel (kernels.scaled_softmax_op(with_log_size=True))."""
 
     def construct(self, scores, log_size):
         return self.op(scores, self.scale_tensor, log_size)
