@@ -154,8 +154,9 @@ def qkv_heads_op():
 def scaled_softmax_op(with_log_size: bool):
     """An ops.Custom computing softmax(scores * scale) over the last axis, or with `with_log_size`
     softmax(scores * scale + log_size[b]) for scores [B, H, M, N] and log_size [B, N] (float32), or None.
-    (scores, scale[1] float32[, log_size]) -> probabilities. No backward of its own: vision_transformer.
-    ScaledSoftmax gives it one."""
+
+    (scores, scale[1] float32[, log_size]) -> probabilities. No backward of its own: vision_transformer's
+    ScaledSoftmax and ScaledSoftmaxLogSize give it one."""
     path = build("softmax_cpu")
     if path is None:
         return None
