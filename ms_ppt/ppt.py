@@ -239,7 +239,18 @@ def initial_source(batch_size, num_tokens, like):
     return ops.broadcast_to(eye[None], (batch_size, num_tokens, num_tokens))
 
 
-def proportional_bias(size):
+def log_sizes(size, log_table):
+    """log(size) [B, N] for sizes [B, N, 1]: sizes are whole token counts, looked up in `log_table`
+    (ppt_common.proportional.log_size_table in the attention's dtype), never computed by Log. A size outside the
+    table (NaN, once a diverging step has made the weights non-finite) gives NaN, as log would."""
+    B, N, _ = size.shape
+    size = size.reshape(B, N)
+    known = ops.logical_and(size >= 1, size < log_table.shape[0])
+    looked_up = ops.gather(log_table, ops.where(known, size, ops.ones_like(size)).astype(ms.int32), 0)
+    return ops.where(known, looked_up, ops.full_like(looked_up, float("nan")))
+
+
+def proportional_bias(size, log_table):
     """log(size) over the key axis, [B, 1, 1, N]."""
     B, N, _ = size.shape
-    return ops.log(size).reshape(B, 1, 1, N)
+    return log_sizes(size, log_table).reshape(B, 1, 1, N)

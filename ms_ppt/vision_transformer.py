@@ -12,6 +12,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from ppt_common.config import SINGLE_RULE_METHODS, ArchConfig, BlockPlan, PPTConfig, arch_schedule
+from ppt_common.proportional import log_size_table
 from ms_ppt import kernels, ppt
 
 # float16 runs matmuls in float16; softmax, scores, variance, similarity and LayerNorm run in float32.
@@ -211,12 +212,17 @@ class Attention(nn.Cell):
     of the largest activations become two; the logits are bit-identical, the softmax within rounding."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_size: bool, with_scores: bool,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, custom_kernels: bool = False):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, custom_kernels: bool = False, num_tokens: int = 0):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.use_size = use_size
+        # with sizes, log(size) is read from an exact table of the model's token counts (see ppt_common.proportional)
+        self.num_tokens = num_tokens
+        self.log_table = None
+        if use_size:
+            self.set_log_table_dtype(ms.float32)
         self.with_scores = with_scores
         self.qkv = nn.Dense(dim, dim * 3, has_bias=qkv_bias)
         self.swap_heads = SwapMiddleAxes(custom_kernels)
@@ -232,6 +238,11 @@ class Attention(nn.Cell):
         self.softmax = (ScaledSoftmaxLogSize if use_size else ScaledSoftmax)(softmax_op, self.scale) \
             if self.fused else None
 
+    def set_log_table_dtype(self, dtype) -> None:
+        """The log-size table in the attention's dtype (float32 for float16 models): rounded once from float64."""
+        table = log_size_table(self.num_tokens)
+        self.log_table = Tensor(table.astype(ms.dtype_to_nptype(_accum_dtype(dtype))))
+
     def drop_fast_kernel(self) -> None:
         """See GELU.drop_fast_kernel."""
         self.qkv_heads = None
@@ -246,7 +257,7 @@ class Attention(nn.Cell):
             qkv = self.qkv.matmul(x.reshape(B * N, C), self.qkv.weight)  # nn.Dense's MatMul, its bias in qkv_heads
             q, k, v = self.qkv_heads(qkv.reshape(B, N, 3 * h, self.head_dim), self.qkv.bias)
             if self.use_size:
-                attn = self.softmax(self.q_kt(q, k), ops.log(size).reshape(B, N))
+                attn = self.softmax(self.q_kt(q, k), ppt.log_sizes(size, self.log_table))
             else:
                 attn = self.softmax(self.q_kt(q, k))
         else:
@@ -255,7 +266,7 @@ class Attention(nn.Cell):
             q, k, v = qkv[:, :h], qkv[:, h:2 * h], qkv[:, 2 * h:]  # slices: ops.split's gradient fails in GRAPH_MODE
             attn = (self.q_kt(q, k) * self.scale).astype(accum)
             if self.use_size:
-                attn = broadcast_add(attn, ppt.proportional_bias(size.astype(accum)))
+                attn = broadcast_add(attn, ppt.proportional_bias(size, self.log_table))
             attn = ops.softmax(attn, -1)
         out = self.swap_heads(ops.matmul(self.attn_drop(attn).astype(x.dtype), v)).reshape(B, N, C)
         out = self.proj_drop(self.proj(out))
@@ -464,7 +475,7 @@ class Block(nn.Cell):
         self.norm1 = LayerNorm(dim, arch.norm_eps, custom_kernels)
         self.attn = Attention(dim, arch.num_heads, arch.qkv_bias, use_size=use_size, with_scores=self.reduces,
                               attn_drop=arch.attn_drop_rate, proj_drop=arch.proj_drop_rate,
-                              custom_kernels=custom_kernels)
+                              custom_kernels=custom_kernels, num_tokens=arch.num_tokens)
         self.layer_scale = arch.init_values is not None
         if self.layer_scale:
             self.ls1 = LayerScale(dim, arch.init_values)
@@ -597,6 +608,9 @@ class VisionTransformer(nn.Cell):
         """Cast every parameter (float16 keeps LayerNorm's internal maths in float32)."""
         for p in self.get_parameters():
             p.set_dtype(dtype)
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, Attention) and cell.use_size:
+                cell.set_log_table_dtype(dtype)
         if dtype != ms.float32:
             self.drop_fast_kernels()
         return self

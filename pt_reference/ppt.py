@@ -268,13 +268,23 @@ def initial_source(batch_size: int, num_tokens: int, like: torch.Tensor) -> torc
     return eye[None].expand(batch_size, num_tokens, num_tokens).contiguous()
 
 
-def proportional_bias(size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def log_sizes(size: torch.Tensor, log_table: torch.Tensor) -> torch.Tensor:
+    """log(size) [B, N] for sizes [B, N, 1]: sizes are whole token counts, looked up in `log_table`
+    (ppt_common.proportional.log_size_table), so both frameworks add the very same bias. A size outside the table
+    (NaN, once a diverging step has made the weights non-finite) gives NaN, as log would."""
+    size = size[..., 0]
+    known = (size >= 1) & (size < len(log_table))
+    looked_up = log_table.to(size)[torch.where(known, size, torch.ones_like(size)).long()]
+    return torch.where(known, looked_up, torch.full_like(looked_up, float("nan")))
+
+
+def proportional_bias(size: Optional[torch.Tensor], log_table: torch.Tensor) -> Optional[torch.Tensor]:
     """log(size) over the key axis, [B, 1, 1, N]."""
-    return None if size is None else size.log()[:, None, None, :, 0]
+    return None if size is None else log_sizes(size, log_table)[:, None, None, :]
 
 
 __all__ = ["CLS_SCORE", "importance_scores", "score_variance", "pool_policy", "prune_indices", "Matching",
            "bipartite_matching", "prune_dest", "matching_dest", "Grouping", "ReductionPlan", "decide",
            "PRUNE_FUSE", "DECOUPLE_MERGE", "fuse_grouping", "decouple_merge_grouping", "grouping_dest",
            "decide_single_rule", "merge", "apply_reduction", "group_sum", "apply_grouping", "apply_single_rule",
-           "apply_to_source", "reduce_tokens", "initial_source", "proportional_bias"]
+           "apply_to_source", "reduce_tokens", "initial_source", "log_sizes", "proportional_bias"]

@@ -14,6 +14,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ppt_common.config import PPTConfig, max_r
+from ppt_common.proportional import log_size_table
 from ppt_common.trace import BlockTrace, record_from_plan
 from pt_reference import ppt
 
@@ -22,13 +23,14 @@ class PPTAttention(Attention):
     """timm attention that adds the proportional-attention bias and also returns the importance scores and the
     merge metric (k averaged over heads), both without gradient."""
 
-    def forward_ppt(self, x: torch.Tensor, size: Optional[torch.Tensor], num_prefix_tokens: int = 1):
+    def forward_ppt(self, x: torch.Tensor, size: Optional[torch.Tensor], log_table: torch.Tensor,
+                    num_prefix_tokens: int = 1):
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         attn = (q @ k.transpose(-2, -1)) * self.scale
-        bias = ppt.proportional_bias(size)
+        bias = ppt.proportional_bias(size, log_table)
         if bias is not None:
             attn = attn + bias
         attn = attn.softmax(dim=-1)
@@ -62,7 +64,7 @@ class PPTBlock(Block):
         size = info["size"] if cfg.prop_attn else None
         if r == 0 and size is None:
             return super().forward(x)
-        x_attn, scores, metric = self.attn.forward_ppt(self.norm1(x), size, prefix)
+        x_attn, scores, metric = self.attn.forward_ppt(self.norm1(x), size, info["log_table"], prefix)
         x = x + self.drop_path1(self.ls1(x_attn))
         if r > 0:
             # with prop_attn off every PP block merges with unit sizes (the authors' behaviour)
@@ -153,7 +155,9 @@ def apply_ppt(model: VisionTransformer, ppt_config: Optional[PPTConfig] = None, 
     timm_class = next(c for c in (VisionTransformerDistilled, VisionTransformer) if isinstance(model, c))
     model.__class__ = PPT_CLASSES[timm_class]
     model._ppt_info = {"config": cfg, "want_trace": trace, "r": [], "size": None, "source": None, "trace": [],
-                       "num_prefix_tokens": model.num_prefix_tokens}
+                       "num_prefix_tokens": model.num_prefix_tokens,
+                       "log_table": torch.from_numpy(log_size_table(model.patch_embed.num_patches
+                                                                    + model.num_prefix_tokens))}
     for i, blk in enumerate(model.blocks):
         blk.__class__ = PPTBlock
         blk.attn.__class__ = PPTAttention

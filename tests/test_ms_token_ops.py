@@ -7,6 +7,7 @@ from mindspore import Tensor
 import oracle
 from ms_ppt import ppt
 from ms_ppt.factory import trace_record
+from ppt_common.proportional import log_size_table
 
 
 @pytest.fixture(autouse=True)
@@ -88,7 +89,9 @@ def test_pruned_tokens_are_copied_exactly_in_float32(rng):
 
 def test_proportional_bias_is_log_size_over_keys(rng):
     size = np.array([[[1.0], [2], [3]]])
-    np.testing.assert_allclose(ppt.proportional_bias(T(size)).asnumpy().reshape(-1), np.log([1, 2, 3]))
+    bias = ppt.proportional_bias(T(size), T(log_size_table(5))).asnumpy()
+    assert bias.shape == (1, 1, 1, 3)
+    np.testing.assert_array_equal(bias.reshape(-1), np.log([1.0, 2, 3]))
 
 
 def test_distillation_token_is_never_pruned_or_merged_even_when_tempting(rng):
