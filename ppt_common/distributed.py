@@ -1,9 +1,13 @@
 """Data-parallel evaluation, framework-free: shards, and gathering every rank's results in dataset order.
 
-Each rank evaluates one contiguous shard of the image list (no padding, so every image is counted exactly once
-whatever the number of ranks); the results are gathered to every rank with the framework's AllGather on float32
-words, which copies bits (bytes of any dtype travel exactly, -0.0 and NaN payloads included). MindSpore's CPU
-collectives take float32 only, so everything is sent as pickled bytes viewed as float32.
+Each rank evaluates one contiguous run of whole batches of the one-process batching: every image is computed in
+a batch of the same images, in the same order and of the same shape, whatever the number of ranks, so N
+processes give the one-process logits bit for bit wherever the model itself is deterministic (a kernel may round
+a row differently with the number of rows in its batch, as PyTorch's CPU matmul does, so splitting a batch is not
+neutral). No padding is added, so every image is counted exactly once. The results are gathered to every rank
+with the framework's AllGather on float32 words, which copies bits (bytes of any dtype travel exactly, -0.0 and
+NaN payloads included). MindSpore's CPU collectives take float32 only, so everything is sent as pickled bytes
+viewed as float32.
 """
 from __future__ import annotations
 
@@ -32,10 +36,14 @@ class World:
 SINGLE = World()
 
 
-def shard(items: Sequence[T], world: World) -> List[T]:
-    """The rank's contiguous slice: shards differ by at most one item and, in rank order, are the list again."""
+def shard(items: Sequence[T], world: World, batch_size: int = 1) -> List[T]:
+    """The rank's contiguous run of whole batches (`items` cut into batches of `batch_size`, the last one possibly
+    short): shards differ by at most one batch and, in rank order, are the list again. A rank may get nothing when
+    there are fewer batches than ranks."""
     n = len(items)
-    return list(items[n * world.rank // world.size:n * (world.rank + 1) // world.size])
+    batches = -(-n // batch_size)
+    first, last = batches * world.rank // world.size, batches * (world.rank + 1) // world.size
+    return list(items[first * batch_size:min(n, last * batch_size)])
 
 
 def _gather_words(world: World, words: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from ppt_common.options import (UsageError, add_model_args, add_ppt_args, build_
 from ppt_common.report import Metrics, build_report, finish, print_summary, write_outputs
 
 __all__ = ["Evaluation", "Metrics", "UsageError", "add_model_args", "add_ppt_args", "build_parser", "build_report",
-           "check_args", "check_imagenet_head", "check_weights", "evaluate", "fail", "finish", "interrupted", "is_demo",
+           "batch_size_for", "check_args", "check_imagenet_head", "check_weights", "evaluate", "fail", "finish", "interrupted", "is_demo",
            "iter_batches", "load_items", "num_batches", "pil_preprocess", "ppt_config", "predictions_path",
            "prepare", "print_summary", "progress", "str2bool", "time_batches", "write_outputs"]
 
@@ -51,15 +51,15 @@ class Evaluation:
 
 def evaluate(items: Sequence[Tuple[str, int]], run_batch: Callable, preprocess: Callable[[str], np.ndarray], args,
              desc: str, world: World = SINGLE, fixed_batch: bool = False) -> Evaluation:
-    """The loop of both eval scripts. This rank evaluates its shard of `items` in batches (`run_batch(images) ->
-    (logits, traces)`; with fixed_batch a short batch is padded with copies of its last image to --batch-size, or
-    to the largest shard if that is smaller, so a compiled graph never sees a new shape); then every rank's
-    results are gathered, in dataset order. A UsageError on any rank (an unreadable image with --on-error fail) is
-    raised on every rank."""
+    """The loop of both eval scripts. `items` are cut into batches of --batch-size (or of the whole run, if that is
+    smaller: a small run computes no padding), the same batches whatever the number of ranks; this rank evaluates
+    its run of whole batches (`run_batch(images) -> (logits, traces)`; with fixed_batch a short batch is padded
+    with copies of its last image to the batch shape, so a compiled graph never sees a new shape); then every
+    rank's results are gathered, in dataset order. So N ranks compute every image exactly as one process does. A
+    UsageError on any rank (an unreadable image with --on-error fail) is raised on every rank."""
     start = time.perf_counter()
-    local = shard(items, world)
-    # one batch shape for every rank, no larger than the largest shard (a small run computes no padding)
-    batch_size = min(args.batch_size, max(1, -(-len(items) // world.size)))
+    batch_size = batch_size_for(len(items), args.batch_size)
+    local = shard(items, world, batch_size)
     metrics, skipped, sample, error = Metrics(), [], None, None
     bar = None
     if not args.quiet and world.is_main:
@@ -91,6 +91,11 @@ def evaluate(items: Sequence[Tuple[str, int]], run_batch: Callable, preprocess: 
     sample = next((part[3] for part in parts if part[3] is not None), None)
     return Evaluation(Metrics.concat([part[0] for part in parts]), [p for part in parts for p in part[1]], sample,
                       max(part[4] for part in parts))
+
+
+def batch_size_for(num_images: int, batch_size: int) -> int:
+    """The evaluation's batch size: --batch-size, or the whole run if that is smaller (no padding computed)."""
+    return max(1, min(batch_size, num_images))
 
 
 def time_batches(run: Callable[[], None], runs: int, warmup: int = 2) -> float:

@@ -59,7 +59,8 @@ def validate(args) -> dict:
                 torch.cuda.synchronize()
         seconds = ev.time_batches(run, args.throughput_runs)
     return ev.finish(args, "pytorch", result.metrics, reducing_blocks(get_arch(args.model), cfg), seconds,
-                     result.skipped, {"preprocess": "pil", "device": args.device}, world, result.seconds)
+                     result.skipped, {"preprocess": "pil", "device": args.device, "threads": torch.get_num_threads()},
+                     world, result.seconds)
 
 
 def main(argv=None) -> int:

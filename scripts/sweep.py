@@ -95,8 +95,8 @@ def run(args) -> dict:
     ev.use_cached_weights_for_demo(args)  # as eval_ms.py: the demo takes cached official weights
     items = ev.load_items(args)
     config = {"model": args.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained,
-              "data_path": args.data_path, "batch_size": min(args.batch_size, max(1, len(items))), "mode": args.mode,
-              "preprocess": args.preprocess}
+              "data_path": args.data_path, "batch_size": ev.batch_size_for(len(items), args.batch_size),
+              "mode": args.mode, "preprocess": args.preprocess}
     sweep.check_same_run(done_config, config, json_path)  # before any image is decoded
     import mindspore as ms
     from ms_ppt.context import set_context

@@ -91,7 +91,8 @@ def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tmp_path):
 def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
     """2 ranks x batch 4 against 1 process x batch 8, 2 steps (mixup off: it mixes within a rank's batch): the
     same images with the same augmentation and drop-path draws reach the same weights up to float32 summation
-    order, and validation counts summed over ranks equal the single process's. Only rank 0 writes.
+    order, and validation counts summed over ranks equal the single process's. Only rank 0 writes. The same msrun
+    run again (PyNative, PPT pooling) gives the same bits.
 
     The key bias is the exception, in any framework: softmax ignores a shift of the keys, so its gradient is
     zero up to rounding, and Adam turns that noise into steps of +-lr; it can differ by 2 x lr per step."""
@@ -108,6 +109,12 @@ def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
     logs = "".join(p.read_text()[-2000:] for p in sorted((tmp_path / "parallel-logs").glob("*.log")))
     assert parallel.returncode == 0, parallel.stderr[-3000:] + logs
     want, got = checkpoint(tmp_path / "single" / "checkpoint.ckpt"), checkpoint(tmp_path / "parallel" / "checkpoint.ckpt")
+    again = train(tmp_path / "again", *common, "--batch_size", "4", launcher="msrun", cwd=work)
+    assert again.returncode == 0, again.stderr[-3000:]
+    repeated = checkpoint(tmp_path / "again" / "checkpoint.ckpt")
+    for name in got:  # the same msrun run twice: the same bits (weights, EMA, Adam moments)
+        if hasattr(got[name], "dtype"):
+            np.testing.assert_array_equal(repeated[name], got[name], err_msg=name)
     weights = [k for k in want if not k.startswith(("adam_", "ema.")) and getattr(want[k], "dtype", None) == np.float32]
     diffs = {k: np.abs(got[k].astype(np.float64) - want[k]) for k in weights}
     dim = 192
