@@ -26,6 +26,29 @@ IMAGENET_SAMPLE = os.path.join(SHARED_DATA, "imagenet-sample")
 FOOLBOX = os.path.join(SHARED_DATA, "foolbox-imagenet")
 
 
+LAST_GREEN = os.path.join(ROOT, ".ci", "last-green.txt")
+WATCHED = ("mindspore", "mindcv", "numpy", "torch", "torchvision", "timm", "safetensors", "pillow", "matplotlib")
+
+
+def pytest_report_header(config):
+    """The versions under test, beside those of the last run known green (.ci/last-green.txt): drift shows in
+    every run's header, CI's included, before a test fails because of it."""
+    from importlib.metadata import PackageNotFoundError, version
+    green = {}
+    if os.path.isfile(LAST_GREEN):
+        with open(LAST_GREEN) as f:
+            green = dict(line.strip().lower().split("==", 1) for line in f if "==" in line and line[0] != "#")
+    lines = []
+    for name in WATCHED:
+        try:
+            now = version(name)
+        except PackageNotFoundError:
+            now = "absent"
+        was = green.get(name)
+        lines.append(f"{name} {now}" + (f" (last green: {was})" if was is not None and was != now else ""))
+    return "versions: " + ", ".join(lines)
+
+
 def need_shared_data():
     if not os.path.isfile(DEIT_TINY):
         pytest.skip(f"shared data not found at {SHARED_DATA} (set PPT_SHARED_DATA to the folder with "
