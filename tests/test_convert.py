@@ -117,6 +117,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "convert", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_converts_and_reports_errors_with_exit_code(tmp_path, tiny_state):
     save_official(tiny_state, tmp_path / "a.pth")
     ok = run_cli("pt2ms", tmp_path / "a.pth", tmp_path / "a.ckpt")
@@ -132,6 +133,7 @@ def test_cli_converts_and_reports_errors_with_exit_code(tmp_path, tiny_state):
     assert folder.returncode == 2 and "Traceback" not in folder.stderr
 
 
+@pytest.mark.slow
 def test_real_deit_tiny_converts_and_gives_timm_logits(tmp_path):
     need_shared_data()
     import mindspore as ms
@@ -159,6 +161,7 @@ NEW_BACKBONES = ["deit_tiny_distilled_patch16_224", "deit_small_distilled_patch1
 
 
 @pytest.mark.parametrize("name", NEW_BACKBONES)
+@pytest.mark.slow
 def test_timm_state_dicts_of_every_backbone_round_trip_bit_exactly(tmp_path, name):
     torch.manual_seed(0)
     state = build_timm_model(get_arch(name)).state_dict()
@@ -174,6 +177,7 @@ def test_timm_state_dicts_of_every_backbone_round_trip_bit_exactly(tmp_path, nam
         np.testing.assert_array_equal(back[k], v.numpy(), err_msg=k)
 
 
+@pytest.mark.slow
 def test_official_deit3_release_with_gamma_keys_loads_through_the_cli(tmp_path):
     torch.manual_seed(0)
     state = build_timm_model(get_arch("deit3_small_patch16_224")).state_dict()

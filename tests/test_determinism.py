@@ -119,6 +119,7 @@ def test_both_frameworks_add_the_same_proportional_bias():
 
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
+@pytest.mark.slow
 def test_two_training_runs_from_the_same_start_reach_the_same_bits(state, mode):
     """Three AdamW steps on a batch that mixes pool and prune, twice from the same weights: the same loss and
     the same weights and Adam moments, bit for bit (float32, the compiled CPU kernels and their backwards on)."""

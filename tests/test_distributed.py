@@ -182,6 +182,7 @@ def launch(launcher, script, out, cwd):
 
 
 @pytest.mark.parametrize("launcher, script", [("msrun", "eval_ms.py"), ("torchrun", "eval_pt.py")])
+@pytest.mark.slow
 def test_two_workers_give_exactly_the_one_process_evaluation(launcher, script, tmp_path):
     """46 real photos in batches of 12 (12, 12, 12 and a short 10, padded in GRAPH_MODE) over 2 ranks: top-1,
     top-5, loss, policy counts and every image's logits, bit for bit and in the same order, as one process; only

@@ -20,6 +20,7 @@ def run(script, *args, cwd=ROOT):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_demo_default_runs_and_writes_every_output(tmp_path):
     out, npz = tmp_path / "r.json", tmp_path / "p.npz"
     res = run("eval_ms.py", "--output-json", out, "--save-predictions", npz, "--throughput-runs", "2", "--quiet")
@@ -86,6 +87,7 @@ def test_wrong_and_empty_folders_are_errors(tmp_path):
     assert res.returncode == 2 and "hold no images" in res.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_skipped_and_counted_or_fails_by_option(tmp_path):
     from PIL import Image
     folder = tmp_path / "val" / "n01440764"
@@ -102,6 +104,7 @@ def test_corrupt_image_is_skipped_and_counted_or_fails_by_option(tmp_path):
     assert res.returncode == 2 and "zz_broken.JPEG" in res.stderr and not out.exists()
 
 
+@pytest.mark.slow
 def test_ms_and_pt_report_the_same_accuracy_on_real_weights_with_pil_preprocessing(tmp_path):
     need_shared_data()
     common = ["--checkpoint", DEIT_TINY, "--data-path", FOOLBOX, "--preprocess", "pil", "--batch-size", "10",
@@ -170,6 +173,7 @@ def test_a_late_write_failure_keeps_the_summary_and_writes_nothing(tmp_path, cap
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_what_was_adjusted_is_said_and_float64_is_saved_in_float64(tmp_path):
     out, npz = tmp_path / "r.json", tmp_path / "p.npz"
     res = run("eval_ms.py", "--data-path", DEMO_DATA, DEMO_DATA, "--r_tokens", "200", "--dtype", "float64",

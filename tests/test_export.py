@@ -17,6 +17,7 @@ def run(*args):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_export_reloads_and_reproduces_the_live_cell(tmp_path):
     out = tmp_path / "ppt.mindir"
     res = run("--batch-size", "1", "--output", out)
@@ -58,6 +59,7 @@ def test_unwritable_or_missing_output_folder_and_existing_file(tmp_path):
     assert res.returncode == 2 and "must be a .mindir file" in res.stderr
 
 
+@pytest.mark.slow
 def test_float16_mindir_of_real_deit_tiny_keeps_top1_on_the_shared_photos(tmp_path, real_images):
     need_shared_data()
     import mindspore as ms

@@ -263,6 +263,7 @@ def reduction_inputs(rng, batch=6, n=27, c=8, heads=3, dh=5):
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+@pytest.mark.slow
 def test_fused_reduction_takes_the_graph_reductions_decisions(mode, rng):
     """The compiled reduction against the graph ops in float32: same policies, same dest maps, same sizes, and
     the same scores, variances, similarities and merged tokens up to float32 rounding, in a batch that mixes
@@ -297,6 +298,7 @@ def test_fused_reduction_takes_the_graph_reductions_decisions(mode, rng):
 
 
 @pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+@pytest.mark.slow
 def test_fused_reduction_backward_is_the_graph_reductions(mode, rng):
     """Training through the compiled reduction: the gradient with respect to x is apply_reduction's (each kept
     token passes its gradient through, each merged token shares it by size), in a batch mixing both policies;
@@ -339,6 +341,7 @@ def test_fused_reduction_keeps_tied_tokens_in_position_order(rng):
     np.testing.assert_array_equal(out.asnumpy()[0], x[0, [0, 2, 4, 5]])
 
 
+@pytest.mark.slow
 def test_float32_model_with_fused_reduction_equals_graph_reduction(real_images):
     """Real DeiT-Tiny, paper settings, mixed batch: the fused kernel and the graph ops give identical traces and
     source maps, and logits within float32 noise."""
@@ -358,6 +361,7 @@ def test_float32_model_with_fused_reduction_equals_graph_reduction(real_images):
 
 
 @pytest.mark.parametrize("mode, r_values", [(ms.PYNATIVE_MODE, (50, 20, 50))], ids=["pynative"])
+@pytest.mark.slow
 def test_models_with_different_r_coexist_in_one_process(mode, r_values):
     """Each model keeps its own reduction, whatever was built and run before it (PyNative once reused the first
     model's fused op for every later r: same logits for r=50, 30 and 10)."""

@@ -61,6 +61,7 @@ def assert_parity(name, x, threshold, mode, checkpoint=None, expect_policies=Non
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224"])  # DeiT-B below; DeiT-S differs only in width
+@pytest.mark.slow
 def test_random_init_parity_all_pool_all_prune_mixed(name, mode):
     x = images(3)
     if mode == "pynative":  # each threshold is a new graph: GRAPH_MODE takes the mixed batch, which has both
@@ -69,6 +70,7 @@ def test_random_init_parity_all_pool_all_prune_mixed(name, mode):
     assert_parity(name, x, mixed_threshold(name, x), mode, expect_policies={0, 1})
 
 
+@pytest.mark.slow
 def test_random_init_parity_deit_base_mixed():
     x = images(2)  # PyNative: DeiT-B's graph compiles like DeiT-T's, at twice the cost
     assert_parity("deit_base_patch16_224", x, mixed_threshold("deit_base_patch16_224", x), "pynative",
@@ -76,6 +78,7 @@ def test_random_init_parity_deit_base_mixed():
 
 
 @pytest.mark.parametrize("mode", ["pynative"])  # GRAPH_MODE: tests/test_parity.py, on all 270 photos
+@pytest.mark.slow
 def test_real_deit_tiny_parity_paper_settings(mode, real_images):
     """The forced policies on real photos: tests/test_parity.py (prune and pool methods)."""
     need_shared_data()
@@ -84,6 +87,7 @@ def test_real_deit_tiny_parity_paper_settings(mode, real_images):
     assert {0, 1} <= set(np.concatenate([t.policy for t in traces]).tolist())
 
 
+@pytest.mark.slow
 def test_graph_mode_and_pynative_give_identical_results():
     x = images(3, seed=1).astype(np.float32)
     thr = mixed_threshold("deit_tiny_patch16_224", x.astype(np.float64))
@@ -100,6 +104,7 @@ def test_graph_mode_and_pynative_give_identical_results():
     np.testing.assert_array_equal(sg, sp)
 
 
+@pytest.mark.slow
 def test_no_reduction_equals_the_dense_model_and_timm():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     x = images(2)
@@ -111,6 +116,7 @@ def test_no_reduction_equals_the_dense_model_and_timm():
     np.testing.assert_allclose(a, pt_logits, rtol=0, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_mixed_batch_equals_each_image_alone():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     x = images(4, seed=2)
@@ -126,6 +132,7 @@ def test_mixed_batch_equals_each_image_alone():
         np.testing.assert_array_equal(si[0], source[i])
 
 
+@pytest.mark.slow
 def test_source_maps_match_the_reference_in_a_mixed_batch():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     x = images(4, seed=3)
@@ -137,6 +144,7 @@ def test_source_maps_match_the_reference_in_a_mixed_batch():
 
 
 @pytest.mark.parametrize("method", ["prune_fuse", "decouple_merge"])
+@pytest.mark.slow
 def test_single_rule_methods_give_the_reference_traces_logits_and_sources_in_graph_mode(method):
     ms.set_context(mode=ms.GRAPH_MODE)
     x = images(2, seed=4)
@@ -237,6 +245,7 @@ def test_ppt_settings_are_checked_before_the_checkpoint_is_read(tmp_path):
         ms_ppt.create_model("deit_tiny_patch16_224", checkpoint=str(tmp_path / "never-read.pth"), r="50")
 
 
+@pytest.mark.slow
 def test_mindcv_and_mindspore_model_users_see_no_exit_noise(tmp_path):
     """MindSpore's Cell.__del__ fails at interpreter exit in GRAPH_MODE ('del_net_res'); nothing reaches stderr."""
     script = ("import ms_ppt, mindcv, numpy as np, mindspore as ms\n"
@@ -266,6 +275,7 @@ def randomised_layer_scale(pt):
     ("deit3_small_patch16_224", "graph", ("mixed",)),
     ("vit_base_patch16_clip_quickgelu_224", "pynative", ("mixed",)),
 ])
+@pytest.mark.slow
 def test_new_backbones_give_the_reference_traces_and_logits_in_float64(name, mode, thresholds):
     """Distilled DeiT (two protected prefix tokens), DeiT-III (LayerScale, no class position embedding) and CLIP
     (pre-norm, eps 1e-5, quick GELU, no patch bias): every trace field identical, logits within 1e-9."""
@@ -290,6 +300,7 @@ def test_new_backbones_give_the_reference_traces_and_logits_in_float64(name, mod
 
 @pytest.mark.parametrize("name", ["deit_small_distilled_patch16_224", "deit_base_distilled_patch16_224",
                                   "deit3_base_patch16_224", "deit3_small_patch16_384", "vit_base_patch16_clip_224"])
+@pytest.mark.slow
 def test_dense_backbones_give_timms_logits_in_float64(name):
     from pt_reference.factory import build_timm_model
     ms.set_context(mode=ms.PYNATIVE_MODE)

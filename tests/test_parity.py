@@ -34,6 +34,7 @@ def parity(real_images, dtype, mode, threshold=7e-5, batch_size=30, method="ppt"
     return run_both(run_pt, run_ms, batches, threshold)
 
 
+@pytest.mark.slow
 def test_float64_paper_settings_every_trace_identical_on_270_photos(real_images):
     r = parity(real_images, "float64", "graph")
     assert r["num_images"] == 270 and r["images_with_identical_traces"] == 270
@@ -45,6 +46,7 @@ def test_float64_paper_settings_every_trace_identical_on_270_photos(real_images)
 
 
 @pytest.mark.parametrize("method", ["prune", "pool", "prune_fuse", "decouple_merge"])
+@pytest.mark.slow
 def test_float64_single_rule_methods_identical(real_images, method):
     """Prune-only and pool-only (PPT with the policy fixed) and the sibling methods, on 15 photos."""
     x, labels, paths = real_images
@@ -53,6 +55,7 @@ def test_float64_single_rule_methods_identical(real_images, method):
     assert r["top1_pt"] == r["top1_ms"]
 
 
+@pytest.mark.slow
 def test_float32_agrees_up_to_explained_near_ties(real_images):
     """float32 noise (~1e-6 relative) may swap two near-equal tokens; every such swap must be a near-tie,
     predictions must not change, and logits stay within 1e-3 (float32 through 12 blocks, measured ~1e-4)."""

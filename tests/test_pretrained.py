@@ -70,6 +70,7 @@ def cache_files(tmp_path):
     return sorted(os.listdir(folder)) if folder.is_dir() else []
 
 
+@pytest.mark.slow
 def test_first_download_is_cached_and_reused_offline_with_the_same_logits_as_the_local_file(server, tmp_path):
     ms.set_context(mode=ms.PYNATIVE_MODE)
     x = ms.Tensor(np.random.RandomState(0).randn(2, 3, 224, 224))
@@ -138,6 +139,7 @@ def test_the_cache_follows_torch_hubs_convention(monkeypatch, tmp_path):
     assert config.PRETRAINED[NAME].file_name == "deit_tiny_patch16_224-a1311bcf.pth"
 
 
+@pytest.mark.slow
 def test_the_demo_uses_cached_official_weights_and_says_so(tmp_path):
     """Offline-safe first command: with the weights in the cache the demo evaluates the real model (without them it
     runs on random weights and says how to get real ones: test_eval_scripts' demo test)."""

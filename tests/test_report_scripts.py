@@ -14,6 +14,7 @@ def run(script, *args):
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_benchmark_writes_rows_for_both_frameworks_and_variants(tmp_path):
     out = tmp_path / "bench.json"
     res = run("benchmark.py", "--models", "deit_tiny_patch16_224", "--batch-sizes", "1", "--runs", "2",
@@ -35,6 +36,7 @@ def test_benchmark_writes_rows_for_both_frameworks_and_variants(tmp_path):
     assert "graph-op reduction" in res.stdout and "token ops" in res.stdout and "fused kernels:" in res.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_times_training_steps_dense_and_ppt_in_both_frameworks(tmp_path):
     out = tmp_path / "train.json"
     res = run("benchmark.py", "--task", "train", "--models", "deit_tiny_patch16_224", "--batch-sizes", "2", "--runs",
@@ -58,6 +60,7 @@ def test_benchmark_bad_arguments(args, message):
     assert res.returncode == 2 and message in res.stderr
 
 
+@pytest.mark.slow
 def test_parity_script_reports_the_promised_keys(tmp_path):
     need_shared_data()
     out = tmp_path / "parity.json"
@@ -73,6 +76,7 @@ def test_parity_script_reports_the_promised_keys(tmp_path):
     assert "identical traces: 6" in res.stdout
 
 
+@pytest.mark.slow
 def test_train_parity_script_reports_equal_steps_in_float64(tmp_path):
     """An AdamW step of the real DeiT-Tiny on 4 photos whose batch mixes both policies at the first PP block (more
     steps: tests/test_training.py)."""

@@ -21,6 +21,7 @@ def rows_of(prefix):
     return json.loads((prefix.parent / (prefix.name + ".json")).read_text())["rows"]
 
 
+@pytest.mark.slow
 def test_rows_equal_eval_ms_and_a_resumed_sweep_evaluates_only_what_is_missing(tmp_path):
     prefix = tmp_path / "demo"
     res = run("sweep.py", "--r-values", 50, "--thresholds", 0, 7e-5, "--output", prefix, *FAST)

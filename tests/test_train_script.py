@@ -41,6 +41,7 @@ def log_rows(out):
     return rows
 
 
+@pytest.mark.slow
 def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tmp_path):
     """The recipe's random elements all on (RandAugment, random erasing, mixup/cutmix, drop path, repeated
     augmentation): 2 epochs in one run, or 1 epoch then --resume for the second, give identical weights, EMA,
@@ -88,6 +89,7 @@ def test_one_epoch_then_resume_equals_two_epochs_bit_for_bit(tmp_path):
     np.testing.assert_array_equal(model.head.weight.asnumpy(), want["ema.head.weight"])
 
 
+@pytest.mark.slow
 def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
     """2 ranks x batch 4 against 1 process x batch 8, 2 steps (mixup off: it mixes within a rank's batch): the
     same images with the same augmentation and drop-path draws reach the same weights up to float32 summation
@@ -154,6 +156,7 @@ def test_bad_input_is_refused_with_a_clear_error_and_nothing_written(args, messa
     assert sorted(os.listdir(tmp_path)) == ["out"] if out.exists() else os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_an_earlier_run_is_neither_overwritten_nor_resumed_inexactly(tmp_path):
     """A folder holding a run is refused for a new one; resuming with another global batch or seed is refused
     (it could not repeat the run); an unwritable output folder is refused before training. The checkpoint is

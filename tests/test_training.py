@@ -37,6 +37,7 @@ def mixed_threshold(arch, x):
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE])
 @pytest.mark.parametrize("flags", sorted(FLAGS))
+@pytest.mark.slow
 def test_parameter_gradients_match_the_reference_in_float64(flags, mode, rng):
     """Back-propagation through decide-then-apply: with the same weights, inputs and a batch that mixes pooling
     and pruning, every parameter's gradient equals pt_reference's (autograd through the authors' gather and
@@ -69,6 +70,7 @@ def assert_gradients_equal(params, grads, expected):
 
 
 @pytest.mark.parametrize("method", ["prune_fuse", "decouple_merge"])
+@pytest.mark.slow
 def test_single_rule_methods_back_propagate_like_the_reference_in_graph_mode(method, rng):
     """The fused token passes s_j / sum(s) of its gradient to each dropped token, a merged token size_j / sum(size)
     to each member: the same gradients as autograd through pt_reference's gather and scatter_add."""
@@ -131,6 +133,7 @@ def adamw_twins(arch, x, seed=0):
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE])  # PyNative: scripts/train_parity.py's test, real DeiT-Tiny
+@pytest.mark.slow
 def test_adamw_steps_keep_weights_and_traces_equal_to_the_reference_in_float64(mode, rng):
     """DeiT's training step in both frameworks (smoothed cross entropy on soft targets, AdamW with timm's decay
     groups, a changing lr): after each of 5 steps every weight agrees to float64 rounding, and the forward of
@@ -163,6 +166,7 @@ def test_adamw_steps_keep_weights_and_traces_equal_to_the_reference_in_float64(m
                                        err_msg=f"{p.name} after step {step}")
 
 
+@pytest.mark.slow
 def test_mixed_precision_o2_trains_like_float32_in_graph_mode(rng):
     """auto_mixed_precision O2 (float16 matmuls, float32 master weights; LayerNorm, softmax and PPT's scores in
     float32): over 3 AdamW steps the losses follow float32's to float16 accuracy, so the optimizer's updates

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import pt_reference
@@ -50,6 +51,7 @@ def run(*args):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_script_writes_identical_png_for_mindspore_and_pytorch(tmp_path):
     need_shared_data()
     from PIL import Image
