@@ -1,10 +1,14 @@
-"""PPT (token Pruning and Pooling) for DeiT/ViT in MindSpore: `create_model(name, checkpoint=..., r=..., ...)`."""
+"""PPT (token Pruning and Pooling) for DeiT/ViT in MindSpore: `create_model(name, checkpoint=..., r=..., ...)`.
+
+Importing it changes nothing global: it only adds the `ppt_*` entries to mindcv's model registry.
+`mindcv_strict_loading()` makes mindcv's `checkpoint_path` as strict as `create_model(checkpoint=...)` for those
+entries, and `silence_mindspore_exit_noise()` quiets MindSpore's C++ warnings and its interpreter-exit noise, as
+the command-line tools do: both are explicit calls.
+"""
+from ppt_common.config import MODEL_CONFIGS, PPTConfig
 from ppt_common.quiet import silence_mindspore_exit_noise
+from ms_ppt.factory import create_model, list_models, load_checkpoint, mindcv_strict_loading, run_with_trace
+from ms_ppt.vision_transformer import VisionTransformer
 
-silence_mindspore_exit_noise()
-
-from ppt_common.config import MODEL_CONFIGS, PPTConfig  # noqa: E402
-from ms_ppt.factory import create_model, list_models, load_checkpoint, run_with_trace  # noqa: E402
-from ms_ppt.vision_transformer import VisionTransformer  # noqa: E402
-
-__all__ = ["create_model", "list_models", "load_checkpoint", "run_with_trace", "VisionTransformer", "PPTConfig", "MODEL_CONFIGS"]
+__all__ = ["create_model", "list_models", "load_checkpoint", "mindcv_strict_loading", "run_with_trace",
+           "silence_mindspore_exit_noise", "VisionTransformer", "PPTConfig", "MODEL_CONFIGS"]

@@ -106,13 +106,14 @@ def _register_with_mindcv() -> None:
 
     for model_name in MODEL_CONFIGS:
         register_model(make(model_name))
-    _strict_checkpoints_in_mindcv()
 
 
-def _strict_checkpoints_in_mindcv() -> None:
+def mindcv_strict_loading() -> None:
     """mindcv.create_model(..., checkpoint_path=P) loads P after building the model, and silently skips a path
-    that does not exist or a tensor the file lacks. For our models it loads through load_checkpoint instead;
-    other models keep mindcv's loader."""
+    that does not exist or a tensor the file lacks, for every model. After this call it loads our models through
+    load_checkpoint instead (a missing file or tensor is an error); other models keep mindcv's loader. It replaces
+    mindcv's model_factory.load_model_checkpoint for the process, which is why it is a call and not an import
+    side effect; calling it again changes nothing."""
     from mindcv.models import model_factory
     mindcv_loader = model_factory.load_model_checkpoint
     if getattr(mindcv_loader, "ms_ppt_strict", False):

@@ -26,18 +26,18 @@ __all__ = ["Evaluation", "Metrics", "UsageError", "add_model_args", "add_ppt_arg
            "prepare", "print_summary", "progress", "str2bool", "time_batches", "write_outputs"]
 
 
-def prepare(args) -> Tuple[PPTConfig, List[Tuple[str, int]]]:
-    """Validate the options and list the images: (PPT config, [(path, label)])."""
+def prepare(args, cached_weights: Callable[[str], Optional[str]]) -> Tuple[PPTConfig, List[Tuple[str, int]]]:
+    """Validate the options and list the images: (PPT config, [(path, label)]). `cached_weights(model)` is
+    convert.hub.cached_weights, passed in by the tools (the core imports no other package)."""
     check_args(args)
-    use_cached_weights_for_demo(args)
+    use_cached_weights_for_demo(args, cached_weights)
     return ppt_config(args), load_items(args)
 
 
-def use_cached_weights_for_demo(args) -> None:
+def use_cached_weights_for_demo(args, cached_weights: Callable[[str], Optional[str]]) -> None:
     """The demo (no --data-path, no weights named) takes the model's official weights when they are already
     cached: offline-safe, and a real model when one is at hand."""
     if is_demo(args) and not args.checkpoint and not args.pretrained:
-        from convert.hub import cached_weights
         args.pretrained = cached_weights(args.model) is not None
 
 

@@ -12,6 +12,7 @@ import _bootstrap  # noqa: F401
 
 import numpy as np
 
+from convert.hub import cached_weights
 from ppt_common import evaluation as ev
 
 
@@ -27,7 +28,7 @@ def build_parser():
 def validate(args) -> dict:
     """Evaluate as `args` say and return the report; under msrun each rank takes a shard and rank 0 prints and
     writes the whole evaluation's report."""
-    cfg, items = ev.prepare(args)
+    cfg, items = ev.prepare(args, cached_weights)
     import mindspore as ms
     from ms_ppt.context import set_context
     set_context(args.mode, args.device)

@@ -10,6 +10,7 @@ import _bootstrap  # noqa: F401
 
 import numpy as np
 
+from convert.hub import cached_weights
 from ppt_common import evaluation as ev
 from ppt_common.config import get_arch, reducing_blocks
 
@@ -25,7 +26,7 @@ def build_parser():
 def validate(args) -> dict:
     """Evaluate as `args` say and return the report; under torchrun each rank takes a shard and rank 0 prints and
     writes the whole evaluation's report."""
-    cfg, items = ev.prepare(args)
+    cfg, items = ev.prepare(args, cached_weights)
     import torch
     import pt_reference
     from convert import CheckpointError

@@ -12,6 +12,7 @@ import _bootstrap  # noqa: F401
 
 import numpy as np
 
+from convert.hub import cached_weights
 from ppt_common import evaluation as ev
 from ppt_common.files import atomic_write, json_writer
 from ppt_common.parity import format_report, run_both
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
     try:
-        cfg, items = ev.prepare(args)
+        cfg, items = ev.prepare(args, cached_weights)
         import ms_ppt
         from ms_ppt.vision_transformer import params_from_numpy
         from ms_ppt.context import set_context

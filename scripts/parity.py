@@ -13,6 +13,7 @@ import _bootstrap  # noqa: F401
 
 import numpy as np
 
+from convert.hub import cached_weights
 from ppt_common import evaluation as ev
 from ppt_common.files import atomic_write, json_writer
 from ppt_common.parity import DEFAULT_BOUNDS, format_report, run_both
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
     try:
-        cfg, items = ev.prepare(args)
+        cfg, items = ev.prepare(args, cached_weights)
         if args.dtype == "float16":
             raise ev.UsageError("parity runs in float32 or float64")
         import torch

@@ -12,6 +12,7 @@ import _bootstrap  # noqa: F401
 
 import numpy as np
 
+from convert.hub import cached_weights
 from ppt_common import evaluation as ev
 from ms_ppt.data import mindspore_preprocess
 from ppt_common.config import data_config
@@ -22,7 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
     try:
-        cfg, items = ev.prepare(args)
+        cfg, items = ev.prepare(args, cached_weights)
         import ms_ppt
         from ms_ppt.context import set_context
         set_context(args.mode)

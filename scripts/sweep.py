@@ -23,6 +23,7 @@ import _bootstrap  # noqa: F401
 
 import numpy as np
 
+from convert.hub import cached_weights
 from ppt_common import evaluation as ev
 from ppt_common import sweep
 from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, METHODS,
@@ -92,7 +93,7 @@ def run(args) -> dict:
         done, done_config = sweep.read_table(json_path) if args.resume_sweep else ({}, {})
     except ValueError as e:
         raise ev.UsageError(str(e)) from None
-    ev.use_cached_weights_for_demo(args)  # as eval_ms.py: the demo takes cached official weights
+    ev.use_cached_weights_for_demo(args, cached_weights)  # as eval_ms.py: the demo takes cached official weights
     items = ev.load_items(args)
     config = {"model": args.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained,
               "data_path": args.data_path, "batch_size": ev.batch_size_for(len(items), args.batch_size),

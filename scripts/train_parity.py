@@ -14,6 +14,7 @@ import _bootstrap  # noqa: F401
 
 import numpy as np
 
+from convert.hub import cached_weights
 from ppt_common import evaluation as ev
 from ppt_common.files import atomic_write, json_writer
 from ppt_common.imagenet import NUM_CLASSES
@@ -36,7 +37,7 @@ def build_parser():
 
 
 def validate(args) -> dict:
-    cfg, items = ev.prepare(args)
+    cfg, items = ev.prepare(args, cached_weights)
     if args.dtype == "float16":
         raise ev.UsageError("training parity runs in float32 or float64")
     import dataclasses
