@@ -250,7 +250,7 @@ def log_sizes(size, log_table):
     return ops.where(known, looked_up, ops.full_like(looked_up, float("nan")))
 
 
-def proportional_bias(size, log_table):
-    """log(size) over the key axis, [B, 1, 1, N]."""
-    B, N, _ = size.shape
-    return log_sizes(size, log_table).reshape(B, 1, 1, N)
+def proportional_bias(log_size):
+    """The log sizes [B, N] over the key axis, [B, 1, 1, N]."""
+    B, N = log_size.shape
+    return log_size.reshape(B, 1, 1, N)

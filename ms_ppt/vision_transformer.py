@@ -212,17 +212,12 @@ class Attention(nn.Cell):
     of the largest activations become two; the logits are bit-identical, the softmax within rounding."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_size: bool, with_scores: bool,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, custom_kernels: bool = False, num_tokens: int = 0):
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, custom_kernels: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.use_size = use_size
-        # with sizes, log(size) is read from an exact table of the model's token counts (see ppt_common.proportional)
-        self.num_tokens = num_tokens
-        self.log_table = None
-        if use_size:
-            self.set_log_table_dtype(ms.float32)
         self.with_scores = with_scores
         self.qkv = nn.Dense(dim, dim * 3, has_bias=qkv_bias)
         self.swap_heads = SwapMiddleAxes(custom_kernels)
@@ -238,18 +233,14 @@ class Attention(nn.Cell):
         self.softmax = (ScaledSoftmaxLogSize if use_size else ScaledSoftmax)(softmax_op, self.scale) \
             if self.fused else None
 
-    def set_log_table_dtype(self, dtype) -> None:
-        """The log-size table in the attention's dtype (float32 for float16 models): rounded once from float64."""
-        table = log_size_table(self.num_tokens)
-        self.log_table = Tensor(table.astype(ms.dtype_to_nptype(_accum_dtype(dtype))))
-
     def drop_fast_kernel(self) -> None:
         """See GELU.drop_fast_kernel."""
         self.qkv_heads = None
         self.softmax = None
         self.fused = False
 
-    def construct(self, x, size):
+    def construct(self, x, log_size):
+        """log_size [B, N]: the tokens' log sizes (proportional attention), used where use_size."""
         B, N, C = x.shape
         h = self.num_heads
         accum = _accum_dtype(x.dtype)
@@ -257,7 +248,7 @@ class Attention(nn.Cell):
             qkv = self.qkv.matmul(x.reshape(B * N, C), self.qkv.weight)  # nn.Dense's MatMul, its bias in qkv_heads
             q, k, v = self.qkv_heads(qkv.reshape(B, N, 3 * h, self.head_dim), self.qkv.bias)
             if self.use_size:
-                attn = self.softmax(self.q_kt(q, k), ppt.log_sizes(size, self.log_table))
+                attn = self.softmax(self.q_kt(q, k), log_size)
             else:
                 attn = self.softmax(self.q_kt(q, k))
         else:
@@ -266,7 +257,7 @@ class Attention(nn.Cell):
             q, k, v = qkv[:, :h], qkv[:, h:2 * h], qkv[:, 2 * h:]  # slices: ops.split's gradient fails in GRAPH_MODE
             attn = (self.q_kt(q, k) * self.scale).astype(accum)
             if self.use_size:
-                attn = broadcast_add(attn, ppt.proportional_bias(size, self.log_table))
+                attn = broadcast_add(attn, ppt.proportional_bias(log_size))
             attn = ops.softmax(attn, -1)
         out = self.swap_heads(ops.matmul(self.attn_drop(attn).astype(x.dtype), v)).reshape(B, N, C)
         out = self.proj_drop(self.proj(out))
@@ -475,7 +466,7 @@ class Block(nn.Cell):
         self.norm1 = LayerNorm(dim, arch.norm_eps, custom_kernels)
         self.attn = Attention(dim, arch.num_heads, arch.qkv_bias, use_size=use_size, with_scores=self.reduces,
                               attn_drop=arch.attn_drop_rate, proj_drop=arch.proj_drop_rate,
-                              custom_kernels=custom_kernels, num_tokens=arch.num_tokens)
+                              custom_kernels=custom_kernels)
         self.layer_scale = arch.init_values is not None
         if self.layer_scale:
             self.ls1 = LayerScale(dim, arch.init_values)
@@ -494,10 +485,10 @@ class Block(nn.Cell):
     def branch2(self, x, draws):
         return self.drop_path2(self.ls2(x) if self.layer_scale else x, None if draws is None else draws[1])
 
-    def construct(self, x, size, source, draws=None):
+    def construct(self, x, size, log_size, source, draws=None):
         record = ()
         if self.reduces:
-            x_attn, attn, v, k = self.attn(self.norm1(x), size)
+            x_attn, attn, v, k = self.attn(self.norm1(x), log_size)
             x = x + self.branch1(x_attn, draws)
             if not self.merge_with_sizes:
                 size = ops.ones_like(size)
@@ -508,7 +499,7 @@ class Block(nn.Cell):
             if self.trace:
                 record = (block_record,)
         else:
-            x = x + self.branch1(self.attn(self.norm1(x), size), draws)
+            x = x + self.branch1(self.attn(self.norm1(x), log_size), draws)
         x = x + self.branch2(self.mlp(self.norm2(x)), draws)
         return x, size, source, record
 
@@ -543,13 +534,15 @@ class VisionTransformer(nn.Cell):
         self.pos_drop = nn.Dropout(p=arch.pos_drop_rate)
         if self.pre_norm:
             self.norm_pre = LayerNorm(dim, arch.norm_eps, custom_kernels)
-        blocks, reduced = [], False
+        blocks, reduced, self.log_table = [], False, None
         for plan, drop_path in zip(self.plans, arch.drop_path_rates):
             # proportional attention needs sizes only once some earlier block has reduced (log 1 = 0 before)
             blocks.append(Block(arch, plan, ppt_cfg, use_size=ppt_cfg.prop_attn and reduced, trace=trace,
                                 custom_kernels=custom_kernels, drop_path=drop_path))
             reduced = reduced or plan.r > 0
         self.blocks = nn.CellList(blocks)
+        if ppt_cfg.prop_attn and reduced:
+            self.set_log_table(ms.float32)
         self.norm = LayerNorm(dim, arch.norm_eps, custom_kernels)
         self.head_drop = nn.Dropout(p=arch.drop_rate)
         self.head = nn.Dense(dim, arch.num_classes)
@@ -577,12 +570,15 @@ class VisionTransformer(nn.Cell):
             x = self.norm_pre(x)
         B = x.shape[0]
         size = ops.ones((B, x.shape[1], 1), _accum_dtype(x.dtype))
+        log_size = None  # looked up once after each reduction, for the attention of every later block
         source = ppt.initial_source(B, x.shape[1], x) if self.trace_source else None
         records = ()
         i = 0
         for blk in self.blocks:
             draws = None if drop_path_draws is None else drop_path_draws[i]
-            x, size, source, record = blk(x, size, source, draws)
+            x, size, source, record = blk(x, size, log_size, source, draws)
+            if blk.reduces and self.log_table is not None:
+                log_size = ppt.log_sizes(size, self.log_table)
             records = records + record
             i += 1
         return self.norm(x), records, source
@@ -608,12 +604,17 @@ class VisionTransformer(nn.Cell):
         """Cast every parameter (float16 keeps LayerNorm's internal maths in float32)."""
         for p in self.get_parameters():
             p.set_dtype(dtype)
-        for _, cell in self.cells_and_names():
-            if isinstance(cell, Attention) and cell.use_size:
-                cell.set_log_table_dtype(dtype)
+        if self.log_table is not None:
+            self.set_log_table(dtype)
         if dtype != ms.float32:
             self.drop_fast_kernels()
         return self
+
+    def set_log_table(self, dtype) -> None:
+        """Proportional attention's log-size table (ppt_common.proportional) in the attention's dtype (float32 for
+        float16 models), rounded once from float64."""
+        table = log_size_table(self.arch.num_tokens)
+        self.log_table = Tensor(table.astype(ms.dtype_to_nptype(_accum_dtype(dtype))))
 
     def drop_fast_kernels(self) -> "VisionTransformer":
         """Use graph ops instead of the float32-only compiled CPU kernels: for float16/float64 models, and for

@@ -278,9 +278,9 @@ def log_sizes(size: torch.Tensor, log_table: torch.Tensor) -> torch.Tensor:
     return torch.where(known, looked_up, torch.full_like(looked_up, float("nan")))
 
 
-def proportional_bias(size: Optional[torch.Tensor], log_table: torch.Tensor) -> Optional[torch.Tensor]:
-    """log(size) over the key axis, [B, 1, 1, N]."""
-    return None if size is None else log_sizes(size, log_table)[:, None, None, :]
+def proportional_bias(log_size: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The log sizes [B, N] over the key axis, [B, 1, 1, N]."""
+    return None if log_size is None else log_size[:, None, None, :]
 
 
 __all__ = ["CLS_SCORE", "importance_scores", "score_variance", "pool_policy", "prune_indices", "Matching",

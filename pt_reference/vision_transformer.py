@@ -23,14 +23,14 @@ class PPTAttention(Attention):
     """timm attention that adds the proportional-attention bias and also returns the importance scores and the
     merge metric (k averaged over heads), both without gradient."""
 
-    def forward_ppt(self, x: torch.Tensor, size: Optional[torch.Tensor], log_table: torch.Tensor,
-                    num_prefix_tokens: int = 1):
+    def forward_ppt(self, x: torch.Tensor, log_size: Optional[torch.Tensor], num_prefix_tokens: int = 1):
+        """log_size [B, N]: the tokens' log sizes (proportional attention), or None for no bias."""
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         attn = (q @ k.transpose(-2, -1)) * self.scale
-        bias = ppt.proportional_bias(size, log_table)
+        bias = ppt.proportional_bias(log_size)
         if bias is not None:
             attn = attn + bias
         attn = attn.softmax(dim=-1)
@@ -61,10 +61,10 @@ class PPTBlock(Block):
         prefix = info["num_prefix_tokens"]
         r = info["r"].pop(0) if self._ppt_is_pp else 0
         r = max(0, min(r, max_r(x.shape[1], prefix)))
-        size = info["size"] if cfg.prop_attn else None
-        if r == 0 and size is None:
+        log_size = info["log_size"] if cfg.prop_attn else None
+        if r == 0 and log_size is None:
             return super().forward(x)
-        x_attn, scores, metric = self.attn.forward_ppt(self.norm1(x), size, info["log_table"], prefix)
+        x_attn, scores, metric = self.attn.forward_ppt(self.norm1(x), log_size, prefix)
         x = x + self.drop_path1(self.ls1(x_attn))
         if r > 0:
             # with prop_attn off every PP block merges with unit sizes (the authors' behaviour)
@@ -73,6 +73,8 @@ class PPTBlock(Block):
             x, info["size"], info["source"], plan = ppt.reduce_tokens(
                 x, scores, metric, merge_size, r, cfg.policy_threshold, source=info["source"],
                 num_prefix_tokens=prefix, method=cfg.method)
+            if cfg.prop_attn:  # looked up once after each reduction, for the attention of every later block
+                info["log_size"] = ppt.log_sizes(info["size"], info["log_table"])
             if info["want_trace"]:
                 info["trace"].append(trace_record(self._ppt_index, r, plan, info["size"]))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
@@ -86,6 +88,7 @@ class PPTState:
         cfg: PPTConfig = info["config"]
         info["r"] = list(cfg.r_per_pp_block(len(self.blocks)))
         info["size"] = None
+        info["log_size"] = None
         info["trace"] = []
         info["source"] = None
         if cfg.trace_source:
@@ -154,7 +157,8 @@ def apply_ppt(model: VisionTransformer, ppt_config: Optional[PPTConfig] = None, 
                          f"{len(model.blocks)} blocks")
     timm_class = next(c for c in (VisionTransformerDistilled, VisionTransformer) if isinstance(model, c))
     model.__class__ = PPT_CLASSES[timm_class]
-    model._ppt_info = {"config": cfg, "want_trace": trace, "r": [], "size": None, "source": None, "trace": [],
+    model._ppt_info = {"config": cfg, "want_trace": trace, "r": [], "size": None, "log_size": None, "source": None,
+                       "trace": [],
                        "num_prefix_tokens": model.num_prefix_tokens,
                        "log_table": torch.from_numpy(log_size_table(model.patch_embed.num_patches
                                                                     + model.num_prefix_tokens))}

@@ -106,7 +106,7 @@ def test_the_reference_gives_the_same_bits_call_after_call(state, dtype):
             assert_same_bits([pt_reference.run_with_trace(model, x)[:2] for _ in range(BATCHES[batch])])
 
 
-def test_both_frameworks_add_the_same_proportional_bias():
+def test_both_frameworks_look_up_the_same_log_sizes():
     """Every size a 384 model can hold, in float32: the very same bias values in both frameworks."""
     import torch
     from ms_ppt import ppt as ms_ppt_ops
@@ -115,8 +115,8 @@ def test_both_frameworks_add_the_same_proportional_bias():
     table = log_size_table(577)
     size = np.arange(1, 578, dtype=np.float32).reshape(1, 577, 1)
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    got_ms = ms_ppt_ops.proportional_bias(ms.Tensor(size), ms.Tensor(table.astype(np.float32))).asnumpy()
-    got_pt = pt_ppt_ops.proportional_bias(torch.from_numpy(size), torch.from_numpy(table)).numpy()
+    got_ms = ms_ppt_ops.log_sizes(ms.Tensor(size), ms.Tensor(table.astype(np.float32))).asnumpy()
+    got_pt = pt_ppt_ops.log_sizes(torch.from_numpy(size), torch.from_numpy(table)).numpy()
     np.testing.assert_array_equal(got_ms, got_pt)
     np.testing.assert_array_equal(got_ms.reshape(-1), table[1:].astype(np.float32))
 

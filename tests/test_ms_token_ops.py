@@ -89,7 +89,7 @@ def test_pruned_tokens_are_copied_exactly_in_float32(rng):
 
 def test_proportional_bias_is_log_size_over_keys(rng):
     size = np.array([[[1.0], [2], [3]]])
-    bias = ppt.proportional_bias(T(size), T(log_size_table(5))).asnumpy()
+    bias = ppt.proportional_bias(ppt.log_sizes(T(size), T(log_size_table(5)))).asnumpy()
     assert bias.shape == (1, 1, 1, 3)
     np.testing.assert_array_equal(bias.reshape(-1), np.log([1.0, 2, 3]))
 

@@ -110,7 +110,8 @@ def test_proportional_attention_adds_log_size_over_keys(rng):
     q, k = rng.randn(1, 2, 5, 4), rng.randn(1, 2, 5, 4)
     size = np.array([[[1.0], [2], [3], [1], [5]]])
     logits = torch.from_numpy(q) @ torch.from_numpy(k).transpose(-1, -2) * 0.5
-    got = (logits + ppt.proportional_bias(torch.from_numpy(size), torch.from_numpy(log_size_table(9)))).softmax(-1)
+    log_size = ppt.log_sizes(torch.from_numpy(size), torch.from_numpy(log_size_table(9)))
+    got = (logits + ppt.proportional_bias(log_size)).softmax(-1)
     got = got.numpy()
     np.testing.assert_allclose(got[0], oracle.attention_with_bias(q[0], k[0], size[0, :, 0], 0.5), rtol=1e-12)
 

@@ -219,10 +219,10 @@ def primitive_checks(checks, shapes, sizes, where, args):
         for i, (name, kind) in enumerate(PRIMITIVES):
             add_check(checks, results and [r[i:i + 1] for r in results], error, seconds, name=name,
                       inputs=f"[{','.join(map(str, shape))}] {kind}", **where)
-    for size, attn, method in sizes:
+    for size, cell_name, method in sizes:
         cell, arg = Log(), Tensor(size)
         timed_check(checks, lambda: cell(arg), args.calls, name="ops.log(model sizes)", inputs=f"{shapes_text([size])} "
-                    f"sizes of {attn}", **dict(where, dtype=size.dtype.name, method=method))
+                    f"sizes into {cell_name}", **dict(where, dtype=size.dtype.name, method=method))
 
 
 def build(arch, state, method, threshold, dtype, args):
@@ -270,9 +270,9 @@ def survey(args, checks):
                 prim_shapes |= {s for s, d in shapes if d == np.dtype(dtype) and len(s) >= 2}
                 prim_shapes |= {(batch, n) + tail for t in traces for n in (t.tokens_in, t.tokens_out)
                                 for tail in ((), (1,))}
-                for name, _, inputs, _ in cells:  # attn(x, size): each distinct size tensor, and where it was first
-                    if name.endswith(".attn") and inputs[1] is not None:
-                        sizes.setdefault(inputs[1].tobytes() + str(inputs[1].shape).encode(), (inputs[1], name, method))
+                for name, _, inputs, _ in cells:  # reduction(x, attn, v, k, size, source): each distinct size tensor
+                    if name.endswith(".reduction") and inputs[4] is not None:
+                        sizes.setdefault(inputs[4].tobytes() + str(inputs[4].shape).encode(), (inputs[4], name, method))
                 pooled = f"{int((traces[0].policy == 1).sum())} of {batch} pool" if traces else "no reduction"
                 for mode in args.modes if "cells" in args.levels else ():
                     start, before, repeats = time.time(), len(checks), 0
