@@ -20,10 +20,10 @@ from ppt_common.options import (UsageError, add_model_args, add_ppt_args, build_
                                 str2bool)
 from ppt_common.report import Metrics, build_report, finish, print_summary, write_outputs
 
-__all__ = ["Evaluation", "Metrics", "UsageError", "add_model_args", "add_ppt_args", "build_parser", "build_report",
-           "batch_size_for", "check_args", "check_imagenet_head", "check_weights", "evaluate", "fail", "finish", "interrupted", "is_demo",
-           "iter_batches", "load_items", "num_batches", "pil_preprocess", "ppt_config", "predictions_path",
-           "prepare", "print_summary", "progress", "str2bool", "time_batches", "write_outputs"]
+__all__ = ["Evaluation", "Metrics", "UsageError", "add_model_args", "add_ppt_args", "batch_size_for", "build_parser",
+           "build_report", "check_args", "check_imagenet_head", "check_weights", "evaluate", "fail", "finish",
+           "interrupted", "is_demo", "iter_batches", "load_items", "num_batches", "pil_preprocess", "ppt_config",
+           "predictions_path", "prepare", "print_summary", "progress", "str2bool", "time_batches", "write_outputs"]
 
 
 def prepare(args, cached_weights: Callable[[str], Optional[str]]) -> Tuple[PPTConfig, List[Tuple[str, int]]]:
