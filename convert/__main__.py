@@ -15,23 +15,16 @@ def main(argv=None) -> int:
         p.add_argument("--model", default=None, help="architecture name (default: inferred from the tensors)")
         p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     args = parser.parse_args(argv)
-    from ppt_common.files import interrupt_on_sigterm
-    from ppt_common.quiet import silence_mindspore_exit_noise
-    silence_mindspore_exit_noise()
-    interrupt_on_sigterm()
+    from ppt_cli import run_tool
+    return run_tool(lambda: run(args), f"{args.dst} was not written")
+
+
+def run(args) -> None:
     import convert
     start = time.perf_counter()
-    try:
-        fn = convert.pt2ms if args.direction == "pt2ms" else convert.ms2pt
-        name = fn(args.src, args.dst, model=args.model, force=args.force)
-    except (convert.CheckpointError, ValueError, OSError) as e:  # OSError: not found, exists, disk full, ...
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: {args.dst} was not written", file=sys.stderr)
-        return 130
+    fn = convert.pt2ms if args.direction == "pt2ms" else convert.ms2pt
+    name = fn(args.src, args.dst, model=args.model, force=args.force)
     print(f"converted {args.src} -> {args.dst} ({name}) in {time.perf_counter() - start:.2f} s")
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,13 +11,10 @@ from typing import Dict, Optional
 import numpy as np
 
 from ppt_common.files import atomic_write, check_output
+from ppt_common.errors import CheckpointError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".tar")
 StateDict = Dict[str, np.ndarray]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not fit the model."""
 
 
 def _suffix(path: str) -> str:

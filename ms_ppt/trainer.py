@@ -18,12 +18,9 @@ from ppt_common.distributed import World, gather_objects
 from ppt_common.files import atomic_write
 from ppt_common.imagenet import ImageError, NUM_CLASSES, find_images
 from ppt_common.training import (drop_path_draws, epoch_lr, rank_steps, sample_seed, scaled_lr, step_rng)
+from ppt_common.errors import TrainingError
 
 CHECKPOINT, LOG = "checkpoint.ckpt", "log.txt"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the last checkpoint written is intact."""
 
 
 def data_folders(args) -> Tuple[str, str]:

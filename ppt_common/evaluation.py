@@ -1,6 +1,6 @@
 """The loop shared by scripts/eval_ms.py and scripts/eval_pt.py (timm's validate.py shape), and the one import
-the tools use: options (ppt_common.options), images (ppt_common.data) and results (ppt_common.report) are
-re-exported here.
+the tools use: the options' checks (ppt_common.options), images (ppt_common.data) and results (ppt_common.report)
+are re-exported here. The command-line options themselves are ppt_cli.options.
 """
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ import numpy as np
 from ppt_common.config import PPTConfig
 from ppt_common.data import is_demo, iter_batches, load_items, pil_preprocess
 from ppt_common.distributed import SINGLE, World, gather_objects, shard
-from ppt_common.options import (UsageError, add_model_args, add_ppt_args, build_parser, check_args,
-                                check_imagenet_head, check_weights, fail, interrupted, ppt_config, predictions_path,
-                                str2bool)
+from ppt_common.options import (UsageError, check_args, check_imagenet_head, check_weights, ppt_config,
+                                predictions_path)
 from ppt_common.report import Metrics, build_report, finish, print_summary, write_outputs
 
-__all__ = ["Evaluation", "Metrics", "UsageError", "add_model_args", "add_ppt_args", "batch_size_for", "build_parser",
-           "build_report", "check_args", "check_imagenet_head", "check_weights", "evaluate", "fail", "finish",
-           "interrupted", "is_demo", "iter_batches", "load_items", "num_batches", "pil_preprocess", "ppt_config",
-           "predictions_path", "prepare", "print_summary", "progress", "str2bool", "time_batches", "write_outputs"]
+__all__ = ["Evaluation", "Metrics", "UsageError", "batch_size_for", "build_report", "check_args", "check_imagenet_head",
+           "check_weights", "evaluate", "finish", "is_demo", "iter_batches", "load_items", "num_batches",
+           "pil_preprocess", "ppt_config", "predictions_path", "prepare", "print_summary", "progress", "time_batches",
+           "write_outputs"]
 
 
 def prepare(args, cached_weights: Callable[[str], Optional[str]]) -> Tuple[PPTConfig, List[Tuple[str, int]]]:

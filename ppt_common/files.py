@@ -12,15 +12,9 @@ import signal
 import tempfile
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
+from ppt_common.errors import OutputError, OutputExistsError  # noqa: F401  (their old home)
+
 Writer = Callable[[str], None]  # writes the complete file at the path it is given
-
-
-class OutputError(ValueError):
-    """An output path that cannot or must not be written."""
-
-
-class OutputExistsError(OutputError, FileExistsError):
-    """The output exists and --force was not given."""
 
 
 def check_output(path, force: bool = False, suffix: Optional[str] = None, option: str = "output") -> str:

@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ppt_common import config
+from ppt_common.errors import ImageError
 
 IMAGENET_MEAN = np.array(config.IMAGENET_MEAN, dtype=np.float32)
 IMAGENET_STD = np.array(config.IMAGENET_STD, dtype=np.float32)
@@ -19,10 +20,6 @@ DEFAULT_CROP_PCT = 0.875
 NUM_CLASSES = 1000
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 _SYNSET_FILE = os.path.join(os.path.dirname(__file__), "imagenet_synset_words.txt")
-
-
-class ImageError(ValueError):
-    """An image file that cannot be decoded."""
 
 
 def load_synsets() -> List[Tuple[str, str]]:

@@ -1,32 +1,15 @@
-"""The eval tools' command line: options, their checks, and how a bad one is reported (one line, exit code 2)."""
+"""The checks on an evaluation's options (an argparse namespace or any object with the same attributes), before
+any work: each bad value is a UsageError naming the option."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Optional
 
-from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL,
-                               METHODS, MODEL_CONFIGS, PPTConfig, get_arch)
+from ppt_common.config import DEFAULT_METHOD, DEFAULT_R, PPTConfig, get_arch
 from ppt_common.files import OutputError, check_outputs
 from ppt_common.imagenet import NUM_CLASSES
-
-
-def str2bool(value: str) -> bool:
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got '{value}'")
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEMO_MODEL, choices=sorted(MODEL_CONFIGS), metavar="NAME",
-                   help=f"architecture (default {DEMO_MODEL}); one of: {', '.join(sorted(MODEL_CONFIGS))}")
-    p.add_argument("--checkpoint", "--resume", dest="checkpoint", default=None,
-                   help="DeiT .pth / timm .bin / .safetensors / MindSpore .ckpt (default: random weights, demo only)")
-    p.add_argument("--pretrained", action="store_true",
-                   help="the model's official weights: downloaded once, verified and cached (instead of --checkpoint)")
+from ppt_common.errors import UsageError
 
 
 def check_weights(args) -> None:
@@ -36,60 +19,6 @@ def check_weights(args) -> None:
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise UsageError(f"checkpoint not found: {args.checkpoint}" if not os.path.exists(args.checkpoint)
                          else f"checkpoint is not a file: {args.checkpoint}")
-
-
-def add_ppt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--r_tokens", "--r-tokens", dest="r_tokens", type=int, nargs="+", default=None,
-                   help=f"tokens removed per PP block: one value, or one per PP block (0 = dense; default {DEFAULT_R})")
-    p.add_argument("--target-gmacs", "--target_gmacs", dest="target_gmacs", type=float, default=None,
-                   help="choose r instead: the same r at every PP block, the one whose MACs per image (the paper's "
-                        "'GFLOPs') are nearest to this many billions; ties go to the smaller r")
-    p.add_argument("--pp_loc_list", "--pp-loc-list", dest="pp_loc_list", type=int, nargs="*",
-                   default=list(DEFAULT_PP_LOC_LIST), help="0-based indices of the PP blocks")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="policy threshold on score variance")
-    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
-                   help="the reduction of every PP block: ppt (the authors' adaptive choice, by --threshold), prune "
-                        "or pool alone, prune_fuse (EViT: the r dropped tokens fused into one extra token) or "
-                        "decouple_merge (2211.11315: the 2r least attentive tokens merged pairwise by similarity)")
-    p.add_argument("--prop_attn", "--prop-attn", dest="prop_attn", type=str2bool, nargs="?", const=True,
-                   default=True, help="proportional attention (default true; '--prop_attn false' to disable)")
-    p.add_argument("--dense", action="store_true", help="evaluate without PPT (same as --r_tokens 0)")
-
-
-def build_parser(framework: str, json_output: bool = True, predictions: bool = True) -> argparse.ArgumentParser:
-    """Options of both eval scripts; the authors' main.py names (--resume, --num_workers, ...) keep working.
-    Tools that write no JSON report or no predictions do not offer the options."""
-    p = argparse.ArgumentParser(
-        description=f"ImageNet evaluation of DeiT/ViT with PPT ({framework}): top-1/top-5, MACs, throughput. "
-                    "With no --data-path it runs a demo on a tiny sample shipped with the package.")
-    add_model_args(p)
-    p.add_argument("--data-path", "--data_path", dest="data_path", nargs="+", default=None,
-                   help="ImageNet root holding val/, or a folder of WordNet-id class folders; several may be given "
-                        "(default: the demo sample)")
-    add_ppt_args(p)
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16"])
-    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
-                   help="threads decoding images")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], default="skip",
-                   help="an unreadable image: skip it with a warning (counted) or stop with an error")
-    p.add_argument("--throughput-runs", dest="throughput_runs", type=int, default=5)
-    if json_output:
-        p.add_argument("--output-json", dest="output_json", default=None, help="write the report as JSON")
-    if predictions:
-        p.add_argument("--save-predictions", dest="save_predictions", default=None,
-                       help="write an .npz of logits, labels, paths and policies")
-    if json_output or predictions:
-        p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    p.set_defaults(output_json=None, save_predictions=None, force=False)
-    p.add_argument("--eval", action="store_true", help="accepted for compatibility with the authors' main.py")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-class UsageError(ValueError):
-    """Bad options or inputs: reported as one line and exit code 2."""
 
 
 def check_args(args) -> None:
@@ -147,13 +76,3 @@ def choose_r_for_target(args) -> None:
         raise UsageError(str(e)) from None
     print(message, file=sys.stderr)
     args.r_tokens, args.target_gmacs = [r], None
-
-
-def fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
-def interrupted() -> int:
-    print("interrupted: no output was written", file=sys.stderr)
-    return 130

@@ -26,13 +26,14 @@ import subprocess
 import sys
 import time
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
+from ppt_cli.main import fail, run_tool
 from ppt_common.config import MODEL_CONFIGS, get_arch
-from ppt_common.evaluation import UsageError, fail
-from ppt_common.files import OutputError, atomic_write, check_output, json_writer
+from ppt_common.errors import UsageError
+from ppt_common.files import atomic_write, check_output, json_writer
 from ppt_common.measure import own_peak_rss_mb, time_interleaved
 from ppt_common.training import RECIPE
 
@@ -182,19 +183,24 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.memory_child:
         return memory_child(args)
-    try:
-        for name in args.models:
-            if name not in MODEL_CONFIGS:
-                raise UsageError(f"unknown model '{name}'")
-        if min(args.batch_sizes) <= 0 or args.runs <= 0 or args.warmup < 0:
-            raise UsageError("batch sizes and --runs must be positive, --warmup >= 0")
-        if args.task == "train" and (args.token_ops or args.unfused or args.dtype != "float32"):
-            raise UsageError("--task train times float32 dense and PPT steps (no --token-ops or --unfused, "
-                             "no float16)")
-        if args.output_json:
-            check_output(args.output_json, args.force, option="--output-json")
-    except (UsageError, OutputError) as e:
-        return fail(str(e))
+    return run_tool(lambda: benchmark(args))
+
+
+def check(args) -> None:
+    for name in args.models:
+        if name not in MODEL_CONFIGS:
+            raise UsageError(f"unknown model '{name}'")
+    if min(args.batch_sizes) <= 0 or args.runs <= 0 or args.warmup < 0:
+        raise UsageError("batch sizes and --runs must be positive, --warmup >= 0")
+    if args.task == "train" and (args.token_ops or args.unfused or args.dtype != "float32"):
+        raise UsageError("--task train times float32 dense and PPT steps (no --token-ops or --unfused, "
+                         "no float16)")
+    if args.output_json:
+        check_output(args.output_json, args.force, option="--output-json")
+
+
+def benchmark(args) -> int:
+    check(args)
     rows = []
     started = time.time()
     for name in args.models:
@@ -206,8 +212,7 @@ def main(argv=None) -> int:
                 memory = {key: peak_rss_mb(*key[:1], name, batch, key[1], args) for key in variants
                           if key[1] in ("dense", "ppt")} if args.memory else {}
             except RuntimeError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 1
+                return fail(str(e), 1)
             runners = {(fw, variant): make_runner(fw, name, batch, variant, args) for fw, variant in variants}
             for (fw, variant), sec in time_interleaved(runners, args.runs, args.warmup).items():
                 rows.append({"model": name, "task": args.task, "framework": fw, "variant": variant, "batch_size": batch,

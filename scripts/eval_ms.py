@@ -8,16 +8,17 @@
 """
 import sys
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
 from convert.hub import cached_weights
+from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
 
 
 def build_parser():
-    parser = ev.build_parser("MindSpore")
+    parser = options.build_parser("MindSpore")
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     parser.add_argument("--preprocess", choices=["mindspore", "pil"], default="mindspore",
                         help="mindspore: mindcv's pipeline; pil: bit-identical to timm/torchvision (for parity)")
@@ -37,12 +38,8 @@ def validate(args) -> dict:
     ms.set_seed(0)  # the demo's random weights are the same every run, on every rank
     import ms_ppt
     from ms_ppt.vision_transformer import params_from_numpy
-    from convert import CheckpointError
-    try:
-        model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                                    ppt_config=cfg, trace=True, dtype=args.dtype)
-    except CheckpointError as e:
-        raise ev.UsageError(str(e)) from None
+    model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                ppt_config=cfg, trace=True, dtype=args.dtype)
     ev.check_imagenet_head(model.arch.num_classes)
     from ms_ppt.data import eval_preprocess
     preprocess = eval_preprocess(args.model, args.preprocess)
@@ -62,13 +59,7 @@ def validate(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        validate(args)
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
-        return ev.fail(str(e))
-    except KeyboardInterrupt:
-        return ev.interrupted()
-    return 0
+    return run_tool(lambda: validate(args))
 
 
 if __name__ == "__main__":

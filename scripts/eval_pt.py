@@ -6,17 +6,18 @@
 """
 import sys
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
 from convert.hub import cached_weights
+from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
 from ppt_common.config import get_arch, reducing_blocks
 
 
 def build_parser():
-    parser = ev.build_parser("PyTorch")
+    parser = options.build_parser("PyTorch")
     parser.add_argument("--preprocess", choices=["pil"], default="pil",
                         help="PIL/torchvision eval transform (the MindSpore pipeline is in eval_ms.py)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -29,17 +30,13 @@ def validate(args) -> dict:
     cfg, items = ev.prepare(args, cached_weights)
     import torch
     import pt_reference
-    from convert import CheckpointError
     from pt_reference.distributed import torch_world
     world = torch_world(args.device)
     torch.manual_seed(0)  # the demo's random weights are the same every run, on every rank
     torch.backends.cuda.matmul.allow_tf32 = False  # parity: no TF32 on GPU
     torch.backends.cudnn.allow_tf32 = False
-    try:
-        model = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                                          ppt_config=cfg, trace=True, dtype=args.dtype)
-    except CheckpointError as e:
-        raise ev.UsageError(str(e)) from None
+    model = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                      ppt_config=cfg, trace=True, dtype=args.dtype)
     ev.check_imagenet_head(model.num_classes)
     model = model.to(args.device)
     result = ev.evaluate(items, lambda images: pt_reference.run_with_trace(model, images)[:2],
@@ -66,13 +63,7 @@ def validate(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        validate(args)
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
-        return ev.fail(str(e))
-    except KeyboardInterrupt:
-        return ev.interrupted()
-    return 0
+    return run_tool(lambda: validate(args))
 
 
 if __name__ == "__main__":

@@ -13,23 +13,24 @@ import os
 import sys
 import time
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
+from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
-from ppt_common.files import OutputError, atomic_write, check_output
+from ppt_common.files import atomic_write, check_output
 
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_model_args(p)
-    ev.add_ppt_args(p)
+    options.add_model_args(p)
+    options.add_ppt_args(p)
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, required=True)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--output", required=True, help="FILE.mindir")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--verify", type=ev.str2bool, nargs="?", const=True, default=True,
+    p.add_argument("--verify", type=options.str2bool, nargs="?", const=True, default=True,
                    help="reload the file and compare its logits with the live cell (default true)")
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU", "Ascend"])
     return p.parse_args(argv)
@@ -65,32 +66,27 @@ def verify(model, path: str, batch_size: int) -> float:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    try:
-        check(args)
-        cfg = ev.ppt_config(args)
-        import mindspore as ms
-        import ms_ppt
-        from convert import CheckpointError
-        ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device)
-        try:
-            model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                                        ppt_config=cfg, dtype=args.dtype,
-                                        custom_kernels=False)  # portable graph: no host-compiled .so inside
-        except CheckpointError as e:
-            raise ev.UsageError(str(e)) from None
-        seconds = export(model, args.batch_size, args.output)
-        print(f"exported {args.model} (r={cfg.r} at {list(cfg.pp_loc_list)}, threshold {cfg.threshold:g}, "
-              f"{args.dtype}, input [{args.batch_size}, 3, {model.arch.img_size}, {model.arch.img_size}]) to "
-              f"{args.output}: {os.path.getsize(args.output) / 2**20:.1f} MiB in {seconds:.1f} s")
-        if not args.checkpoint:
-            print("note: random weights (no --checkpoint)")
-        if args.verify:
-            diff = verify(model, args.output, args.batch_size)
-            print(f"reloaded with mindspore.load + nn.GraphCell: max |logit difference| vs the live cell {diff:.3g}")
-    except (ev.UsageError, OutputError, ValueError, OSError) as e:
-        return ev.fail(str(e))
-    except KeyboardInterrupt:
-        return ev.interrupted()
+    return run_tool(lambda: run(args))
+
+
+def run(args) -> int:
+    check(args)
+    cfg = ev.ppt_config(args)
+    import mindspore as ms
+    import ms_ppt
+    ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device)
+    model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                ppt_config=cfg, dtype=args.dtype,
+                                custom_kernels=False)  # portable graph: no host-compiled .so inside
+    seconds = export(model, args.batch_size, args.output)
+    print(f"exported {args.model} (r={cfg.r} at {list(cfg.pp_loc_list)}, threshold {cfg.threshold:g}, "
+          f"{args.dtype}, input [{args.batch_size}, 3, {model.arch.img_size}, {model.arch.img_size}]) to "
+          f"{args.output}: {os.path.getsize(args.output) / 2**20:.1f} MiB in {seconds:.1f} s")
+    if not args.checkpoint:
+        print("note: random weights (no --checkpoint)")
+    if args.verify:
+        diff = verify(model, args.output, args.batch_size)
+        print(f"reloaded with mindspore.load + nn.GraphCell: max |logit difference| vs the live cell {diff:.3g}")
     return 0
 
 

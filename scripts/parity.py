@@ -9,69 +9,65 @@ Reports per PP block the policy and selection agreement, every image's first dis
 """
 import sys
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
 from convert.hub import cached_weights
+from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
 from ppt_common.files import atomic_write, json_writer
 from ppt_common.parity import DEFAULT_BOUNDS, format_report, run_both
 
 
 def main(argv=None) -> int:
-    parser = ev.build_parser("parity", predictions=False)
+    parser = options.build_parser("parity", predictions=False)
     parser.set_defaults(dtype="float64", batch_size=16)
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
-    try:
-        cfg, items = ev.prepare(args, cached_weights)
-        if args.dtype == "float16":
-            raise ev.UsageError("parity runs in float32 or float64")
-        import torch
-        import ms_ppt
-        import pt_reference
-        from convert import CheckpointError
-        from ms_ppt.vision_transformer import params_from_numpy
-        from ms_ppt.context import set_context
-        set_context(args.mode)
-        torch.manual_seed(0)
-        try:
-            pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                                           ppt_config=cfg, trace=True, dtype=args.dtype)
-        except CheckpointError as e:
-            raise ev.UsageError(str(e)) from None
-        ev.check_imagenet_head(pt.num_classes)
-        state = {k: v.float().numpy() for k, v in pt.state_dict().items()}  # the MindSpore weights come from these
-        msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, ppt_config=cfg, trace=True,
-                                  dtype=args.dtype)
-        params_from_numpy(msm, state)
-        skipped = []
-        batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(args.model), args.num_workers,
-                                  args.on_error, skipped)
-        np_dtype = np.float64 if args.dtype == "float64" else np.float32
+    return run_tool(lambda: run(args))
 
-        def run_pt(images):
-            logits, traces, _ = pt_reference.run_with_trace(pt, images.astype(np_dtype))
-            return logits.astype(np.float64), traces
 
-        def run_ms(images):
-            logits, traces, _ = ms_ppt.run_with_trace(msm, images.astype(np_dtype))
-            return logits, traces
+def run(args) -> int:
+    cfg, items = ev.prepare(args, cached_weights)
+    if args.dtype == "float16":
+        raise ev.UsageError("parity runs in float32 or float64")
+    import torch
+    import ms_ppt
+    import pt_reference
+    from ms_ppt.vision_transformer import params_from_numpy
+    from ms_ppt.context import set_context
+    set_context(args.mode)
+    torch.manual_seed(0)
+    pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                   ppt_config=cfg, trace=True, dtype=args.dtype)
+    ev.check_imagenet_head(pt.num_classes)
+    state = {k: v.float().numpy() for k, v in pt.state_dict().items()}  # the MindSpore weights come from these
+    msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, ppt_config=cfg, trace=True,
+                              dtype=args.dtype)
+    params_from_numpy(msm, state)
+    skipped = []
+    batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(args.model), args.num_workers,
+                              args.on_error, skipped)
+    np_dtype = np.float64 if args.dtype == "float64" else np.float32
 
-        progress = ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet, "parity")
-        report = run_both(run_pt, run_ms, progress, cfg.threshold, DEFAULT_BOUNDS)
-        report["config"] = {"model": args.model, "checkpoint": args.checkpoint, "dtype": args.dtype,
-                            "mode": args.mode, "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r),
-                            "pp_loc_list": list(cfg.pp_loc_list), "threshold": cfg.threshold, "method": cfg.method,
-                            "prop_attn": cfg.prop_attn, "skipped_images": skipped}
-        print(format_report(report))
-        if args.output_json:
-            atomic_write(args.output_json, json_writer(report))
-    except (ev.UsageError, FileNotFoundError, ValueError, OSError) as e:
-        return ev.fail(str(e))
-    except KeyboardInterrupt:
-        return ev.interrupted()
+    def run_pt(images):
+        logits, traces, _ = pt_reference.run_with_trace(pt, images.astype(np_dtype))
+        return logits.astype(np.float64), traces
+
+    def run_ms(images):
+        logits, traces, _ = ms_ppt.run_with_trace(msm, images.astype(np_dtype))
+        return logits, traces
+
+    progress = ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet, "parity")
+    report = run_both(run_pt, run_ms, progress, cfg.threshold, DEFAULT_BOUNDS)
+    report["config"] = {"model": args.model, "checkpoint": args.checkpoint, "dtype": args.dtype,
+                        "mode": args.mode, "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r),
+                        "pp_loc_list": list(cfg.pp_loc_list), "threshold": cfg.threshold, "method": cfg.method,
+                        "prop_attn": cfg.prop_attn, "skipped_images": skipped}
+    print(format_report(report))
+    if args.output_json:
+        atomic_write(args.output_json, json_writer(report))
     return 0
 
 

@@ -19,11 +19,12 @@ import argparse
 import sys
 import time
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
 from convert.hub import cached_weights
+from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
 from ppt_common import sweep
 from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, METHODS,
@@ -34,7 +35,7 @@ from ppt_common.macs import gmacs
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_model_args(p)
+    options.add_model_args(p)
     p.add_argument("--data-path", "--data_path", dest="data_path", nargs="+", default=None,
                    help="ImageNet root holding val/, or folders of WordNet-id class folders (default: the demo sample)")
     p.add_argument("--r-values", dest="r_values", type=int, nargs="+", default=[DEFAULT_R],
@@ -105,11 +106,7 @@ def run(args) -> dict:
     ms.set_seed(0)
     import ms_ppt
     from ms_ppt.vision_transformer import params_from_numpy
-    from convert import CheckpointError
-    try:
-        first = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, r=0)
-    except CheckpointError as e:
-        raise ev.UsageError(str(e)) from None
+    first = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, r=0)
     ev.check_imagenet_head(first.arch.num_classes)
     weights = {p.name: p.asnumpy() for p in first.get_parameters()}
     from ms_ppt.data import eval_preprocess
@@ -177,14 +174,7 @@ def evaluate_setting(model, setting, batches, batch_size: int, fixed_batch: bool
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
-        return ev.fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted: the table holds every setting finished so far (--resume-sweep continues)", file=sys.stderr)
-        return 130
-    return 0
+    return run_tool(lambda: run(args), "the table holds every setting finished so far (--resume-sweep continues)")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ checkpoint.ckpt to continue one; --finetune takes weights only. docs/training.md
 import argparse
 import sys
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
+from ppt_cli import run_tool
+from ppt_cli.options import add_ppt_args, str2bool
 from ppt_common import evaluation as ev
-from ppt_common.options import add_ppt_args, str2bool
 from ppt_common.config import DEMO_MODEL, MODEL_CONFIGS
 from ppt_common.training import RECIPE
 
@@ -83,18 +84,12 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ms_ppt.trainer import TrainingError, train
-    try:
-        train(args)
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
-        return ev.fail(str(e))
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the last checkpoint written is intact", file=sys.stderr)
-        return 130
-    return 0
+    return run_tool(lambda: fine_tune(args), "the last checkpoint written is intact")
+
+
+def fine_tune(args) -> None:
+    from ms_ppt.trainer import train  # imported after run_tool has quieted MindSpore's logs
+    train(args)
 
 
 if __name__ == "__main__":

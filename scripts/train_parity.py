@@ -10,11 +10,12 @@ worst weight gap after the update (same measure), and whether every image kept t
 """
 import sys
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
 from convert.hub import cached_weights
+from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
 from ppt_common.files import atomic_write, json_writer
 from ppt_common.imagenet import NUM_CLASSES
@@ -23,7 +24,7 @@ from ppt_common.training import RECIPE
 
 
 def build_parser():
-    p = ev.build_parser("training parity", predictions=False)
+    p = options.build_parser("training parity", predictions=False)
     p.set_defaults(dtype="float64", batch_size=8, limit=8)
     p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 2e-4, 3e-4, 2e-4, 1e-4],
@@ -45,7 +46,6 @@ def validate(args) -> dict:
     import mindspore as ms
     import ms_ppt
     import pt_reference
-    from convert import CheckpointError
     from ms_ppt import training as mst
     from ms_ppt.context import set_context
     from ms_ppt.vision_transformer import params_from_numpy
@@ -56,11 +56,8 @@ def validate(args) -> dict:
     np_dtype = np.float64 if args.dtype == "float64" else np.float32
     images = images.astype(np_dtype)
     targets = np.eye(NUM_CLASSES, dtype=np_dtype)[labels]
-    try:
-        pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                                       ppt_config=cfg, trace=True, dtype=args.dtype)
-    except CheckpointError as e:
-        raise ev.UsageError(str(e)) from None
+    pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                   ppt_config=cfg, trace=True, dtype=args.dtype)
     if args.mixed_threshold and cfg.pp_loc_list:
         pt_reference.run_with_trace(pt, images)
         variance = np.sort(pt.ppt_trace[0].variance)
@@ -116,13 +113,7 @@ def validate(args) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        validate(args)
-    except (ev.UsageError, FileNotFoundError, ValueError, OSError) as e:
-        return ev.fail(str(e))
-    except KeyboardInterrupt:
-        return ev.interrupted()
-    return 0
+    return run_tool(lambda: validate(args))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ import argparse
 import os
 import sys
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
+from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
-from ppt_common.files import OutputError, atomic_write, check_output
-from ppt_common.imagenet import ImageError
+from ppt_common.files import atomic_write, check_output
 from ppt_common.trace import POLICY_NAMES
 
 
@@ -36,8 +36,8 @@ def traces_for(args, cfg, images):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_model_args(p)
-    ev.add_ppt_args(p)
+    options.add_model_args(p)
+    options.add_ppt_args(p)
     p.add_argument("--images", nargs="+", required=True)
     p.add_argument("--output", required=True, help="PNG file")
     p.add_argument("--force", action="store_true", help="overwrite an existing --output")
@@ -45,32 +45,24 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--scale", type=int, default=1, help="enlarge each panel by this factor")
     args = p.parse_args(argv)
-    try:
-        check_output(args.output, args.force, suffix=".png", option="--output")
-        ev.check_weights(args)
-        if args.scale < 1:
-            raise ev.UsageError("--scale must be >= 1")
-        cfg = ev.ppt_config(args)
-        from ppt_common.config import data_config, get_arch
-        from ppt_common.visual import render_figure
-        arch, data = get_arch(args.model), data_config(args.model)
-        preprocess = ev.pil_preprocess(args.model)
-        try:
-            images = np.stack([preprocess(path) for path in args.images])
-        except ImageError as e:
-            raise ev.UsageError(str(e)) from None
-        from convert import CheckpointError
-        try:
-            traces = traces_for(args, cfg, images)
-        except CheckpointError as e:
-            raise ev.UsageError(str(e)) from None
-        figure = render_figure(images, traces, arch.patch_size, args.scale,
-                               labels=[os.path.basename(path) for path in args.images], mean=data.mean, std=data.std)
-        atomic_write(args.output, lambda tmp: figure.save(tmp, format="PNG"))
-    except (ev.UsageError, OutputError, ValueError, OSError) as e:
-        return ev.fail(str(e))
-    except KeyboardInterrupt:
-        return ev.interrupted()
+    return run_tool(lambda: run(args))
+
+
+def run(args) -> int:
+    check_output(args.output, args.force, suffix=".png", option="--output")
+    ev.check_weights(args)
+    if args.scale < 1:
+        raise ev.UsageError("--scale must be >= 1")
+    cfg = ev.ppt_config(args)
+    from ppt_common.config import data_config, get_arch
+    from ppt_common.visual import render_figure
+    arch, data = get_arch(args.model), data_config(args.model)
+    preprocess = ev.pil_preprocess(args.model)
+    images = np.stack([preprocess(path) for path in args.images])
+    traces = traces_for(args, cfg, images)
+    figure = render_figure(images, traces, arch.patch_size, args.scale,
+                           labels=[os.path.basename(path) for path in args.images], mean=data.mean, std=data.std)
+    atomic_write(args.output, lambda tmp: figure.save(tmp, format="PNG"))
     print(f"wrote {args.output} ({figure.width}x{figure.height}); policies per PP block: "
           + ", ".join(f"block {t.block}: {POLICY_NAMES[int(v)]}" for t in traces for v in t.policy[:1]))
     return 0

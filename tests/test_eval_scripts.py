@@ -159,9 +159,10 @@ def test_outputs_are_checked_before_the_work_and_never_overwritten_without_force
 
 
 def test_a_late_write_failure_keeps_the_summary_and_writes_nothing(tmp_path, capsys):
+    from ppt_cli import options
     from ppt_common import evaluation as ev
-    args = ev.build_parser("test").parse_args(["--output-json", str(tmp_path / "out" / "r.json"),
-                                               "--save-predictions", str(tmp_path / "out" / "p.npz")])
+    args = options.build_parser("test").parse_args(["--output-json", str(tmp_path / "out" / "r.json"),
+                                                    "--save-predictions", str(tmp_path / "out" / "p.npz")])
     (tmp_path / "out").mkdir()
     ev.check_args(args)
     metrics = ev.Metrics()

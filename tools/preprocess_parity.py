@@ -8,45 +8,45 @@ images change policy or selection at each PP block, on the MindSpore model.
 """
 import sys
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
 from convert.hub import cached_weights
+from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
 from ms_ppt.data import mindspore_preprocess
 from ppt_common.config import data_config
 
 
 def main(argv=None) -> int:
-    parser = ev.build_parser("preprocessing parity", json_output=False, predictions=False)
+    parser = options.build_parser("preprocessing parity", json_output=False, predictions=False)
     parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
     args = parser.parse_args(argv)
-    try:
-        cfg, items = ev.prepare(args, cached_weights)
-        import ms_ppt
-        from ms_ppt.context import set_context
-        set_context(args.mode)
-        model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                                    ppt_config=cfg, trace=True, dtype=args.dtype)
-        ev.check_imagenet_head(model.arch.num_classes)
-        pipelines = {"pil": ev.pil_preprocess(args.model), "mindspore": mindspore_preprocess(args.model)}
-        std = np.array(data_config(args.model).std, np.float32)[:, None, None]
-        diffs, results = [], {k: {"logits": [], "traces": []} for k in pipelines}
-        labels = np.array([lbl for _, lbl in items])
-        for start in ev.progress(range(0, len(items), args.batch_size), ev.num_batches(len(items), args.batch_size),
-                                 args.quiet, "preprocess"):
-            paths = [p for p, _ in items[start:start + args.batch_size]]
-            arrays = {k: np.stack([f(p) for p in paths]) for k, f in pipelines.items()}
-            diffs.append(np.abs(arrays["pil"] - arrays["mindspore"]) * std * 255)  # in 8-bit levels
-            for k, x in arrays.items():
-                logits, traces, _ = ms_ppt.run_with_trace(model, x)
-                results[k]["logits"].append(logits)
-                results[k]["traces"].append(traces)
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
-        return ev.fail(str(e))
-    except KeyboardInterrupt:
-        return ev.interrupted()
+    return run_tool(lambda: run(args))
+
+
+def run(args) -> int:
+    cfg, items = ev.prepare(args, cached_weights)
+    import ms_ppt
+    from ms_ppt.context import set_context
+    set_context(args.mode)
+    model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+                                ppt_config=cfg, trace=True, dtype=args.dtype)
+    ev.check_imagenet_head(model.arch.num_classes)
+    pipelines = {"pil": ev.pil_preprocess(args.model), "mindspore": mindspore_preprocess(args.model)}
+    std = np.array(data_config(args.model).std, np.float32)[:, None, None]
+    diffs, results = [], {k: {"logits": [], "traces": []} for k in pipelines}
+    labels = np.array([lbl for _, lbl in items])
+    for start in ev.progress(range(0, len(items), args.batch_size), ev.num_batches(len(items), args.batch_size),
+                             args.quiet, "preprocess"):
+        paths = [p for p, _ in items[start:start + args.batch_size]]
+        arrays = {k: np.stack([f(p) for p in paths]) for k, f in pipelines.items()}
+        diffs.append(np.abs(arrays["pil"] - arrays["mindspore"]) * std * 255)  # in 8-bit levels
+        for k, x in arrays.items():
+            logits, traces, _ = ms_ppt.run_with_trace(model, x)
+            results[k]["logits"].append(logits)
+            results[k]["traces"].append(traces)
     d = np.concatenate(diffs)
     print(f"images: {len(items)}")
     print(f"pixel |difference| (8-bit levels): mean {d.mean():.3f}, 99th percentile {np.percentile(d, 99):.2f}, "

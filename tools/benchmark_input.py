@@ -17,10 +17,11 @@ import sys
 import tempfile
 import time
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
+from ppt_cli import run_tool
 from ppt_common import evaluation as ev
 from ppt_common.config import data_config, get_arch
 from ppt_common.imagenet import default_crop_pct, wnid_to_label
@@ -66,29 +67,30 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     args.limit = None
+    return run_tool(lambda: measure(args))
+
+
+def measure(args) -> int:
+    items = ev.load_items(args)
+    from ms_ppt.data import mindspore_preprocess
+    pipelines = {"pil": threaded(ev.pil_preprocess(args.model), items, args),
+                 "mindspore": threaded(mindspore_preprocess(args.model), items, args),
+                 "dataset-engine": dataset_engine(args)}
+    workdir, here = tempfile.mkdtemp(prefix="ms-ppt-input-"), os.getcwd()
+    os.chdir(workdir)
     try:
-        items = ev.load_items(args)
-        from ms_ppt.data import mindspore_preprocess
-        pipelines = {"pil": threaded(ev.pil_preprocess(args.model), items, args),
-                     "mindspore": threaded(mindspore_preprocess(args.model), items, args),
-                     "dataset-engine": dataset_engine(args)}
-        workdir, here = tempfile.mkdtemp(prefix="ms-ppt-input-"), os.getcwd()
-        os.chdir(workdir)
-        try:
-            times = {name: [] for name in pipelines}
-            for round_ in range(args.rounds + 1):
-                for name, run in pipelines.items():  # interleaved, so machine drift does not bias the ratios
-                    start = time.perf_counter()
-                    count = run()
-                    if round_:
-                        times[name].append(time.perf_counter() - start)
-                    if count != len(items):
-                        raise ev.UsageError(f"{name} read {count} of {len(items)} images")
-        finally:
-            os.chdir(here)
-            shutil.rmtree(workdir, ignore_errors=True)
-    except (ev.UsageError, FileNotFoundError, ValueError) as e:
-        return ev.fail(str(e))
+        times = {name: [] for name in pipelines}
+        for round_ in range(args.rounds + 1):
+            for name, run in pipelines.items():  # interleaved, so machine drift does not bias the ratios
+                start = time.perf_counter()
+                count = run()
+                if round_:
+                    times[name].append(time.perf_counter() - start)
+                if count != len(items):
+                    raise ev.UsageError(f"{name} read {count} of {len(items)} images")
+    finally:
+        os.chdir(here)
+        shutil.rmtree(workdir, ignore_errors=True)
     print(f"{len(items)} images, {args.model} preprocessing, batch {args.batch_size}, {args.num_workers} workers "
           f"(median of {args.rounds} passes)")
     for name, t in times.items():
