@@ -8,7 +8,6 @@ import math
 import os
 import sys
 import time
-import types
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -17,12 +16,12 @@ from ppt_common import evaluation as ev
 from ppt_common.distributed import World, gather_objects
 from ppt_common.files import atomic_write
 from ppt_common.imagenet import ImageError, NUM_CLASSES, find_images
-from ppt_common.training import (drop_path_draws, epoch_lr, rank_steps, sample_seed, scaled_lr, step_rng)
+from ppt_common.options import check_choice
+from ppt_common.training import (Recipe, TrainOptions, drop_path_draws, epoch_lr, rank_steps, sample_seed, scaled_lr,
+                                 step_rng)
 from ppt_common.errors import TrainingError
 
 CHECKPOINT, LOG = "checkpoint.ckpt", "log.txt"
-
-
 def data_folders(args) -> Tuple[str, str]:
     train = args.train_path or (os.path.join(args.data_path, "train") if args.data_path else None)
     val = args.val_path or (os.path.join(args.data_path, "val") if args.data_path else None)
@@ -39,10 +38,14 @@ def list_images(folder: str, what: str) -> List[Tuple[str, int]]:
         raise ev.UsageError(f"{what} data: {e}") from None
 
 
-def check_args(args) -> None:
+def check_args(args: TrainOptions) -> None:
+    check_choice("mode", args.mode, ("graph", "pynative"))
+    check_choice("device", args.device, ("CPU", "GPU", "Ascend"))
+    check_choice("dtype", args.dtype, ("float32", "float64"))
+    check_choice("amp_level", args.amp_level, ("O0", "O1", "O2", "O3"))
     for name in ("epochs", "batch_size"):
         if getattr(args, name) <= 0:
-            raise ev.UsageError(f"--{name} must be positive, got {getattr(args, name)}")
+            raise ev.UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.lr <= 0 or args.min_lr < 0 or args.warmup_lr < 0:
         raise ev.UsageError("--lr must be positive, --min-lr and --warmup-lr non-negative")
     if args.mixup > 0 or args.cutmix > 0:
@@ -100,9 +103,11 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def train(args) -> dict:
-    """Fine-tune as `args` say; returns the last epoch's log row. Under msrun every rank trains its share of each
-    global batch; rank 0 prints and writes."""
+def train(options: TrainOptions = None, **kwargs) -> dict:
+    """Fine-tune and return the last epoch's log row; options as TrainOptions, or their names as keyword arguments:
+    `train(model=..., resume=WEIGHTS, data_path=ROOT, output_dir=OUT, epochs=30)`. Writes only into output_dir.
+    Under msrun every rank trains its share of each global batch; rank 0 prints and writes."""
+    args = TrainOptions.of(options, **kwargs)
     check_args(args)
     cfg = ev.ppt_config(args)
     train_dir, val_dir = data_folders(args)
@@ -179,8 +184,6 @@ def train(args) -> dict:
     transform = train_transform(args.model, args.aa, args.reprob, args.train_interpolation)
     loader = TrainLoader(transform, args.num_workers)
     peak = scaled_lr(args.lr, global_batch)
-    eval_args = types.SimpleNamespace(batch_size=args.batch_size, num_workers=args.num_workers,
-                                      on_error="fail", quiet=args.quiet)
     preprocess = mindspore_preprocess(args.model)
     if world.is_main:
         print(f"fine-tuning {args.model} (r {cfg.r} at blocks {list(cfg.pp_loc_list)}, threshold {cfg.threshold}): "
@@ -194,8 +197,9 @@ def train(args) -> dict:
             lr = epoch_lr(epoch, peak, args_recipe(args))
             train_loss, num_steps, seconds = run.train_one_epoch(epoch, lr, loader)
             params_from_numpy(eval_model, {p.name: p.asnumpy() for p in model.get_parameters()})
-            result = ev.evaluate(val_items, lambda x: ms_ppt.run_with_trace(eval_model, x)[:2], preprocess,
-                                 eval_args, f"val {epoch}", world, fixed_batch=args.mode == "graph")
+            result = ev.evaluate_items(val_items, lambda x: ms_ppt.run_with_trace(eval_model, x)[:2], preprocess,
+                                       args.batch_size, args.num_workers, "fail", args.quiet, f"val {epoch}", world,
+                                       fixed_batch=args.mode == "graph")
             metrics = result.metrics.result()
             row = {"epoch": epoch, "train_lr": lr, "train_loss": train_loss, "train_steps": num_steps,
                    "train_images_per_second": num_steps * global_batch / seconds,
@@ -285,6 +289,5 @@ def schedule(args) -> dict:
 
 
 def args_recipe(args):
-    from ppt_common.training import Recipe
     return Recipe(epochs=args.epochs, lr=args.lr, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
                   warmup_epochs=args.warmup_epochs)

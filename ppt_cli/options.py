@@ -5,6 +5,7 @@ The authors' main.py spellings (--resume, --num_workers, --r_tokens, ...) keep w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL,
                                METHODS, MODEL_CONFIGS)
@@ -75,3 +76,9 @@ def build_parser(framework: str, json_output: bool = True, predictions: bool = T
     p.add_argument("--eval", action="store_true", help="accepted for compatibility with the authors' main.py")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def to_options(args: argparse.Namespace, cls):
+    """The library's options dataclass `cls` from parsed arguments of the same names (options the library does not
+    take, such as the authors' --eval, are dropped)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})

@@ -10,18 +10,18 @@ import numpy as np
 
 from ppt_common.config import DEMO_DATA, data_config, get_arch
 from ppt_common.imagenet import ImageError, find_images, preprocess_pil
-from ppt_common.options import UsageError
+from ppt_common.options import EvalOptions, UsageError
 
 
-def is_demo(args) -> bool:
-    return args.data_path is None
+def is_demo(options: EvalOptions) -> bool:
+    return options.data_path is None
 
 
-def load_items(args) -> List[Tuple[str, int]]:
+def load_items(options: EvalOptions) -> List[Tuple[str, int]]:
     """The images of every --data-path, each file once (a folder given twice, or a root and its val/, would
     otherwise count its images twice)."""
     try:
-        found = [it for path in (args.data_path or [DEMO_DATA]) for it in find_images(path)]
+        found = [it for path in (options.data_path or [DEMO_DATA]) for it in find_images(path)]
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise UsageError(str(e)) from None
     items, seen = [], set()
@@ -33,7 +33,7 @@ def load_items(args) -> List[Tuple[str, int]]:
     if len(items) < len(found):
         print(f"note: {len(found) - len(items)} images reached through more than one --data-path are counted once",
               file=sys.stderr)
-    return items[:args.limit] if args.limit else items
+    return items[:options.limit] if options.limit else items
 
 
 def iter_batches(items: Sequence[Tuple[str, int]], batch_size: int, preprocess: Callable[[str], np.ndarray],

@@ -15,29 +15,30 @@ import numpy as np
 from ppt_common.config import PPTConfig
 from ppt_common.data import is_demo, iter_batches, load_items, pil_preprocess
 from ppt_common.distributed import SINGLE, World, gather_objects, shard
-from ppt_common.options import (UsageError, check_args, check_imagenet_head, check_weights, ppt_config,
+from ppt_common.options import (EvalOptions, UsageError, check_args, check_imagenet_head, check_weights, ppt_config,
                                 predictions_path)
 from ppt_common.report import Metrics, build_report, finish, print_summary, write_outputs
 
-__all__ = ["Evaluation", "Metrics", "UsageError", "batch_size_for", "build_report", "check_args", "check_imagenet_head",
-           "check_weights", "evaluate", "finish", "is_demo", "iter_batches", "load_items", "num_batches",
+__all__ = ["EvalOptions", "Evaluation", "Metrics", "UsageError", "batch_size_for", "build_report", "check_args", "check_imagenet_head",
+           "check_weights", "evaluate_items", "finish", "is_demo", "iter_batches", "load_items", "num_batches",
            "pil_preprocess", "ppt_config", "predictions_path", "prepare", "print_summary", "progress", "time_batches",
            "write_outputs"]
 
 
-def prepare(args, cached_weights: Callable[[str], Optional[str]]) -> Tuple[PPTConfig, List[Tuple[str, int]]]:
+def prepare(options: EvalOptions, cached_weights: Callable[[str], Optional[str]]
+            ) -> Tuple[PPTConfig, List[Tuple[str, int]]]:
     """Validate the options and list the images: (PPT config, [(path, label)]). `cached_weights(model)` is
     convert.hub.cached_weights, passed in by the tools (the core imports no other package)."""
-    check_args(args)
-    use_cached_weights_for_demo(args, cached_weights)
-    return ppt_config(args), load_items(args)
+    check_args(options)
+    use_cached_weights_for_demo(options, cached_weights)
+    return ppt_config(options), load_items(options)
 
 
-def use_cached_weights_for_demo(args, cached_weights: Callable[[str], Optional[str]]) -> None:
+def use_cached_weights_for_demo(options: EvalOptions, cached_weights: Callable[[str], Optional[str]]) -> None:
     """The demo (no --data-path, no weights named) takes the model's official weights when they are already
     cached: offline-safe, and a real model when one is at hand."""
-    if is_demo(args) and not args.checkpoint and not args.pretrained:
-        args.pretrained = cached_weights(args.model) is not None
+    if is_demo(options) and not options.checkpoint and not options.pretrained:
+        options.pretrained = cached_weights(options.model) is not None
 
 
 @dataclasses.dataclass
@@ -48,26 +49,27 @@ class Evaluation:
     seconds: float  # wall clock of the loop, decoding included (the slowest rank's)
 
 
-def evaluate(items: Sequence[Tuple[str, int]], run_batch: Callable, preprocess: Callable[[str], np.ndarray], args,
-             desc: str, world: World = SINGLE, fixed_batch: bool = False) -> Evaluation:
-    """The loop of both eval scripts. `items` are cut into batches of --batch-size (or of the whole run, if that is
+def evaluate_items(items: Sequence[Tuple[str, int]], run_batch: Callable, preprocess: Callable[[str], np.ndarray],
+                   batch_size: int, num_workers: int = 2, on_error: str = "skip", quiet: bool = False,
+                   desc: str = "eval", world: World = SINGLE, fixed_batch: bool = False) -> Evaluation:
+    """The loop of every evaluation (eval_ms, eval_pt, sweeps, training's validation). `items` are cut into batches
+    of batch_size (or of the whole run, if that is
     smaller: a small run computes no padding), the same batches whatever the number of ranks; this rank evaluates
     its run of whole batches (`run_batch(images) -> (logits, traces)`; with fixed_batch a short batch is padded
     with copies of its last image to the batch shape, so a compiled graph never sees a new shape); then every
     rank's results are gathered, in dataset order. So N ranks compute every image exactly as one process does. A
     UsageError on any rank (an unreadable image with --on-error fail) is raised on every rank."""
     start = time.perf_counter()
-    batch_size = batch_size_for(len(items), args.batch_size)
+    batch_size = batch_size_for(len(items), batch_size)
     local = shard(items, world, batch_size)
     metrics, skipped, sample, error = Metrics(), [], None, None
     bar = None
-    if not args.quiet and world.is_main:
+    if not quiet and world.is_main:
         from tqdm import tqdm
         bar = tqdm(total=len(local), desc=desc + (f" (rank 0 of {world.size})" if world.size > 1 else ""),
                    unit="img", file=sys.stderr)
     try:
-        for images, labels, paths in iter_batches(local, batch_size, preprocess, args.num_workers, args.on_error,
-                                                  skipped):
+        for images, labels, paths in iter_batches(local, batch_size, preprocess, num_workers, on_error, skipped):
             n = len(labels)
             if fixed_batch and n < batch_size:
                 images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])

@@ -60,31 +60,31 @@ class Metrics:
         return np.concatenate(self.policies).astype(np.int8)
 
 
-def write_outputs(args, report: dict, metrics: Metrics, policies: np.ndarray) -> None:
+def write_outputs(options: EvalOptions, report: dict, metrics: Metrics, policies: np.ndarray) -> None:
     """The JSON report and the predictions, as one set: both written or neither."""
     writers = []
-    if args.output_json:
-        writers.append((args.output_json, json_writer(report)))
-    if args.save_predictions:
+    if options.output_json:
+        writers.append((options.output_json, json_writer(report)))
+    if options.save_predictions:
         def save_npz(tmp):
             with open(tmp, "wb") as f:
                 np.savez(f, logits=np.concatenate(metrics.logits), labels=np.concatenate(metrics.labels),
                          paths=np.array(metrics.paths), policies=policies)
-        writers.append((predictions_path(args), save_npz))
+        writers.append((predictions_path(options), save_npz))
     write_all(writers)
 
 
-def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, pp_blocks: List[int],
+def build_report(options: EvalOptions, framework: str, metrics: Metrics, policies: np.ndarray, pp_blocks: List[int],
                  seconds_per_batch: float, skipped: List[str], extra_config: dict,
                  end_to_end_seconds: float = float("nan")) -> dict:
-    arch = get_arch(args.model)
-    cfg = ppt_config(args)
+    arch = get_arch(options.model)
+    cfg = ppt_config(options)
     result = metrics.result()
-    timing_batch = args.batch_size  # throughput is timed on one batch of the evaluation's batch size
+    timing_batch = options.batch_size  # throughput is timed on one batch of the evaluation's batch size
     applied = [p.r for p in arch_schedule(arch, cfg) if p.is_pp]
     report = {
         "framework": framework,
-        "demo": is_demo(args),
+        "demo": is_demo(options),
         **result,
         "gmacs": gmacs(arch, cfg),
         "gmacs_dense": gmacs(arch),
@@ -101,30 +101,30 @@ def build_report(args, framework: str, metrics: Metrics, policies: np.ndarray, p
         "r_applied_per_pp_block": applied,  # clamped to half the patches a block sees (docs/ppt-spec.md)
         "skipped_images": skipped,
         "config": {
-            "model": args.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained, "data_path": args.data_path or DEMO_DATA,
+            "model": options.model, "checkpoint": options.checkpoint, "pretrained": options.pretrained, "data_path": options.data_path or DEMO_DATA,
             "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r), "pp_loc_list": list(cfg.pp_loc_list),
-            "threshold": cfg.threshold, "method": cfg.method, "prop_attn": cfg.prop_attn, "batch_size": args.batch_size,
-            "dtype": args.dtype, "limit": args.limit, "timing_batch_size": timing_batch,
-            "data_config": dataclasses.asdict(data_config(args.model)), **extra_config,
+            "threshold": cfg.threshold, "method": cfg.method, "prop_attn": cfg.prop_attn, "batch_size": options.batch_size,
+            "dtype": options.dtype, "limit": options.limit, "timing_batch_size": timing_batch,
+            "data_config": dataclasses.asdict(data_config(options.model)), **extra_config,
         },
     }
     return report
 
 
-def finish(args, framework: str, metrics: Metrics, pp_blocks: List[int], seconds_per_batch: float,
+def finish(options: EvalOptions, framework: str, metrics: Metrics, pp_blocks: List[int], seconds_per_batch: float,
            skipped: List[str], extra_config: dict, world: World = SINGLE,
            end_to_end_seconds: float = float("nan")) -> dict:
     """Build the report, print it, then write the requested outputs: a late write error never loses the
     summary, and it is an error (UsageError) that says nothing was written. In a data-parallel job only rank 0
     prints and writes."""
     policies = metrics.policy_matrix(len(pp_blocks))
-    report = build_report(args, framework, metrics, policies, pp_blocks, seconds_per_batch, skipped,
+    report = build_report(options, framework, metrics, policies, pp_blocks, seconds_per_batch, skipped,
                           {**extra_config, "world_size": world.size}, end_to_end_seconds)
     if not world.is_main:
         return report
     print_summary(report)
     try:
-        write_outputs(args, report, metrics, policies)
+        write_outputs(options, report, metrics, policies)
     except OSError as e:
         raise UsageError(f"the evaluation finished (summary above) but its outputs could not be written, so none "
                          f"was: {e}") from None

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ppt_common.config import DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEMO_MODEL
 from ppt_common.distributed import World
+from ppt_common.options import Options
 
 # names timm's DeiT leaves undecayed besides every 1-D tensor and bias (VisionTransformer.no_weight_decay())
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "dist_token")
@@ -50,6 +52,60 @@ class Recipe:
 
 
 RECIPE = Recipe()
+
+
+@dataclasses.dataclass
+class TrainOptions(Options):
+    """What to fine-tune, on what, and how: the options of train_ms.py (underscores for dashes). The recipe's
+    defaults are DeiT's with the PPT authors' fine-tuning values (ppt_common.training.Recipe)."""
+    model: str = DEMO_MODEL
+    resume: Optional[str] = None  # weights to fine-tune, or this trainer's checkpoint.ckpt to continue exactly
+    finetune: Optional[str] = None  # weights to start from (a checkpoint.ckpt's weights only)
+    pretrained: bool = False
+    data_path: Optional[str] = None  # a root holding train/ and val/
+    train_path: Optional[str] = None  # instead of DATA_PATH/train
+    val_path: Optional[str] = None  # instead of DATA_PATH/val
+    output_dir: Optional[str] = None  # checkpoint.ckpt and log.txt, rewritten atomically after every epoch
+    force: bool = False
+    r_tokens: Optional[Sequence[int]] = None
+    target_gmacs: Optional[float] = None
+    pp_loc_list: Sequence[int] = DEFAULT_PP_LOC_LIST
+    threshold: float = 6e-5  # the authors' fine-tuning value (7e-5 is their evaluation default)
+    method: str = DEFAULT_METHOD
+    prop_attn: bool = True
+    dense: bool = False
+    epochs: int = RECIPE.epochs
+    batch_size: int = RECIPE.batch_size  # per process
+    lr: float = RECIPE.lr  # per 512 images: scaled by the global batch / 512
+    min_lr: float = RECIPE.min_lr
+    warmup_lr: float = RECIPE.warmup_lr
+    warmup_epochs: int = RECIPE.warmup_epochs
+    weight_decay: float = RECIPE.weight_decay
+    opt_eps: float = RECIPE.opt_eps
+    opt_betas: Sequence[float] = RECIPE.opt_betas
+    clip_grad: Optional[float] = RECIPE.clip_grad
+    smoothing: float = RECIPE.smoothing
+    mixup: float = RECIPE.mixup
+    cutmix: float = RECIPE.cutmix
+    mixup_prob: float = RECIPE.mixup_prob
+    mixup_switch_prob: float = RECIPE.mixup_switch_prob
+    aa: str = RECIPE.aa
+    reprob: float = RECIPE.reprob
+    train_interpolation: str = RECIPE.train_interpolation
+    repeated_aug: int = RECIPE.repeated_aug
+    drop_path: float = RECIPE.drop_path
+    drop: float = RECIPE.drop
+    model_ema: bool = True
+    model_ema_decay: float = RECIPE.model_ema_decay
+    seed: int = RECIPE.seed
+    num_workers: int = 2  # processes augmenting images (0: in this process)
+    mode: str = "graph"
+    device: str = "CPU"
+    dtype: str = "float32"
+    amp_level: str = "O0"  # MindSpore mixed precision (O2 for Ascend); PPT's scoring stays float32
+    loss_scale: Optional[float] = None  # static loss scale (default 1, or 1024 with amp_level)
+    limit: Optional[int] = None  # use only the first N training and validation images
+    quiet: bool = False
 
 
 def scaled_lr(lr: float, global_batch: int) -> float:

@@ -14,18 +14,17 @@ import sys
 
 import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
-from ppt_cli import run_tool
+from ppt_cli import options, run_tool
 from ppt_cli.options import add_ppt_args, str2bool
-from ppt_common import evaluation as ev
-from ppt_common.config import DEMO_MODEL, MODEL_CONFIGS
-from ppt_common.training import RECIPE
+from ppt_common.config import MODEL_CONFIGS
+from ppt_common.training import TrainOptions
 
 
 def build_parser():
-    r = RECIPE
+    d = TrainOptions()  # the library's defaults
     p = argparse.ArgumentParser(description="Fine-tune DeiT/ViT with PPT in MindSpore (DeiT's recipe; the authors' "
                                             "option names work)")
-    p.add_argument("--model", default=DEMO_MODEL, choices=sorted(MODEL_CONFIGS), metavar="NAME")
+    p.add_argument("--model", default=d.model, choices=sorted(MODEL_CONFIGS), metavar="NAME")
     p.add_argument("--resume", default=None, help="weights to fine-tune (.pth/.bin/.safetensors/.ckpt), or this "
                                                    "script's checkpoint.ckpt to continue exactly")
     p.add_argument("--finetune", default=None, help="weights to start from (a checkpoint.ckpt's weights only)")
@@ -38,42 +37,42 @@ def build_parser():
                    help="checkpoint.ckpt and log.txt, rewritten atomically after every epoch")
     p.add_argument("--force", action="store_true", help="overwrite an earlier run in --output_dir")
     add_ppt_args(p)
-    p.set_defaults(threshold=6e-5)  # the authors' fine-tuning value (7e-5 is their evaluation default)
+    p.set_defaults(threshold=d.threshold)  # the authors' fine-tuning value (7e-5 is their evaluation default)
     g = p.add_argument_group("recipe (DeiT's defaults, the PPT authors' fine-tuning values)")
-    g.add_argument("--epochs", type=int, default=r.epochs)
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=r.batch_size,
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=d.batch_size,
                    help="per process")
-    g.add_argument("--lr", type=float, default=r.lr, help="per 512 images: scaled by the global batch / 512")
-    g.add_argument("--min-lr", "--min_lr", dest="min_lr", type=float, default=r.min_lr)
-    g.add_argument("--warmup-lr", "--warmup_lr", dest="warmup_lr", type=float, default=r.warmup_lr)
-    g.add_argument("--warmup-epochs", "--warmup_epochs", dest="warmup_epochs", type=int, default=r.warmup_epochs)
-    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=r.weight_decay)
-    g.add_argument("--opt-eps", dest="opt_eps", type=float, default=r.opt_eps)
-    g.add_argument("--opt-betas", dest="opt_betas", type=float, nargs=2, default=list(r.opt_betas))
-    g.add_argument("--clip-grad", dest="clip_grad", type=float, default=r.clip_grad)
-    g.add_argument("--smoothing", type=float, default=r.smoothing)
-    g.add_argument("--mixup", type=float, default=r.mixup)
-    g.add_argument("--cutmix", type=float, default=r.cutmix)
-    g.add_argument("--mixup-prob", dest="mixup_prob", type=float, default=r.mixup_prob)
-    g.add_argument("--mixup-switch-prob", dest="mixup_switch_prob", type=float, default=r.mixup_switch_prob)
-    g.add_argument("--aa", default=r.aa, help="RandAugment, timm's spelling ('none' to turn off)")
-    g.add_argument("--reprob", type=float, default=r.reprob, help="random erasing probability (per-pixel values)")
-    g.add_argument("--train-interpolation", dest="train_interpolation", default=r.train_interpolation)
-    g.add_argument("--repeated-aug", dest="repeated_aug", action="store_const", const=r.repeated_aug,
-                   default=r.repeated_aug, help=f"each image {r.repeated_aug}x per epoch (default)")
+    g.add_argument("--lr", type=float, default=d.lr, help="per 512 images: scaled by the global batch / 512")
+    g.add_argument("--min-lr", "--min_lr", dest="min_lr", type=float, default=d.min_lr)
+    g.add_argument("--warmup-lr", "--warmup_lr", dest="warmup_lr", type=float, default=d.warmup_lr)
+    g.add_argument("--warmup-epochs", "--warmup_epochs", dest="warmup_epochs", type=int, default=d.warmup_epochs)
+    g.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float, default=d.weight_decay)
+    g.add_argument("--opt-eps", dest="opt_eps", type=float, default=d.opt_eps)
+    g.add_argument("--opt-betas", dest="opt_betas", type=float, nargs=2, default=list(d.opt_betas))
+    g.add_argument("--clip-grad", dest="clip_grad", type=float, default=d.clip_grad)
+    g.add_argument("--smoothing", type=float, default=d.smoothing)
+    g.add_argument("--mixup", type=float, default=d.mixup)
+    g.add_argument("--cutmix", type=float, default=d.cutmix)
+    g.add_argument("--mixup-prob", dest="mixup_prob", type=float, default=d.mixup_prob)
+    g.add_argument("--mixup-switch-prob", dest="mixup_switch_prob", type=float, default=d.mixup_switch_prob)
+    g.add_argument("--aa", default=d.aa, help="RandAugment, timm's spelling ('none' to turn off)")
+    g.add_argument("--reprob", type=float, default=d.reprob, help="random erasing probability (per-pixel values)")
+    g.add_argument("--train-interpolation", dest="train_interpolation", default=d.train_interpolation)
+    g.add_argument("--repeated-aug", dest="repeated_aug", action="store_const", const=d.repeated_aug,
+                   default=d.repeated_aug, help=f"each image {d.repeated_aug}x per epoch (default)")
     g.add_argument("--no-repeated-aug", dest="repeated_aug", action="store_const", const=1)
-    g.add_argument("--drop-path", "--drop_path", dest="drop_path", type=float, default=r.drop_path)
-    g.add_argument("--drop", type=float, default=r.drop)
-    g.add_argument("--model-ema", dest="model_ema", type=str2bool, nargs="?", const=True, default=True)
+    g.add_argument("--drop-path", "--drop_path", dest="drop_path", type=float, default=d.drop_path)
+    g.add_argument("--drop", type=float, default=d.drop)
+    g.add_argument("--model-ema", dest="model_ema", type=str2bool, nargs="?", const=True, default=d.model_ema)
     g.add_argument("--no-model-ema", dest="model_ema", action="store_false")
-    g.add_argument("--model-ema-decay", dest="model_ema_decay", type=float, default=r.model_ema_decay)
-    g.add_argument("--seed", type=int, default=r.seed)
-    p.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int, default=2,
+    g.add_argument("--model-ema-decay", dest="model_ema_decay", type=float, default=d.model_ema_decay)
+    g.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int, default=d.num_workers,
                    help="processes augmenting images (0: in this process)")
-    p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
-    p.add_argument("--device", "--device_target", dest="device", default="CPU", choices=["CPU", "GPU", "Ascend"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--amp-level", "--amp_level", dest="amp_level", choices=["O0", "O1", "O2", "O3"], default="O0",
+    p.add_argument("--mode", choices=["graph", "pynative"], default=d.mode)
+    p.add_argument("--device", "--device_target", dest="device", default=d.device, choices=["CPU", "GPU", "Ascend"])
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    p.add_argument("--amp-level", "--amp_level", dest="amp_level", choices=["O0", "O1", "O2", "O3"], default=d.amp_level,
                    help="MindSpore mixed precision (O2 for Ascend); PPT's scoring stays float32. GRAPH mode only")
     p.add_argument("--loss-scale", dest="loss_scale", type=float, default=None,
                    help="static loss scale (default 1, or 1024 with --amp-level)")
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
 
 def fine_tune(args) -> None:
     from ms_ppt.trainer import train  # imported after run_tool has quieted MindSpore's logs
-    train(args)
+    train(options.to_options(args, TrainOptions))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import DEIT_TINY, FOOLBOX, IMAGENET_SAMPLE, ROOT, need_shared_data
 from ppt_common.distributed import World, gather_objects, shard
-from ppt_common.evaluation import UsageError, evaluate
+from ppt_common.evaluation import UsageError, evaluate_items
 from ppt_common.imagenet import ImageError
 
 
@@ -65,8 +65,7 @@ def test_objects_of_every_size_and_dtype_are_gathered_exactly_in_rank_order():
         assert got[1]["empty"].shape == (0, 1000)
 
 
-class Args:
-    batch_size, num_workers, on_error, quiet = 4, 1, "skip", True
+LOOP = dict(batch_size=4, num_workers=1, on_error="skip", quiet=True, desc="test")
 
 
 def fake_preprocess(path):
@@ -75,7 +74,7 @@ def fake_preprocess(path):
     return np.full((3, 2, 2), float(path.split("_")[1]), np.float32)
 
 
-def test_evaluate_pads_short_batches_to_one_shape_and_counts_each_image_once():
+def test_the_loop_pads_short_batches_to_one_shape_and_counts_each_image_once():
     """Batches of 4 over 11 images, one unreadable: every call sees 4 images (no recompilation in GRAPH_MODE), the
     padding is discarded, each readable image is scored once, in order, and the bad one is counted as skipped."""
     items = [(f"img_{i}", i % 3) for i in range(11)]
@@ -87,12 +86,12 @@ def test_evaluate_pads_short_batches_to_one_shape_and_counts_each_image_once():
         logits = np.zeros((len(images), 3))
         logits[np.arange(len(images)), images[:, 0, 0, 0].astype(int) % 3] = 1.0  # predicts its own label
         return logits, []
-    result = evaluate(items, run_batch, fake_preprocess, Args(), "test", fixed_batch=True)
+    result = evaluate_items(items, run_batch, fake_preprocess, **LOOP, fixed_batch=True)
     assert shapes == [4, 4, 4] and result.skipped == ["bad_5"]
     assert result.metrics.paths == [p for p, _ in items if p != "bad_5"]
     assert result.metrics.result()["top1"] == 100.0 and result.metrics.num_images == 10
     shapes.clear()
-    evaluate(items[:3], run_batch, fake_preprocess, Args(), "test", fixed_batch=True)
+    evaluate_items(items[:3], run_batch, fake_preprocess, **LOOP, fixed_batch=True)
     assert shapes == [3]  # fewer images than --batch-size: the batch shape is the run's size, no padding
 
 
@@ -109,7 +108,7 @@ def test_ranks_evaluate_the_one_process_batches_whatever_their_number():
             return np.eye(3)[images[:, 0, 0, 0].astype(int) % 3], []
         worlds = thread_worlds(size) if size > 1 else [World()]
         threads = [threading.Thread(target=lambda r=r: results.__setitem__(
-            r, evaluate(items, run_batch, fake_preprocess, Args(), "test", worlds[r]))) for r in range(size)]
+            r, evaluate_items(items, run_batch, fake_preprocess, **LOOP, world=worlds[r]))) for r in range(size)]
         for t in threads:
             t.start()
         for t in threads:
@@ -130,10 +129,9 @@ def test_an_error_on_one_rank_stops_every_rank_with_its_message():
     errors = [None, None]
 
     def rank(r):
-        args = Args()
-        args.on_error = "fail"
         try:
-            evaluate(items, lambda x: (np.zeros((len(x), 3)), []), fake_preprocess, args, "test", worlds[r])
+            evaluate_items(items, lambda x: (np.zeros((len(x), 3)), []), fake_preprocess,
+                           **{**LOOP, "on_error": "fail"}, world=worlds[r])
         except UsageError as e:
             errors[r] = str(e)
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
