@@ -22,6 +22,8 @@ from ppt_common.training import (Recipe, TrainOptions, drop_path_draws, epoch_lr
 from ppt_common.errors import TrainingError
 
 CHECKPOINT, LOG = "checkpoint.ckpt", "log.txt"
+
+
 def data_folders(args) -> Tuple[str, str]:
     train = args.train_path or (os.path.join(args.data_path, "train") if args.data_path else None)
     val = args.val_path or (os.path.join(args.data_path, "val") if args.data_path else None)

@@ -21,7 +21,7 @@ def load_items(options: EvalOptions) -> List[Tuple[str, int]]:
     """The images of every --data-path, each file once (a folder given twice, or a root and its val/, would
     otherwise count its images twice)."""
     try:
-        found = [it for path in (options.data_path or [DEMO_DATA]) for it in find_images(path)]
+        found = [it for path in (options.data_path or [DEMO_DATA]) for it in find_images(path, split="val")]
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise UsageError(str(e)) from None
     items, seen = [], set()

@@ -37,20 +37,36 @@ def class_names() -> List[str]:
     return [name.split(",")[0] for _, name in load_synsets()]
 
 
-def find_images(data_path: str, limit: Optional[int] = None) -> List[Tuple[str, int]]:
-    """(path, label) for an ImageNet root holding val/, or a folder of WordNet-id class folders.
+SPLITS = ("train", "val")
 
-    Labels are the standard 1000-class indices of the folder names, whichever classes are present.
-    """
+
+def image_root(data_path: str, split: Optional[str] = None) -> str:
+    """The folder whose class folders hold the images: `data_path` as named, or, given a split, an ImageNet root's
+    `data_path/split` when there is one (evaluation's --data-path ROOT reads ROOT/val)."""
     if not os.path.exists(data_path):
         raise FileNotFoundError(f"data path does not exist: {data_path}")
     if not os.path.isdir(data_path):
         raise NotADirectoryError(f"data path is not a folder: {data_path}")
-    root = os.path.join(data_path, "val") if os.path.isdir(os.path.join(data_path, "val")) else data_path
+    if split and os.path.isdir(os.path.join(data_path, split)):
+        return os.path.join(data_path, split)
+    return data_path
+
+
+def find_images(data_path: str, split: Optional[str] = None, limit: Optional[int] = None) -> List[Tuple[str, int]]:
+    """(path, label) for the images of a folder of WordNet-id class folders: `data_path` as named, or with a split
+    an ImageNet root's `data_path/split` (image_root). The only image lister: every tool reads its images here.
+
+    Labels are the standard 1000-class indices of the folder names, whichever classes are present.
+    """
+    root = image_root(data_path, split)
     labels = wnid_to_label()
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not folders:
         raise ValueError(f"{root}: no class folders (expected ImageNet layout: val/<wnid>/*.JPEG or <wnid>/*.JPEG)")
+    splits = [d for d in folders if d in SPLITS]
+    if splits:  # a root named where its class folders were expected: say which folder to name
+        raise ValueError(f"{root} holds {' and '.join(d + '/' for d in splits)} rather than class folders: name "
+                         f"{os.path.join(root, splits[0])} itself")
     unknown = [d for d in folders if d not in labels]
     if unknown:
         raise ValueError(f"{root}: folder names are not ImageNet WordNet ids: {', '.join(unknown[:5])}"

@@ -65,6 +65,6 @@ def real_images():
     """The 270 shared ImageNet photos, preprocessed once (float32 [N,3,224,224]) with labels."""
     need_shared_data()
     from ppt_common.imagenet import find_images, preprocess_pil
-    items = find_images(IMAGENET_SAMPLE) + find_images(FOOLBOX)
+    items = find_images(IMAGENET_SAMPLE, split="val") + find_images(FOOLBOX, split="val")
     x = np.stack([preprocess_pil(p) for p, _ in items])
     return x, np.array([lbl for _, lbl in items]), [p for p, _ in items]

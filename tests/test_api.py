@@ -72,9 +72,10 @@ def test_train_from_python_writes_only_into_its_output_dir(tmp_path, monkeypatch
     import ms_ppt
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    row = ms_ppt.train(model="deit_tiny_patch16_224", resume=DEIT_TINY, train_path=IMAGENET_SAMPLE,
-                       val_path=FOOLBOX, output_dir=str(out), epochs=1, limit=4, batch_size=2, mode="pynative",
-                       num_workers=0, quiet=True)
+    row = ms_ppt.train(model="deit_tiny_patch16_224", resume=DEIT_TINY,
+                       train_path=os.path.join(IMAGENET_SAMPLE, "val"), val_path=os.path.join(FOOLBOX, "val"),
+                       output_dir=str(out), epochs=1, limit=4, batch_size=2, mode="pynative", num_workers=0,
+                       quiet=True)
     assert row["epoch"] == 0 and row["train_steps"] == 2 and row["test_images"] == 4
     assert sorted(os.listdir(tmp_path)) == ["run"] and sorted(os.listdir(out)) == ["checkpoint.ckpt", "log.txt"]
     assert json.loads((out / "log.txt").read_text())["test_acc1"] == row["test_acc1"]

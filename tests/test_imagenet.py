@@ -16,8 +16,22 @@ def test_partial_class_folders_keep_standard_labels(tmp_path):
     for wnid in ("n01443537", "n15075141"):  # goldfish (1) and toilet tissue (999)
         (tmp_path / "val" / wnid).mkdir(parents=True)
         Image.new("RGB", (40, 30), "red").save(tmp_path / "val" / wnid / "a.png")
-    items = find_images(str(tmp_path))
+    items = find_images(str(tmp_path), split="val")  # an ImageNet root, as evaluation reads it
     assert [lbl for _, lbl in items] == [1, 999]
+    assert find_images(str(tmp_path / "val")) == items
+
+
+def test_a_folder_is_read_as_named_unless_a_split_is_asked_for(tmp_path):
+    """Training's --train-path ROOT, ROOT holding train/ and val/, never reads ROOT/val: it is refused, naming
+    the folder to give instead."""
+    from PIL import Image
+    for split, wnid in (("train", "n01443537"), ("val", "n15075141")):
+        (tmp_path / split / wnid).mkdir(parents=True)
+        Image.new("RGB", (40, 30), "red").save(tmp_path / split / wnid / "a.png")
+    with pytest.raises(ValueError, match=f"holds train/ and val/ rather than class folders: name {tmp_path}/train"):
+        find_images(str(tmp_path))
+    assert [lbl for _, lbl in find_images(str(tmp_path), split="val")] == [999]
+    assert [lbl for _, lbl in find_images(str(tmp_path), split="train")] == [1]
 
 
 def test_bad_folders_are_clear_errors(tmp_path):
@@ -54,7 +68,7 @@ def test_pil_preprocessing_is_bit_identical_to_timm_eval_transform():
     cfg = resolve_data_config({}, model=build_timm_model(get_arch("deit_tiny_patch16_224")))
     cfg.update(interpolation="bicubic", crop_pct=0.875)
     transform = create_transform(**cfg)
-    items = find_images(IMAGENET_SAMPLE)[::25] + find_images(FOOLBOX)[:2]
+    items = find_images(IMAGENET_SAMPLE, split="val")[::25] + find_images(FOOLBOX, split="val")[:2]
     for path, _ in items:
         with Image.open(path) as img:
             expected = transform(img.convert("RGB")).numpy()
@@ -73,7 +87,7 @@ def test_each_model_is_preprocessed_as_timm_prepares_it():
     transform = create_transform(input_size=(3, 224, 224), interpolation="bicubic", mean=OPENAI_CLIP_MEAN,
                                  std=OPENAI_CLIP_STD, crop_pct=0.95)
     preprocess = pil_preprocess("vit_base_patch16_clip_224")
-    for path, _ in find_images(FOOLBOX)[:3]:
+    for path, _ in find_images(FOOLBOX, split="val")[:3]:
         with Image.open(path) as img:
             expected = transform(img.convert("RGB")).numpy()
         np.testing.assert_array_equal(preprocess(path), expected, err_msg=path)

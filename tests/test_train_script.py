@@ -13,7 +13,7 @@ from conftest import DEIT_TINY, FOOLBOX, IMAGENET_SAMPLE, ROOT, need_shared_data
 from test_distributed import free_port
 
 SCRIPT = os.path.join(ROOT, "scripts", "train_ms.py")
-DATA = ["--train-path", IMAGENET_SAMPLE, "--val-path", FOOLBOX]
+DATA = ["--train-path", os.path.join(IMAGENET_SAMPLE, "val"), "--val-path", os.path.join(FOOLBOX, "val")]
 
 
 def train(out, *args, launcher=None, cwd=None, compile_cache=None):
@@ -136,7 +136,9 @@ def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     ([], "name the data"),
-    (["--train-path", "/nonexistent/train", "--val-path", FOOLBOX], "training data: data path does not exist"),
+    (["--train-path", "/nonexistent/train", "--val-path", DATA[3]], "training data: data path does not exist"),
+    (["--train-path", IMAGENET_SAMPLE, "--val-path", DATA[3]],  # a root holding val/: used as named, never its val/
+     f"training data: {IMAGENET_SAMPLE} holds val/ rather than class folders: name {IMAGENET_SAMPLE}/val itself"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--batch_size", "3"], "--batch-size must be even"),
     (["--resume", "/nonexistent.pth"], "checkpoint not found"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Images per second of the eval input pipelines (decode + preprocess + batch), side by side in one run.
 
-    python scripts/benchmark_input.py --data-path ../shared/data/imagenet-sample ../shared/data/foolbox-imagenet
+    python tools/benchmark_input.py --data-path ../shared/data/imagenet-sample ../shared/data/foolbox-imagenet
 
 - pil: eval_ms.py / eval_pt.py `--preprocess pil` (PIL decode and timm's transform, --num-workers threads);
 - mindspore: eval_ms.py's default (PIL decode, mindcv's Resize/CenterCrop/Normalize, threads);
@@ -24,7 +24,7 @@ import numpy as np
 from ppt_cli import run_tool
 from ppt_common import evaluation as ev
 from ppt_common.config import data_config, get_arch
-from ppt_common.imagenet import default_crop_pct, wnid_to_label
+from ppt_common.imagenet import default_crop_pct, image_root, wnid_to_label
 
 
 def threaded(preprocess, items, args):
@@ -43,7 +43,7 @@ def dataset_engine(args):
                               interpolation=data.interpolation, mean=[255 * m for m in data.mean],
                               std=[255 * s for s in data.std])
     class_indexing = wnid_to_label()  # the standard ImageNet-1k indices, as find_images gives
-    folders = [os.path.join(p, "val") if os.path.isdir(os.path.join(p, "val")) else p for p in args.data_path]
+    folders = [image_root(p, split="val") for p in args.data_path]  # the folders eval_ms.py reads
 
     def run():
         count = 0

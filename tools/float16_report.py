@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """float16 vs float32 in MindSpore on your images: policies, selections and top-1 that change.
 
-    python scripts/float16_report.py --checkpoint deit_tiny_patch16_224.pth --data-path DIR [DIR ...]
+    python tools/float16_report.py --checkpoint deit_tiny_patch16_224.pth --data-path DIR [DIR ...]
 
 float16 runs the matmuls in float16 and keeps softmax, importance scores, variance, similarity and LayerNorm in
 float32 (the deployment setting on Ascend). Disagreements are reported with their margins as in parity.py.

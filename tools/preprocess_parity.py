@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How much does MindSpore's data pipeline (mindcv) differ from PIL/torchvision, and what does it change?
 
-    python scripts/preprocess_parity.py --checkpoint deit_tiny_patch16_224.pth --data-path DIR [DIR ...]
+    python tools/preprocess_parity.py --checkpoint deit_tiny_patch16_224.pth --data-path DIR [DIR ...]
 
 Prints the pixel differences (in normalised units and in 8-bit levels), top-1 with each pipeline, and how many
 images change policy or selection at each PP block, on the MindSpore model.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-operation CPU profile of one transformer block, MindSpore (graph mode) vs PyTorch, at DeiT shapes.
 
-    python scripts/profile_ops.py --model deit_small_patch16_224 --batch-size 8
+    python tools/profile_ops.py --model deit_small_patch16_224 --batch-size 8
 
 Each op is compiled alone and timed on the same input arrays in both frameworks, the two timed alternately
 (median of --runs after warm-up, each call after a short pause so the other framework's spinning threads
