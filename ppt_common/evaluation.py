@@ -19,10 +19,10 @@ from ppt_common.options import (EvalOptions, UsageError, check_args, check_image
                                 predictions_path)
 from ppt_common.report import Metrics, build_report, finish, print_summary, write_outputs
 
-__all__ = ["EvalOptions", "Evaluation", "Metrics", "UsageError", "batch_size_for", "build_report", "check_args", "check_imagenet_head",
-           "check_weights", "evaluate_items", "finish", "is_demo", "iter_batches", "load_items", "num_batches",
-           "pil_preprocess", "ppt_config", "predictions_path", "prepare", "print_summary", "progress", "time_batches",
-           "write_outputs"]
+__all__ = ["EvalOptions", "Evaluation", "Metrics", "UsageError", "batch_size_for", "build_report", "check_args",
+           "check_imagenet_head", "check_weights", "evaluate_items", "finish", "is_demo", "iter_batches", "load_items",
+           "num_batches", "pad_batch", "pil_preprocess", "ppt_config", "predictions_path", "prepare", "print_summary",
+           "progress", "score_batch", "time_batches", "write_outputs"]
 
 
 def prepare(options: EvalOptions, cached_weights: Callable[[str], Optional[str]]
@@ -70,12 +70,7 @@ def evaluate_items(items: Sequence[Tuple[str, int]], run_batch: Callable, prepro
                    unit="img", file=sys.stderr)
     try:
         for images, labels, paths in iter_batches(local, batch_size, preprocess, num_workers, on_error, skipped):
-            n = len(labels)
-            if fixed_batch and n < batch_size:
-                images = np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
-            logits, traces = run_batch(images)
-            policies = np.stack([t.policy for t in traces], 1)[:n] if traces else None
-            metrics.add(np.asarray(logits)[:n], labels, paths, policies)
+            images = score_batch(metrics, images, labels, paths, run_batch, batch_size, fixed_batch)
             sample = images if sample is None else sample
             if bar is not None:
                 bar.update(metrics.num_images + len(skipped) - bar.n)
@@ -92,6 +87,25 @@ def evaluate_items(items: Sequence[Tuple[str, int]], run_batch: Callable, prepro
     sample = next((part[3] for part in parts if part[3] is not None), None)
     return Evaluation(Metrics.concat([part[0] for part in parts]), [p for part in parts for p in part[1]], sample,
                       max(part[4] for part in parts))
+
+
+def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
+    """A short batch padded with copies of its last image to batch_size: a compiled graph never sees a new shape."""
+    n = len(images)
+    return images if n >= batch_size else np.concatenate([images, np.repeat(images[-1:], batch_size - n, axis=0)])
+
+
+def score_batch(metrics: Metrics, images: np.ndarray, labels: np.ndarray, paths: list, run_batch: Callable,
+                batch_size: int, fixed_batch: bool = False) -> np.ndarray:
+    """One batch of every evaluation: run it (padded to batch_size with fixed_batch), add the logits and policies of
+    its real images to `metrics`; returns the images run."""
+    n = len(labels)
+    if fixed_batch:
+        images = pad_batch(images, batch_size)
+    logits, traces = run_batch(images)
+    policies = np.stack([t.policy for t in traces], 1)[:n] if traces else None
+    metrics.add(np.asarray(logits)[:n], labels, paths, policies)
+    return images
 
 
 def batch_size_for(num_images: int, batch_size: int) -> int:

@@ -12,7 +12,7 @@ from ppt_common.data import is_demo
 from ppt_common.distributed import SINGLE, World
 from ppt_common.files import json_writer, write_all
 from ppt_common.macs import gmacs
-from ppt_common.options import UsageError, ppt_config, predictions_path
+from ppt_common.options import EvalOptions, UsageError, ppt_config, predictions_path
 
 
 class Metrics:

@@ -9,17 +9,11 @@ token reduction included, exports. The file is written under a temporary name an
 --verify (default) it is loaded back with mindspore.load + nn.GraphCell and compared with the live cell.
 """
 import argparse
-import os
 import sys
-import time
 
 import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
-import numpy as np
-
 from ppt_cli import options, run_tool
-from ppt_common import evaluation as ev
-from ppt_common.files import atomic_write, check_output
 
 
 def parse(argv):
@@ -36,57 +30,23 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def check(args):
-    if args.batch_size <= 0:
-        raise ev.UsageError(f"--batch-size must be positive, got {args.batch_size}")
-    check_output(args.output, args.force, suffix=".mindir", option="--output")
-    ev.check_weights(args)
-
-
-def export(model, batch_size: int, output: str) -> float:
-    """mindspore.export to a temporary name in the output folder, then rename; returns seconds."""
-    import mindspore as ms
-    size = model.arch.img_size
-    example = ms.Tensor(np.zeros((batch_size, 3, size, size)), model.cls_token.dtype)
-    start = time.perf_counter()
-    # file_name without the suffix: mindspore.export adds ".mindir" to the temporary name it is given
-    atomic_write(output, lambda tmp: ms.export(model, example, file_name=tmp[:-len(".mindir")],
-                                               file_format="MINDIR"))
-    return time.perf_counter() - start
-
-
-def verify(model, path: str, batch_size: int) -> float:
-    """Max |logit difference| between the reloaded MindIR and the live cell on random images."""
-    import mindspore as ms
-    size = model.arch.img_size
-    x = ms.Tensor(np.random.RandomState(0).randn(batch_size, 3, size, size), model.cls_token.dtype)
-    graph = ms.nn.GraphCell(ms.load(path))
-    return float(np.abs(graph(x).asnumpy().astype(np.float64) - model(x).asnumpy().astype(np.float64)).max())
-
-
 def main(argv=None) -> int:
     args = parse(argv)
     return run_tool(lambda: run(args))
 
 
 def run(args) -> int:
-    check(args)
-    cfg = ev.ppt_config(args)
-    import mindspore as ms
-    import ms_ppt
-    ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device)
-    model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
-                                ppt_config=cfg, dtype=args.dtype,
-                                custom_kernels=False)  # portable graph: no host-compiled .so inside
-    seconds = export(model, args.batch_size, args.output)
+    from ms_ppt.export import ExportOptions, export_mindir  # imported after run_tool has quieted MindSpore's logs
+    done = export_mindir(options.to_options(args, ExportOptions))
+    cfg = done["config"]
     print(f"exported {args.model} (r={cfg.r} at {list(cfg.pp_loc_list)}, threshold {cfg.threshold:g}, "
-          f"{args.dtype}, input [{args.batch_size}, 3, {model.arch.img_size}, {model.arch.img_size}]) to "
-          f"{args.output}: {os.path.getsize(args.output) / 2**20:.1f} MiB in {seconds:.1f} s")
+          f"{args.dtype}, input {done['input_shape']}) to {args.output}: {done['mib']:.1f} MiB in "
+          f"{done['seconds']:.1f} s")
     if not args.checkpoint:
         print("note: random weights (no --checkpoint)")
-    if args.verify:
-        diff = verify(model, args.output, args.batch_size)
-        print(f"reloaded with mindspore.load + nn.GraphCell: max |logit difference| vs the live cell {diff:.3g}")
+    if done["max_logit_diff"] is not None:
+        print("reloaded with mindspore.load + nn.GraphCell: max |logit difference| vs the live cell "
+              f"{done['max_logit_diff']:.3g}")
     return 0
 
 

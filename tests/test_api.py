@@ -79,3 +79,25 @@ def test_train_from_python_writes_only_into_its_output_dir(tmp_path, monkeypatch
     assert row["epoch"] == 0 and row["train_steps"] == 2 and row["test_images"] == 4
     assert sorted(os.listdir(tmp_path)) == ["run"] and sorted(os.listdir(out)) == ["checkpoint.ckpt", "log.txt"]
     assert json.loads((out / "log.txt").read_text())["test_acc1"] == row["test_acc1"]
+
+
+def test_a_sweep_from_python_returns_its_rows_and_writes_its_three_files(tmp_path, monkeypatch):
+    import ms_ppt
+    monkeypatch.chdir(tmp_path)
+    done = ms_ppt.run_sweep(output=str(tmp_path / "s"), r_values=[16], pp_loc_lists=[(3, 6, 9)], limit=2,
+                            batch_size=2, mode="pynative", quiet=True)
+    assert [row["setting"] for row in done["rows"]] == ["dense", "r=16 pp=3 6 9 threshold=7e-05"]
+    assert done["rows"][1]["gmacs"] < done["rows"][0]["gmacs"] and done["config"]["num_images"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["s.csv", "s.json", "s.png"]
+    with pytest.raises(UsageError, match="--output names the sweep's files"):
+        ms_ppt.run_sweep(limit=2)
+
+
+@pytest.mark.slow
+def test_export_from_python_reports_the_file_and_its_reload(tmp_path):
+    import ms_ppt
+    done = ms_ppt.export_mindir(output=str(tmp_path / "m.mindir"), batch_size=1, r_tokens=[16])
+    assert done["input_shape"] == [1, 3, 224, 224] and done["mib"] > 1 and done["max_logit_diff"] < 1e-4
+    assert os.listdir(tmp_path) == ["m.mindir"]
+    with pytest.raises(UsageError, match="--batch-size must be positive"):
+        ms_ppt.export_mindir(output=str(tmp_path / "n.mindir"))
