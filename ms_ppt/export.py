@@ -6,31 +6,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from ppt_common.config import DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_THRESHOLD, DEMO_MODEL
 from ppt_common.errors import UsageError
 from ppt_common.files import atomic_write, check_output
-from ppt_common.options import Options, check_choice, check_weights, ppt_config
+from ppt_common.options import ModelOptions, check_choice, check_weights, ppt_config
 
 
 @dataclasses.dataclass
-class ExportOptions(Options):
+class ExportOptions(ModelOptions):
     """The options of export_mindir.py (underscores for dashes)."""
     output: Optional[str] = None  # FILE.mindir
     batch_size: Optional[int] = None  # the fixed input shape's batch
-    model: str = DEMO_MODEL
     checkpoint: Optional[str] = None
-    pretrained: bool = False
-    r_tokens: Optional[Sequence[int]] = None
-    target_gmacs: Optional[float] = None
-    pp_loc_list: Sequence[int] = DEFAULT_PP_LOC_LIST
-    threshold: float = DEFAULT_THRESHOLD
-    method: str = DEFAULT_METHOD
-    prop_attn: bool = True
-    dense: bool = False
     dtype: str = "float32"
     force: bool = False
     verify: bool = True  # reload the file and compare its logits with the live cell

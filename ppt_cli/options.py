@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ppt_common import evaluation
 from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL,
                                METHODS, MODEL_CONFIGS)
 
@@ -82,3 +83,15 @@ def to_options(args: argparse.Namespace, cls):
     """The library's options dataclass `cls` from parsed arguments of the same names (options the library does not
     take, such as the authors' --eval, are dropped)."""
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def add_mode_arg(p: argparse.ArgumentParser, default: str = "graph") -> None:
+    p.add_argument("--mode", choices=["graph", "pynative"], default=default,
+                   help="MindSpore's execution mode: graph (GRAPH_MODE, compiled; the default) or pynative")
+
+
+def prepare(args: argparse.Namespace, cached_weights):
+    """(EvalOptions, PPTConfig, [(path, label)]) of an evaluation-style tool's arguments: checked, the images
+    listed, and the demo's cached official weights chosen (ppt_common.evaluation.prepare)."""
+    eval_options = to_options(args, evaluation.EvalOptions)
+    return (eval_options, *evaluation.prepare(eval_options, cached_weights))

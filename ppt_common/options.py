@@ -28,13 +28,10 @@ class Options:
 
 
 @dataclasses.dataclass
-class EvalOptions(Options):
-    """What to evaluate and how: the options of eval_ms.py and eval_pt.py. Each framework adds its own
-    (ms_ppt.evaluation.MSEvalOptions, pt_reference.evaluation.PTEvalOptions)."""
+class ModelOptions(Options):
+    """The model and its PPT schedule, as every tool that builds one takes them (ppt_config turns them into a
+    PPTConfig)."""
     model: str = DEMO_MODEL
-    checkpoint: Optional[str] = None  # DeiT .pth / timm .bin / .safetensors / MindSpore .ckpt
-    pretrained: bool = False  # the model's official weights, downloaded once and cached
-    data_path: Optional[Sequence[str]] = None  # ImageNet roots holding val/, or folders of class folders; None: demo
     r_tokens: Optional[Sequence[int]] = None  # one value, or one per PP block; None: the default r
     target_gmacs: Optional[float] = None  # choose r for this budget instead
     pp_loc_list: Sequence[int] = DEFAULT_PP_LOC_LIST
@@ -42,6 +39,15 @@ class EvalOptions(Options):
     method: str = DEFAULT_METHOD
     prop_attn: bool = True
     dense: bool = False
+    pretrained: bool = False  # the model's official weights, downloaded once and cached
+
+
+@dataclasses.dataclass
+class EvalOptions(ModelOptions):
+    """What to evaluate and how: the options of eval_ms.py and eval_pt.py. Each framework adds its own
+    (ms_ppt.evaluation.MSEvalOptions, pt_reference.evaluation.PTEvalOptions)."""
+    checkpoint: Optional[str] = None  # DeiT .pth / timm .bin / .safetensors / MindSpore .ckpt
+    data_path: Optional[Sequence[str]] = None  # ImageNet roots holding val/, or folders of class folders; None: demo
     batch_size: int = 32
     dtype: str = "float32"
     num_workers: int = 2
@@ -104,7 +110,7 @@ def check_imagenet_head(num_classes: int) -> None:
                          f"({NUM_CLASSES} classes): use a checkpoint with an ImageNet-1k head")
 
 
-def ppt_config(options: EvalOptions) -> PPTConfig:
+def ppt_config(options: ModelOptions) -> PPTConfig:
     if options.target_gmacs is not None:
         choose_r_for_target(options)
     r_tokens = options.r_tokens if options.r_tokens is not None else [DEFAULT_R]
@@ -116,7 +122,7 @@ def ppt_config(options: EvalOptions) -> PPTConfig:
         raise UsageError(str(e)) from None
 
 
-def choose_r_for_target(options: EvalOptions) -> None:
+def choose_r_for_target(options: ModelOptions) -> None:
     """--target-gmacs becomes --r_tokens (once: the tools may build their configuration more than once), and the
     choice with its rule is printed."""
     from ppt_common.macs import r_for_target_gmacs

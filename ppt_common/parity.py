@@ -150,3 +150,24 @@ def worst_relative_gap(got: Dict[str, np.ndarray], want: Dict[str, np.ndarray]) 
             for k in want}
     name = max(gaps, key=gaps.get)
     return gaps[name], name
+
+
+def compare_on_images(run_a, run_b, items, options, threshold: float, bounds: Dict[str, float] = None,
+                      names=("pt", "ms")) -> Tuple[dict, List[str]]:
+    """run_both on the images of an evaluation's options (timm's PIL transform, its batch size, workers and
+    on_error), with a progress bar: (report, skipped image paths)."""
+    from ppt_common.data import iter_batches, pil_preprocess
+    from ppt_common.evaluation import num_batches, progress
+    skipped: List[str] = []
+    batches = iter_batches(items, options.batch_size, pil_preprocess(options.model), options.num_workers,
+                           options.on_error, skipped)
+    shown = progress(batches, num_batches(len(items), options.batch_size), options.quiet, " vs ".join(names))
+    return run_both(run_a, run_b, shown, threshold, bounds, names), skipped
+
+
+def publish(report: dict, output_json: Optional[str]) -> None:
+    """Print the comparison, then write it as JSON when asked (atomically)."""
+    from ppt_common.files import atomic_write, json_writer
+    print(format_report(report))
+    if output_json:
+        atomic_write(output_json, json_writer(report))

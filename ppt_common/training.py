@@ -14,9 +14,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ppt_common.config import DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEMO_MODEL
 from ppt_common.distributed import World
-from ppt_common.options import Options
+from ppt_common.options import ModelOptions
 
 # names timm's DeiT leaves undecayed besides every 1-D tensor and bias (VisionTransformer.no_weight_decay())
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "dist_token")
@@ -55,25 +54,17 @@ RECIPE = Recipe()
 
 
 @dataclasses.dataclass
-class TrainOptions(Options):
+class TrainOptions(ModelOptions):
     """What to fine-tune, on what, and how: the options of train_ms.py (underscores for dashes). The recipe's
     defaults are DeiT's with the PPT authors' fine-tuning values (ppt_common.training.Recipe)."""
-    model: str = DEMO_MODEL
+    threshold: float = 6e-5  # the authors' fine-tuning value (7e-5 is their evaluation default)
     resume: Optional[str] = None  # weights to fine-tune, or this trainer's checkpoint.ckpt to continue exactly
     finetune: Optional[str] = None  # weights to start from (a checkpoint.ckpt's weights only)
-    pretrained: bool = False
     data_path: Optional[str] = None  # a root holding train/ and val/
     train_path: Optional[str] = None  # instead of DATA_PATH/train
     val_path: Optional[str] = None  # instead of DATA_PATH/val
     output_dir: Optional[str] = None  # checkpoint.ckpt and log.txt, rewritten atomically after every epoch
     force: bool = False
-    r_tokens: Optional[Sequence[int]] = None
-    target_gmacs: Optional[float] = None
-    pp_loc_list: Sequence[int] = DEFAULT_PP_LOC_LIST
-    threshold: float = 6e-5  # the authors' fine-tuning value (7e-5 is their evaluation default)
-    method: str = DEFAULT_METHOD
-    prop_attn: bool = True
-    dense: bool = False
     epochs: int = RECIPE.epochs
     batch_size: int = RECIPE.batch_size  # per process
     lr: float = RECIPE.lr  # per 512 images: scaled by the global batch / 512

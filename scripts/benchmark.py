@@ -30,6 +30,7 @@ import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
+from ppt_cli import options
 from ppt_cli.main import fail, run_tool
 from ppt_common.config import MODEL_CONFIGS, get_arch
 from ppt_common.errors import UsageError
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    p.add_argument("--mode", default="graph", choices=["graph", "pynative"], help="MindSpore execution mode")
+    options.add_mode_arg(p)
     p.add_argument("--device", default="cpu", help="PyTorch device")
     p.add_argument("--token-ops", dest="token_ops", action="store_true",
                    help="also time MindSpore PPT with its token operations replaced by a slice (their cost), and "

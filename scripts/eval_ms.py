@@ -15,7 +15,7 @@ from ppt_cli import options, run_tool
 
 def build_parser():
     parser = options.build_parser("MindSpore")
-    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    options.add_mode_arg(parser)
     parser.add_argument("--preprocess", choices=["mindspore", "pil"], default="mindspore",
                         help="mindspore: mindcv's pipeline; pil: bit-identical to timm/torchvision (for parity)")
     parser.add_argument("--device", "--device_target", dest="device", default="CPU", choices=["CPU", "GPU", "Ascend"])

@@ -16,20 +16,19 @@ import numpy as np
 from convert.hub import cached_weights
 from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
-from ppt_common.files import atomic_write, json_writer
-from ppt_common.parity import DEFAULT_BOUNDS, format_report, run_both
+from ppt_common.parity import DEFAULT_BOUNDS, compare_on_images, publish
 
 
 def main(argv=None) -> int:
     parser = options.build_parser("parity", predictions=False)
     parser.set_defaults(dtype="float64", batch_size=16)
-    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    options.add_mode_arg(parser)
     args = parser.parse_args(argv)
     return run_tool(lambda: run(args))
 
 
 def run(args) -> int:
-    cfg, items = ev.prepare(args, cached_weights)
+    eval_options, cfg, items = options.prepare(args, cached_weights)
     if args.dtype == "float16":
         raise ev.UsageError("parity runs in float32 or float64")
     import torch
@@ -39,16 +38,13 @@ def run(args) -> int:
     from ms_ppt.context import set_context
     set_context(args.mode)
     torch.manual_seed(0)
-    pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+    pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=eval_options.pretrained,
                                    ppt_config=cfg, trace=True, dtype=args.dtype)
     ev.check_imagenet_head(pt.num_classes)
     state = {k: v.float().numpy() for k, v in pt.state_dict().items()}  # the MindSpore weights come from these
     msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, ppt_config=cfg, trace=True,
                               dtype=args.dtype)
     params_from_numpy(msm, state)
-    skipped = []
-    batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(args.model), args.num_workers,
-                              args.on_error, skipped)
     np_dtype = np.float64 if args.dtype == "float64" else np.float32
 
     def run_pt(images):
@@ -59,15 +55,12 @@ def run(args) -> int:
         logits, traces, _ = ms_ppt.run_with_trace(msm, images.astype(np_dtype))
         return logits, traces
 
-    progress = ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet, "parity")
-    report = run_both(run_pt, run_ms, progress, cfg.threshold, DEFAULT_BOUNDS)
+    report, skipped = compare_on_images(run_pt, run_ms, items, eval_options, cfg.threshold, DEFAULT_BOUNDS)
     report["config"] = {"model": args.model, "checkpoint": args.checkpoint, "dtype": args.dtype,
                         "mode": args.mode, "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r),
                         "pp_loc_list": list(cfg.pp_loc_list), "threshold": cfg.threshold, "method": cfg.method,
                         "prop_attn": cfg.prop_attn, "skipped_images": skipped}
-    print(format_report(report))
-    if args.output_json:
-        atomic_write(args.output_json, json_writer(report))
+    publish(report, args.output_json)
     return 0
 
 

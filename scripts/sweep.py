@@ -44,7 +44,7 @@ def build_parser():
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
-    p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    options.add_mode_arg(p)
     p.add_argument("--preprocess", choices=["mindspore", "pil"], default="mindspore")
     p.add_argument("--calibrate", action="store_true",
                    help="for each r and PP block list: the threshold with the best top-1 on these images (ties to the "

@@ -69,7 +69,7 @@ def build_parser():
     g.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--num_workers", "--num-workers", dest="num_workers", type=int, default=d.num_workers,
                    help="processes augmenting images (0: in this process)")
-    p.add_argument("--mode", choices=["graph", "pynative"], default=d.mode)
+    options.add_mode_arg(p, d.mode)
     p.add_argument("--device", "--device_target", dest="device", default=d.device, choices=["CPU", "GPU", "Ascend"])
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
     p.add_argument("--amp-level", "--amp_level", dest="amp_level", choices=["O0", "O1", "O2", "O3"], default=d.amp_level,

@@ -26,7 +26,7 @@ from ppt_common.training import RECIPE
 def build_parser():
     p = options.build_parser("training parity", predictions=False)
     p.set_defaults(dtype="float64", batch_size=8, limit=8)
-    p.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    options.add_mode_arg(p)
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 2e-4, 3e-4, 2e-4, 1e-4],
                    help="the lr of each step (one AdamW step each)")
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=RECIPE.weight_decay)
@@ -38,7 +38,7 @@ def build_parser():
 
 
 def validate(args) -> dict:
-    cfg, items = ev.prepare(args, cached_weights)
+    eval_options, cfg, items = options.prepare(args, cached_weights)
     if args.dtype == "float16":
         raise ev.UsageError("training parity runs in float32 or float64")
     import dataclasses
@@ -56,7 +56,7 @@ def validate(args) -> dict:
     np_dtype = np.float64 if args.dtype == "float64" else np.float32
     images = images.astype(np_dtype)
     targets = np.eye(NUM_CLASSES, dtype=np_dtype)[labels]
-    pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+    pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=eval_options.pretrained,
                                    ppt_config=cfg, trace=True, dtype=args.dtype)
     if args.mixed_threshold and cfg.pp_loc_list:
         pt_reference.run_with_trace(pt, images)

@@ -50,10 +50,11 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     check_output(args.output, args.force, suffix=".png", option="--output")
-    ev.check_weights(args)
+    eval_options = options.to_options(args, ev.EvalOptions)
+    ev.check_weights(eval_options)
     if args.scale < 1:
         raise ev.UsageError("--scale must be >= 1")
-    cfg = ev.ppt_config(args)
+    cfg = ev.ppt_config(eval_options)
     from ppt_common.config import data_config, get_arch
     from ppt_common.visual import render_figure
     arch, data = get_arch(args.model), data_config(args.model)

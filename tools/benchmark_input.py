@@ -66,12 +66,11 @@ def main(argv=None) -> int:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
-    args.limit = None
     return run_tool(lambda: measure(args))
 
 
 def measure(args) -> int:
-    items = ev.load_items(args)
+    items = ev.load_items(ev.EvalOptions(data_path=args.data_path))
     from ms_ppt.data import mindspore_preprocess
     pipelines = {"pil": threaded(ev.pil_preprocess(args.model), items, args),
                  "mindspore": threaded(mindspore_preprocess(args.model), items, args),

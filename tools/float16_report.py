@@ -15,8 +15,7 @@ import numpy as np
 from convert.hub import cached_weights
 from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
-from ppt_common.files import atomic_write, json_writer
-from ppt_common.parity import format_report, run_both
+from ppt_common.parity import compare_on_images, publish
 
 # float16 carries ~1e-3 relative error: bounds 10x wider than parity.py's float32 ones
 FP16_BOUNDS = {"policy": 1e-1, "prune": 1e-1, "pool": 1e-2}
@@ -24,18 +23,18 @@ FP16_BOUNDS = {"policy": 1e-1, "prune": 1e-1, "pool": 1e-2}
 
 def main(argv=None) -> int:
     parser = options.build_parser("float16 report", predictions=False)
-    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    options.add_mode_arg(parser)
     args = parser.parse_args(argv)
     return run_tool(lambda: run(args))
 
 
 def run(args) -> int:
-    cfg, items = ev.prepare(args, cached_weights)
+    eval_options, cfg, items = options.prepare(args, cached_weights)
     import ms_ppt
     from ms_ppt.vision_transformer import params_from_numpy
     from ms_ppt.context import set_context
     set_context(args.mode)
-    fp32 = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, ppt_config=cfg,
+    fp32 = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=eval_options.pretrained, ppt_config=cfg,
                                trace=True)
     ev.check_imagenet_head(fp32.arch.num_classes)
     fp16 = ms_ppt.create_model(args.model, num_classes=fp32.arch.num_classes, ppt_config=cfg, trace=True,
@@ -48,15 +47,9 @@ def run(args) -> int:
             return logits.astype(np.float64), traces
         return run
 
-    skipped = []
-    batches = ev.iter_batches(items, args.batch_size, ev.pil_preprocess(args.model), args.num_workers,
-                              args.on_error, skipped)
-    report = run_both(runner(fp32, np.float32), runner(fp16, np.float16),
-                      ev.progress(batches, ev.num_batches(len(items), args.batch_size), args.quiet, "float16"),
-                      cfg.threshold, FP16_BOUNDS, names=("fp32", "fp16"))
-    print(format_report(report))
-    if args.output_json:
-        atomic_write(args.output_json, json_writer(report))
+    report, _ = compare_on_images(runner(fp32, np.float32), runner(fp16, np.float16), items, eval_options,
+                                  cfg.threshold, FP16_BOUNDS, names=("fp32", "fp16"))
+    publish(report, args.output_json)
     return 0
 
 

@@ -21,17 +21,17 @@ from ppt_common.config import data_config
 
 def main(argv=None) -> int:
     parser = options.build_parser("preprocessing parity", json_output=False, predictions=False)
-    parser.add_argument("--mode", choices=["graph", "pynative"], default="graph")
+    options.add_mode_arg(parser)
     args = parser.parse_args(argv)
     return run_tool(lambda: run(args))
 
 
 def run(args) -> int:
-    cfg, items = ev.prepare(args, cached_weights)
+    eval_options, cfg, items = options.prepare(args, cached_weights)
     import ms_ppt
     from ms_ppt.context import set_context
     set_context(args.mode)
-    model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
+    model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=eval_options.pretrained,
                                 ppt_config=cfg, trace=True, dtype=args.dtype)
     ev.check_imagenet_head(model.arch.num_classes)
     pipelines = {"pil": ev.pil_preprocess(args.model), "mindspore": mindspore_preprocess(args.model)}
