@@ -8,7 +8,8 @@ import numpy as np
 import mindspore as ms
 
 from ppt_common.config import MODEL_CONFIGS, PPTConfig, RSpec
-from ppt_common.trace import BlockTrace, record_from_plan
+from ppt_common.trace import BlockTrace
+from ms_ppt.ppt import trace_record
 from ms_ppt.vision_transformer import SUPPORTED_DTYPES, VisionTransformer, params_from_numpy
 
 
@@ -67,11 +68,6 @@ def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> N
     state = timm_names(read_state_dict(path, ema=ema))
     check_state(state, model.arch)
     params_from_numpy(model, state)
-
-
-def trace_record(block: int, r: int, plan, sizes) -> BlockTrace:
-    """The shared trace record of a block: its ReductionPlan and the sizes after it."""
-    return record_from_plan(block, r, *[t.asnumpy() for t in plan], sizes.asnumpy()[..., 0])
 
 
 def traces_from_outputs(model: VisionTransformer, records) -> List[BlockTrace]:

@@ -22,8 +22,9 @@ import mindspore as ms
 from mindspore import Tensor, ops
 
 from ppt_common.config import SINGLE_RULE_METHODS
+from ppt_common.plan import CLS_SCORE, DECOUPLE_MERGE, DEST, POLICY, PRUNE_FUSE, SCORES
+from ppt_common.trace import BlockTrace, record_from_plan
 
-CLS_SCORE = 2.0
 NEG_INF = float("-inf")
 
 
@@ -67,8 +68,8 @@ def prune_dest(scores, r):
     return ops.where(rank < n_out, rank, ops.full_like(rank, -1))
 
 
-def bipartite_matching(metric, r, num_prefix_tokens=1):
-    """ToMe bipartite soft matching as a dest map [B, N], with node_max [B, NA].
+def pool_dest(metric, r, num_prefix_tokens=1):
+    """dest map [B, N] of pooling, ToMe's bipartite soft matching, with node_max [B, NA].
 
     Output order: unmerged A tokens ascending (CLS first), then the B tokens; a merged A token goes to its
     partner's slot. A = even positions, B = odd positions. Prefix tokens are protected as in ToMe: the CLS row
@@ -101,9 +102,9 @@ def bipartite_matching(metric, r, num_prefix_tokens=1):
 
 
 class ReductionPlan(NamedTuple):
-    """Every decision of one PP block (no gradient flows through it).
+    """Every decision of one PP block (no gradient flows through it): ppt_common.plan.PLAN_FIELDS.
 
-    Inside graphs the plan travels as a plain tuple in this field order, read with the indices below:
+    Inside graphs the plan travels as a plain tuple in this field order, read with ppt_common.plan's indices:
     MindSpore 2.10 fails to compile GRAPH_MODE gradients through a NamedTuple built in the graph. Outside,
     `ReductionPlan(*plan)` names it."""
     policy: Tensor  # [B] bool (int32 from the fused kernel): True where the image pools; int32 codes
@@ -115,20 +116,15 @@ class ReductionPlan(NamedTuple):
     dest: Tensor  # [B, N] int32 output slot of every input token, -1 if dropped
 
 
-POLICY, VARIANCE, SCORES, NODE_MAX, DEST = range(5)
-
-
 def decide(scores, metric, r, threshold, num_prefix_tokens=1):
     """The block's plan (a ReductionPlan as a tuple): each image's policy, and the dest map of that policy."""
     scores, metric = ops.stop_gradient(scores), ops.stop_gradient(metric)
     variance = score_variance(scores, num_prefix_tokens)
     policy = pool_policy(variance, threshold)
-    pool_dest, node_max = bipartite_matching(metric, r, num_prefix_tokens)
-    dest = ops.where(policy[:, None], pool_dest, prune_dest(scores, r))
+    pooled, node_max = pool_dest(metric, r, num_prefix_tokens)
+    dest = ops.where(policy[:, None], pooled, prune_dest(scores, r))
     return policy, variance, scores, node_max, dest
 
-
-PRUNE_FUSE, DECOUPLE_MERGE = 2, 3  # policy codes of the single-rule methods, after PPT's prune (0) and pool (1)
 
 
 def fuse_dest(scores, r):
@@ -254,3 +250,8 @@ def proportional_bias(log_size):
     """The log sizes [B, N] over the key axis, [B, 1, 1, N]."""
     B, N = log_size.shape
     return log_size.reshape(B, 1, 1, N)
+
+
+def trace_record(block: int, r: int, plan, size) -> BlockTrace:
+    """The shared trace record of a block: its plan and the sizes after it."""
+    return record_from_plan(block, r, *[t.asnumpy() for t in plan], size.asnumpy()[..., 0])

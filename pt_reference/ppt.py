@@ -1,4 +1,5 @@
-"""PPT token operations in PyTorch, as small pure functions (read beside ms_ppt/ppt.py).
+"""PPT token operations in PyTorch, as small pure functions (read beside ms_ppt/ppt.py: the same names in the
+same order where both have the step; the decisions here are in the authors' index form, ms_ppt's in dest maps).
 
 This follows the authors' published code: the batch is split into a pooling and a pruning sub-batch, pruning
 gathers the top-scored tokens, pooling is ToMe's bipartite soft matching with a size-weighted mean. Deviations
@@ -12,9 +13,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from ppt_common.config import SINGLE_RULE_METHODS
-
-
-CLS_SCORE = 2.0
+from ppt_common.plan import CLS_SCORE, DECOUPLE_MERGE, PRUNE_FUSE
+from ppt_common.trace import BlockTrace, record_from_plan
 
 
 def importance_scores(attn: torch.Tensor, v: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
@@ -42,6 +42,12 @@ def prune_indices(scores: torch.Tensor, r: int) -> torch.Tensor:
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :scores.shape[1] - r]
 
 
+def kept_dest(keep: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """dest map [B, N] of kept positions: the k-th kept token goes to slot k, the others are dropped (-1)."""
+    dest = torch.full((keep.shape[0], num_tokens), -1, dtype=torch.long, device=keep.device)
+    return dest.scatter_(1, keep, torch.arange(keep.shape[1], device=keep.device).expand_as(keep).contiguous())
+
+
 class Matching(NamedTuple):
     src_idx: torch.Tensor  # [B, r] merged A indices (in edge order)
     dst_idx: torch.Tensor  # [B, r] their B partners
@@ -67,12 +73,6 @@ def bipartite_matching(metric: torch.Tensor, r: int, num_prefix_tokens: int = 1)
     return Matching(src_idx, dst_idx, unm_idx, node_max)
 
 
-def prune_dest(keep: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """dest map [B, N] of kept positions: the k-th kept token goes to slot k, the others are dropped (-1)."""
-    dest = torch.full((keep.shape[0], num_tokens), -1, dtype=torch.long, device=keep.device)
-    return dest.scatter_(1, keep, torch.arange(keep.shape[1], device=keep.device).expand_as(keep).contiguous())
-
-
 def matching_dest(m: Matching, num_tokens: int) -> torch.Tensor:
     """dest map [B, N] of a matching, in merge's output order: unmerged A tokens, then the B tokens."""
     num_a, r = m.node_max.shape[1], m.src_idx.shape[1]
@@ -86,29 +86,25 @@ def matching_dest(m: Matching, num_tokens: int) -> torch.Tensor:
     return dest
 
 
-class Grouping(NamedTuple):
-    """A single-rule method's decision in index form: the `keep` tokens copied in this order, then `num_groups`
-    tokens, each the weighted mean of its members (positions `members`, each in group `groups`)."""
-    keep: torch.Tensor  # [B, K]
-    members: torch.Tensor  # [B, M]
-    groups: torch.Tensor  # [B, M] in 0..num_groups-1
-    num_groups: int
-
-
-class ReductionPlan(NamedTuple):
-    """Every decision of one PP block (no gradient flows through it). The first five fields are those of
-    ms_ppt.ppt.ReductionPlan; the next four are the authors' index form, which apply_reduction uses; `grouping`
-    is the single-rule methods' (apply_single_rule)."""
-    policy: torch.Tensor  # [B] bool: True where the image pools
-    variance: torch.Tensor  # [B]
-    scores: torch.Tensor  # [B, N]
-    node_max: torch.Tensor  # [B, ceil(N/2)], NaN where the image prunes
-    dest: torch.Tensor  # [B, N] output slot of every input token, -1 if dropped
+class PlanIndices(NamedTuple):
+    """The authors' index form of a plan, which the apply functions here use (ms_ppt applies the dest map)."""
     pool_ids: torch.Tensor  # images that pool
     prune_ids: torch.Tensor  # images that prune
     matching: Optional[Matching]  # of the pooling images
     keep: Optional[torch.Tensor]  # of the pruning images, prune_indices
-    grouping: Optional[Grouping] = None
+    grouping: Optional[Grouping] = None  # the single-rule methods' (apply_single_rule)
+
+
+class ReductionPlan(NamedTuple):
+    """Every decision of one PP block (no gradient flows through it): the fields of ms_ppt.ppt.ReductionPlan
+    (ppt_common.plan.PLAN_FIELDS), then `indices`, the same decisions in the authors' index form."""
+    policy: torch.Tensor  # [B] bool: True where the image pools; int32 codes PRUNE_FUSE / DECOUPLE_MERGE for those
+    #                       methods
+    variance: torch.Tensor  # [B]
+    scores: torch.Tensor  # [B, N]
+    node_max: torch.Tensor  # [B, ceil(N/2)], NaN where the image prunes
+    dest: torch.Tensor  # [B, N] output slot of every input token, -1 if dropped
+    indices: PlanIndices
 
 
 @torch.no_grad()
@@ -129,11 +125,17 @@ def decide(scores, metric, r, threshold, num_prefix_tokens=1) -> ReductionPlan:
         dest[pool_ids] = matching_dest(matching, N)
     if prune_ids.numel():
         keep = prune_indices(scores[prune_ids], r)
-        dest[prune_ids] = prune_dest(keep, N)
-    return ReductionPlan(policy, variance, scores, node_max, dest, pool_ids, prune_ids, matching, keep)
+        dest[prune_ids] = kept_dest(keep, N)
+    return ReductionPlan(policy, variance, scores, node_max, dest, PlanIndices(pool_ids, prune_ids, matching, keep))
 
 
-PRUNE_FUSE, DECOUPLE_MERGE = 2, 3  # policy codes of the single-rule methods, after PPT's prune (0) and pool (1)
+class Grouping(NamedTuple):
+    """A single-rule method's decision in index form: the `keep` tokens copied in this order, then `num_groups`
+    tokens, each the weighted mean of its members (positions `members`, each in group `groups`)."""
+    keep: torch.Tensor  # [B, K]
+    members: torch.Tensor  # [B, M]
+    groups: torch.Tensor  # [B, M] in 0..num_groups-1
+    num_groups: int
 
 
 def fuse_grouping(scores: torch.Tensor, r: int) -> Grouping:
@@ -181,7 +183,11 @@ def decide_single_rule(scores, metric, r, method, num_prefix_tokens=1) -> Reduct
         grouping, node_max = decouple_merge_grouping(scores, metric, r)
     none = torch.zeros(0, dtype=torch.long, device=scores.device)
     return ReductionPlan(torch.full((B,), code, dtype=torch.int32, device=scores.device), variance, scores,
-                         node_max, grouping_dest(grouping, N), none, none, None, None, grouping)
+                         node_max, grouping_dest(grouping, N), PlanIndices(none, none, None, None, grouping))
+
+
+def batch_index_select(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def merge(x: torch.Tensor, m: Matching, mode: str) -> torch.Tensor:
@@ -194,29 +200,26 @@ def merge(x: torch.Tensor, m: Matching, mode: str) -> torch.Tensor:
     return torch.cat([unm, dst], dim=1)
 
 
-def batch_index_select(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
-
-
 def _apply_split(plan: ReductionPlan, like: torch.Tensor, r: int, pool, prune) -> torch.Tensor:
     """Reduce each sub-batch on its own (`pool(ids)`, `prune(ids)`) and write it back at its batch positions;
     differentiable through what the two functions return."""
     out = like.new_empty(like.shape[0], like.shape[1] - r, like.shape[2])
-    if plan.matching is not None:
-        out[plan.pool_ids] = pool(plan.pool_ids)
-    if plan.keep is not None:
-        out[plan.prune_ids] = prune(plan.prune_ids)
+    index = plan.indices
+    if index.matching is not None:
+        out[index.pool_ids] = pool(index.pool_ids)
+    if index.keep is not None:
+        out[index.prune_ids] = prune(index.prune_ids)
     return out
 
 
 def apply_reduction(plan: ReductionPlan, x: torch.Tensor, size: torch.Tensor, r: int):
     """Pooling images: size-weighted merge (x_out = sum(x*size)/sum(size)); pruning images: the kept tokens, in
     descending score order. Differentiable in x; sizes carry no gradient."""
-    size, m = size.detach(), plan.matching
+    size, m, keep = size.detach(), plan.indices.matching, plan.indices.keep
     size_out = _apply_split(plan, size, r, lambda ids: merge(size[ids], m, "sum"),
-                            lambda ids: batch_index_select(size[ids], plan.keep))
+                            lambda ids: batch_index_select(size[ids], keep))
     x_out = _apply_split(plan, x, r, lambda ids: merge(x[ids] * size[ids], m, "sum") / size_out[ids],
-                         lambda ids: batch_index_select(x[ids], plan.keep))
+                         lambda ids: batch_index_select(x[ids], keep))
     return x_out, size_out
 
 
@@ -234,18 +237,19 @@ def apply_grouping(x: torch.Tensor, g: Grouping, weight: torch.Tensor) -> torch.
 def apply_single_rule(plan: ReductionPlan, x: torch.Tensor, size: torch.Tensor, r: int, method: str):
     """prune_fuse: kept tokens copied, the fused token the score-weighted mean of the dropped ones;
     decouple_merge: size-weighted means, as pooling. Differentiable in x; sizes carry no gradient."""
-    size, g = size.detach(), plan.grouping
+    size, g = size.detach(), plan.indices.grouping
     weight = plan.scores[..., None].to(x.dtype) if method == "prune_fuse" else size
     size_out = torch.cat([batch_index_select(size, g.keep), group_sum(size, g)], dim=1)
     return apply_grouping(x, g, weight), size_out
 
 
-def apply_to_source(plan: ReductionPlan, source: torch.Tensor, r: int) -> torch.Tensor:
+def apply_to_source(plan: ReductionPlan, source: torch.Tensor, r: int, method: str = "ppt") -> torch.Tensor:
     """Merged tokens hold the union of their sources (ToMe's amax), kept tokens their own."""
-    if plan.grouping is not None:  # disjoint 0/1 rows: their sum is their union
-        return torch.cat([batch_index_select(source, plan.grouping.keep), group_sum(source, plan.grouping)], dim=1)
-    return _apply_split(plan, source, r, lambda ids: merge(source[ids], plan.matching, "amax"),
-                        lambda ids: batch_index_select(source[ids], plan.keep))
+    index = plan.indices
+    if method in SINGLE_RULE_METHODS:  # disjoint 0/1 rows: their sum is their union
+        return torch.cat([batch_index_select(source, index.grouping.keep), group_sum(source, index.grouping)], dim=1)
+    return _apply_split(plan, source, r, lambda ids: merge(source[ids], index.matching, "amax"),
+                        lambda ids: batch_index_select(source[ids], index.keep))
 
 
 def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix_tokens=1, method="ppt"):
@@ -258,7 +262,7 @@ def reduce_tokens(x, scores, metric, size, r, threshold, source=None, num_prefix
         plan = decide(scores, metric, r, threshold, num_prefix_tokens)
         x_out, size_out = apply_reduction(plan, x, size, r)
     if source is not None:
-        source = apply_to_source(plan, source, r)
+        source = apply_to_source(plan, source, r, method)
     return x_out, size_out, source, plan
 
 
@@ -283,8 +287,18 @@ def proportional_bias(log_size: Optional[torch.Tensor]) -> Optional[torch.Tensor
     return None if log_size is None else log_size[:, None, None, :]
 
 
-__all__ = ["CLS_SCORE", "importance_scores", "score_variance", "pool_policy", "prune_indices", "Matching",
-           "bipartite_matching", "prune_dest", "matching_dest", "Grouping", "ReductionPlan", "decide",
-           "PRUNE_FUSE", "DECOUPLE_MERGE", "fuse_grouping", "decouple_merge_grouping", "grouping_dest",
-           "decide_single_rule", "merge", "apply_reduction", "group_sum", "apply_grouping", "apply_single_rule",
-           "apply_to_source", "reduce_tokens", "initial_source", "log_sizes", "proportional_bias"]
+def trace_record(block: int, r: int, plan: ReductionPlan, size: torch.Tensor) -> BlockTrace:
+    """The shared trace record of a block: its plan and the sizes after it (detached, so tracing works inside a
+    graph that needs gradients)."""
+    def numpy64(t):
+        return t.detach().double().cpu().numpy()
+    return record_from_plan(block, r, plan.policy.cpu().numpy(), *map(numpy64, plan[1:4]), plan.dest.cpu().numpy(),
+                            numpy64(size[..., 0]))
+
+
+__all__ = ["CLS_SCORE", "importance_scores", "score_variance", "pool_policy", "prune_indices", "kept_dest",
+           "Matching", "bipartite_matching", "matching_dest", "PlanIndices", "ReductionPlan", "decide",
+           "PRUNE_FUSE", "DECOUPLE_MERGE", "Grouping", "fuse_grouping", "decouple_merge_grouping", "grouping_dest",
+           "decide_single_rule", "batch_index_select", "merge", "apply_reduction", "group_sum", "apply_grouping",
+           "apply_single_rule", "apply_to_source", "reduce_tokens", "initial_source", "log_sizes",
+           "proportional_bias", "trace_record"]

@@ -15,7 +15,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from ppt_common.config import PPTConfig, max_r
 from ppt_common.proportional import log_size_table
-from ppt_common.trace import BlockTrace, record_from_plan
+from ppt_common.trace import BlockTrace
 from pt_reference import ppt
 
 
@@ -43,15 +43,6 @@ class PPTAttention(Attention):
         return x, scores, metric
 
 
-def trace_record(block: int, r: int, plan: ppt.ReductionPlan, size: torch.Tensor) -> BlockTrace:
-    """The shared trace record of a block: its plan and the sizes after it (detached, so tracing works inside a
-    graph that needs gradients)."""
-    def numpy64(t):
-        return t.detach().double().cpu().numpy()
-    return record_from_plan(block, r, plan.policy.cpu().numpy(), *map(numpy64, plan[1:4]), plan.dest.cpu().numpy(),
-                            numpy64(size[..., 0]))
-
-
 class PPTBlock(Block):
     """A block that may reduce tokens between the attention residual and the MLP."""
 
@@ -76,7 +67,7 @@ class PPTBlock(Block):
             if cfg.prop_attn:  # looked up once after each reduction, for the attention of every later block
                 info["log_size"] = ppt.log_sizes(info["size"], info["log_table"])
             if info["want_trace"]:
-                info["trace"].append(trace_record(self._ppt_index, r, plan, info["size"]))
+                info["trace"].append(ppt.trace_record(self._ppt_index, r, plan, info["size"]))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 

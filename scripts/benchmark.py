@@ -50,7 +50,8 @@ def mindspore_runner(name, batch, variant, dtype, mode):
     """A call that runs one forward and fetches the logits; the graph is compiled here, not in the timing."""
     import mindspore as ms
     import ms_ppt
-    from ms_ppt.vision_transformer import Attention, Mlp, TokenReduction
+    from ms_ppt.layers import Attention, Mlp
+    from ms_ppt.vision_transformer import TokenReduction
     ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     original = TokenReduction.construct
     if variant == "ppt_without_token_ops":
@@ -60,11 +61,11 @@ def mindspore_runner(name, batch, variant, dtype, mode):
         if variant == "ppt_graph_reduction":  # the reduction as graph ops, as before the fused kernel
             for _, cell in model.cells_and_names():
                 if isinstance(cell, TokenReduction):
-                    cell.drop_fast_kernel()
+                    cell.unfuse()
         if variant.endswith("_unfused"):  # the attention and MLP as before their fused kernels
             for _, cell in model.cells_and_names():
                 if isinstance(cell, (Attention, Mlp)):
-                    cell.drop_fast_kernel()
+                    cell.unfuse()
         x = ms.Tensor(np.random.RandomState(0).randn(batch, 3, model.arch.img_size, model.arch.img_size),
                       model.cls_token.dtype)
         run = lambda: model(x).asnumpy()  # noqa: E731

@@ -8,15 +8,16 @@ from mindspore import nn, ops
 
 import ms_ppt
 from conftest import DEIT_TINY
-from ms_ppt import kernels
 from ms_ppt.factory import run_with_trace
-from ms_ppt.vision_transformer import (GELU, BiasGELU, LayerNorm, PatchProjection, QkvHeads, ScaledSoftmax,
-                                      ScaledSoftmaxLogSize, SwapMiddleAxes, TokenReduction)
+from ms_ppt.kernels import Kernels, compiler, ops as kernel_ops
+from ms_ppt.kernels.cells import BiasGELU, QkvHeads, ScaledSoftmax, ScaledSoftmaxLogSize, SwapMiddleAxes
+from ms_ppt.layers import GELU, LayerNorm, PatchProjection
+from ms_ppt.vision_transformer import TokenReduction
 from ppt_common.trace import compare_traces
 
 
 def need_kernel(name):
-    if kernels.build(name) is None:
+    if compiler.build(name) is None:
         pytest.skip("no C++ compiler on this machine: the model uses MindSpore's own ops (tested everywhere else)")
 
 
@@ -25,8 +26,8 @@ def test_gelu_kernel_matches_exact_gelu_to_float32_accuracy():
     need_kernel("gelu_cpu")
     ms.set_context(mode=ms.PYNATIVE_MODE)
     x = np.concatenate([np.linspace(-12, 12, 100001), np.random.RandomState(0).randn(50000) * 3]).astype(np.float32)
-    fast = GELU(custom_kernels=True)
-    assert fast.use_fast
+    fast = GELU(Kernels(on=True))
+    assert fast.fused
     got = fast(ms.Tensor(x)).asnumpy()
     exact = 0.5 * x.astype(np.float64) * erfc(-x.astype(np.float64) / np.sqrt(2))
     mindspore_kernel = nn.GELU(approximate=False)(ms.Tensor(x)).asnumpy()
@@ -64,8 +65,8 @@ def test_layer_norm_kernel_matches_float64_layer_norm_and_its_gradient(mode):
 
     errors = {}
     for custom in (True, False):
-        norm = LayerNorm(96, 1e-6, custom_kernels=custom)
-        assert norm.use_fast == custom
+        norm = LayerNorm(96, 1e-6, Kernels(on=custom))
+        assert norm.fused == custom
         norm.weight.set_data(ms.Tensor(w))
         norm.bias.set_data(ms.Tensor(b))
         y = norm(ms.Tensor(x)).asnumpy()
@@ -84,8 +85,8 @@ def test_swap_kernel_is_a_bit_identical_transpose_and_its_own_gradient(dtype):
     ms.set_context(mode=ms.PYNATIVE_MODE)
     rng = np.random.RandomState(0)
     x, dout = rng.randn(2, 5, 7, 3).astype(dtype), rng.randn(2, 7, 5, 3).astype(dtype)
-    swap = SwapMiddleAxes(custom_kernels=True)
-    assert swap.use_op
+    swap = SwapMiddleAxes(kernel_ops.swap_axes_op())
+    assert swap.fused
     np.testing.assert_array_equal(swap(ms.Tensor(x)).asnumpy(), x.transpose(0, 2, 1, 3))
     dx = ms.grad(lambda t: (swap(t) * ms.Tensor(dout)).sum())(ms.Tensor(x)).asnumpy()
     np.testing.assert_array_equal(dx, dout.transpose(0, 2, 1, 3))
@@ -95,8 +96,8 @@ def test_patches_from_two_swaps_equal_the_six_axis_transpose():
     need_kernel("swap_axes_cpu")
     ms.set_context(mode=ms.GRAPH_MODE)
     x = ms.Tensor(np.random.RandomState(0).randn(2, 3, 64, 48).astype(np.float32))
-    fast, reference = PatchProjection(3, 8, 16, custom_kernels=True), PatchProjection(3, 8, 16)
-    assert fast.swap.use_op and not reference.swap.use_op
+    fast, reference = PatchProjection(3, 8, 16, kernels=Kernels(on=True)), PatchProjection(3, 8, 16)
+    assert fast.swap.fused and not reference.swap.fused
     np.testing.assert_array_equal(fast.patches(x).asnumpy(), reference.patches(x).asnumpy())
 
 
@@ -133,7 +134,7 @@ def test_qkv_heads_kernel_is_bias_add_swap_and_split_and_its_gradient(rng):
             heads = (qkv + bias.reshape(3 * H, D)).transpose(0, 2, 1, 3)
             return heads[:, :H], heads[:, H:2 * H], heads[:, 2 * H:]
 
-    fused = QkvHeads(kernels.qkv_heads_op())
+    fused = QkvHeads(kernel_ops.qkv_heads_op())
     args = (ms.Tensor(qkv), ms.Tensor(bias))
     for got, want in zip(fused(*args), GraphOps()(*args)):
         np.testing.assert_array_equal(got.asnumpy(), want.asnumpy())
@@ -150,12 +151,12 @@ def test_bias_gelu_kernel_is_bias_add_then_gelu_and_its_gradient(rng):
     class GraphOps(nn.Cell):
         def __init__(self):
             super().__init__()
-            self.gelu = GELU(custom_kernels=True)
+            self.gelu = GELU(Kernels(on=True))
 
         def construct(self, x, bias):
             return self.gelu(ops.bias_add(x, bias))
 
-    fused, reference = BiasGELU(kernels.bias_gelu_op()), GraphOps()
+    fused, reference = BiasGELU(kernel_ops.bias_gelu_op(), GELU()), GraphOps()
     args = (ms.Tensor(x), ms.Tensor(bias))
     np.testing.assert_array_equal(fused(*args).asnumpy(), reference(*args).asnumpy())
     for got, want in zip(grads_of(fused, *args, cotangents), grads_of(reference, *args, cotangents)):
@@ -186,7 +187,7 @@ def test_scaled_softmax_kernel_matches_float64_softmax_and_the_graph_gradient(rn
                 logits = logits + ops.broadcast_to(log_size.reshape(B, 1, 1, N), logits.shape)
             return ops.softmax(logits, -1)
 
-    op = kernels.scaled_softmax_op(with_log_size)
+    op = kernel_ops.scaled_softmax_op(with_log_size)
     fused = ScaledSoftmaxLogSize(op, scale) if with_log_size else ScaledSoftmax(op, scale)
     args = (ms.Tensor(scores), ms.Tensor(log_size) if with_log_size else None)
     inputs = args[:1 + with_log_size]
@@ -211,23 +212,23 @@ def test_fused_attention_and_mlp_are_dropped_for_other_dtypes():
 
 def test_kernels_can_be_switched_off(monkeypatch, tmp_path):
     monkeypatch.setenv("MS_PPT_CUSTOM_KERNELS", "0")
-    kernels.build.cache_clear()
+    compiler.build.cache_clear()
     try:
-        assert kernels.build("gelu_cpu") is None
-        assert not GELU(custom_kernels=True).use_fast
+        assert compiler.build("gelu_cpu") is None
+        assert not GELU(Kernels(on=True)).fused
     finally:
-        kernels.build.cache_clear()
+        compiler.build.cache_clear()
 
 
 def test_missing_compiler_falls_back_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("CXX", "no-such-compiler")
     monkeypatch.setenv("MS_PPT_CACHE", str(tmp_path))
-    kernels.build.cache_clear()
+    compiler.build.cache_clear()
     try:
         with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
-            assert kernels.build("gelu_cpu") is None
+            assert compiler.build("gelu_cpu") is None
     finally:
-        kernels.build.cache_clear()
+        compiler.build.cache_clear()
 
 
 def test_kernel_builds_from_source_into_an_empty_cache(monkeypatch, tmp_path):
@@ -235,13 +236,13 @@ def test_kernel_builds_from_source_into_an_empty_cache(monkeypatch, tmp_path):
     if shutil.which("g++") is None:
         pytest.skip("no g++ on this machine: the fallback is tested above")
     monkeypatch.setenv("MS_PPT_CACHE", str(tmp_path))
-    kernels.build.cache_clear()
+    compiler.build.cache_clear()
     try:
-        path = kernels.build("gelu_cpu")
+        path = compiler.build("gelu_cpu")
         assert path is not None and path.startswith(str(tmp_path)) and path.endswith(".so")
         assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(path)]  # no temporary left behind
     finally:
-        kernels.build.cache_clear()
+        compiler.build.cache_clear()
 
 
 def reduction_inputs(rng, batch=6, n=27, c=8, heads=3, dh=5):
@@ -271,11 +272,11 @@ def test_fused_reduction_takes_the_graph_reductions_decisions(mode, rng):
     need_kernel("ppt_reduce_cpu")
     ms.set_context(mode=mode)
     inputs = reduction_inputs(rng)
-    fused, graph = TokenReduction(8, 1.0, True), TokenReduction(8, 1.0, False)
-    assert fused.use_fused and not graph.use_fused
+    fused, graph = TokenReduction(8, 1.0, kernels=Kernels(on=True)), TokenReduction(8, 1.0)
+    assert fused.fused and not graph.fused
     variances = graph(*inputs, None)[3][0][1].asnumpy()
     threshold = float(np.median(variances))  # half the images pool, half prune
-    fused, graph = TokenReduction(8, threshold, True), TokenReduction(8, threshold, False)
+    fused, graph = TokenReduction(8, threshold, kernels=Kernels(on=True)), TokenReduction(8, threshold)
     x_fused, size_fused, _, (got, got_sizes) = fused(*inputs, None)
     x_graph, _, _, (want, want_sizes) = graph(*inputs, None)
     pooling, variance, scores, node_max, dest = [t.asnumpy() for t in got]
@@ -307,16 +308,16 @@ def test_fused_reduction_backward_is_the_graph_reductions(mode, rng):
     ms.set_context(mode=mode)
     inputs = reduction_inputs(rng)
     cotangent = ms.Tensor(rng.randn(6, 27 - 8, 8).astype(np.float32))
-    threshold = float(np.median(TokenReduction(8, 1.0, False)(*inputs, None)[3][0][1].asnumpy()))
+    threshold = float(np.median(TokenReduction(8, 1.0)(*inputs, None)[3][0][1].asnumpy()))
     grads = {}
     for fused in (True, False):
-        cell = TokenReduction(8, threshold, fused)
-        assert cell.use_fused == fused
+        cell = TokenReduction(8, threshold, kernels=Kernels(on=fused))
+        assert cell.fused == fused
 
         def loss(x, attn, v, k, size):
             return (cell(x, attn, v, k, size, None)[0] * cotangent).sum()
         grads[fused] = [g.asnumpy() for g in ms.grad(loss, grad_position=(0, 1, 2, 3, 4))(*inputs)]
-    policy = TokenReduction(8, threshold, False)(*inputs, None)[3][0][0].asnumpy()
+    policy = TokenReduction(8, threshold)(*inputs, None)[3][0][0].asnumpy()
     assert set(policy.tolist()) == {False, True}
     np.testing.assert_allclose(grads[True][0], grads[False][0], rtol=1e-6, atol=1e-7)
     assert np.abs(grads[False][0][~policy]).max() > 0 and np.abs(grads[False][0][policy]).max() > 0
@@ -332,7 +333,7 @@ def test_fused_reduction_keeps_tied_tokens_in_position_order(rng):
     attn[0, :, 0] = [0.0, 0.1, 0.3, 0.1, 0.3, 0.2]
     v = np.ones((1, heads, n, dh), np.float32)  # equal ||v||: scores follow the CLS attention, ties included
     x = np.arange(n * 2, dtype=np.float32).reshape(1, n, 2)
-    fused = TokenReduction(2, 0.0, True)  # threshold 0: prune
+    fused = TokenReduction(2, 0.0, kernels=Kernels(on=True))  # threshold 0: prune
     out, _, _, ((pooling, _, scores, _, dest), _) = fused(
         ms.Tensor(x), ms.Tensor(attn), ms.Tensor(v), ms.Tensor(v), ms.Tensor(np.ones((1, n, 1), np.float32)), None)
     assert pooling.asnumpy().tolist() == [0]

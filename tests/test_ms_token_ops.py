@@ -6,7 +6,6 @@ from mindspore import Tensor
 
 import oracle
 from ms_ppt import ppt
-from ms_ppt.factory import trace_record
 from ppt_common.proportional import log_size_table
 
 
@@ -46,7 +45,7 @@ def test_bipartite_matching_and_weighted_merge_match_oracle(rng):
     metric = rng.randn(1, N, 5)
     metric[0, 4] = metric[0, 3] * 2.0
     x, size = rng.randn(1, N, C), rng.randint(1, 4, size=(1, N, 1)).astype(np.float64)
-    dest, node_max = ppt.bipartite_matching(T(metric), r)
+    dest, node_max = ppt.pool_dest(T(metric), r)
     merged, expected_node_max = oracle.bipartite(metric[0], r)
     np.testing.assert_allclose(node_max.asnumpy()[0], expected_node_max, rtol=1e-12)
     out = ppt.apply_dest(T(np.concatenate([x * size, size], -1)), dest, N - r).asnumpy()[0]
@@ -56,7 +55,7 @@ def test_bipartite_matching_and_weighted_merge_match_oracle(rng):
 
 
 def test_cls_is_never_merged_and_ties_take_the_first_partner():
-    dest, _ = ppt.bipartite_matching(T(np.ones((1, 7, 3))), 3)
+    dest, _ = ppt.pool_dest(T(np.ones((1, 7, 3))), 3)
     dest = dest.asnumpy()[0]
     # unmerged A: only CLS (slot 0); B tokens at slots 1..3; A tokens 2,4,6 all into B token 1 (slot 1)
     assert dest.tolist() == [0, 1, 1, 2, 1, 3, 1]
@@ -71,7 +70,7 @@ def test_reduce_tokens_matches_oracle_image_by_image(rng, threshold):
         threshold = float(np.median([oracle.variance(s) for s in scores]))
     size = rng.randint(1, 3, (B, N, 1)).astype(np.float64)
     xo, so, _, plan = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold)
-    record = trace_record(0, r, plan, so)
+    record = ppt.trace_record(0, r, plan, so)
     for b in range(B):
         ex, es, _, policy = oracle.reduce(x[b], scores[b], metric[b], size[b, :, 0], r, threshold)
         assert record.policy[b] == policy
@@ -104,7 +103,7 @@ def test_distillation_token_is_never_pruned_or_merged_even_when_tempting(rng):
         np.testing.assert_allclose(scores[b], oracle.importance_scores(attn[b], v[b], prefix=2), rtol=1e-12)
     for threshold in (0.0, 1e9):  # all prune, all pool
         xo, so, _, plan = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold, num_prefix_tokens=2)
-        record = trace_record(0, r, plan, so)
+        record = ppt.trace_record(0, r, plan, so)
         for b in range(B):
             ex, es, groups, policy = oracle.reduce(x[b], scores[b], metric[b], size[b, :, 0], r, threshold, prefix=2)
             assert record.policy[b] == policy
@@ -128,7 +127,7 @@ def reduce_with_source(x, scores, metric, size, r, method, threshold=0.0, num_pr
     xo, so, src, plan = ppt.reduce_tokens(T(x), T(scores), T(metric), T(size), r, threshold, source,
                                           num_prefix_tokens, method)
     groups = [[np.nonzero(row)[0].tolist() for row in img] for img in src.asnumpy()]
-    return xo.asnumpy(), so.asnumpy(), groups, trace_record(0, r, plan, so)
+    return xo.asnumpy(), so.asnumpy(), groups, ppt.trace_record(0, r, plan, so)
 
 
 @pytest.mark.parametrize("method", ["prune_fuse", "decouple_merge"])

@@ -8,7 +8,6 @@ import torch
 import oracle
 from pt_reference import ppt
 from ppt_common.proportional import log_size_table
-from pt_reference.vision_transformer import trace_record
 
 
 def random_attn(rng, B, H, N):
@@ -37,13 +36,13 @@ def pool(x, metric, r, size):
     """All images pool: (x, size, matching)."""
     plan = ppt.decide(torch.zeros(x.shape[:2], dtype=x.dtype), metric, r, threshold=math.inf)
     xo, so = ppt.apply_reduction(plan, x, size, r)
-    return xo, so, plan.matching
+    return xo, so, plan.indices.matching
 
 
 def trace_of(x, scores, metric, size, r, threshold, num_prefix_tokens=1):
     xo, so, _, plan = ppt.reduce_tokens(*(torch.from_numpy(a) for a in (x, scores, metric, size)), r, threshold,
                                          num_prefix_tokens=num_prefix_tokens)
-    return xo, so, trace_record(0, r, plan, so)
+    return xo, so, ppt.trace_record(0, r, plan, so)
 
 
 def test_prune_keeps_top_scores_in_descending_order_with_stable_ties():
@@ -150,7 +149,7 @@ def reduce_with_source(x, scores, metric, size, r, method, threshold=0.0, num_pr
     xo, so, src, plan = ppt.reduce_tokens(*t, r, threshold, source=source, num_prefix_tokens=num_prefix_tokens,
                                           method=method)
     groups = [[np.nonzero(row)[0].tolist() for row in img] for img in src.numpy()]
-    return xo.numpy(), so.numpy(), groups, trace_record(0, r, plan, so)
+    return xo.numpy(), so.numpy(), groups, ppt.trace_record(0, r, plan, so)
 
 
 @pytest.mark.parametrize("method", ["prune_fuse", "decouple_merge"])

@@ -24,8 +24,9 @@ def ops_table(arch, batch):
     import mindspore as ms
     import torch
     from mindspore import nn, ops
-    from ms_ppt import kernels
-    from ms_ppt.vision_transformer import GELU, BiasGELU, LayerNorm, QkvHeads, ScaledSoftmax, SwapMiddleAxes
+    from ms_ppt.kernels import Kernels, ops as kernel_ops
+    from ms_ppt.kernels.cells import BiasGELU, QkvHeads, ScaledSoftmax, SwapMiddleAxes
+    from ms_ppt.layers import GELU, LayerNorm
     B, N, C, H = batch, arch.num_tokens, arch.embed_dim, arch.num_heads
     d, hidden = C // H, arch.mlp_hidden
     rng = np.random.RandomState(0)
@@ -62,7 +63,7 @@ def ops_table(arch, batch):
     class BiasSwapSlices(nn.Cell):  # the unfused model's qkv bias add, head swap and slices
         def __init__(self):
             super().__init__()
-            self.swap = SwapMiddleAxes(custom_kernels=True)
+            self.swap = SwapMiddleAxes(kernel_ops.swap_axes_op())
 
         def construct(self, a, b):
             heads = self.swap(ops.bias_add(a, b).reshape(B, N, 3 * H, d))
@@ -75,7 +76,7 @@ def ops_table(arch, batch):
     class BiasThenGELU(nn.Cell):  # the unfused model's fc1 bias add and GELU kernel
         def __init__(self):
             super().__init__()
-            self.gelu = GELU(custom_kernels=True)
+            self.gelu = GELU(Kernels(on=True))
 
         def construct(self, a, b):
             return self.gelu(ops.bias_add(a, b))
@@ -93,18 +94,18 @@ def ops_table(arch, batch):
     qkv_rows = rng.randn(B * N, 3 * C).astype(np.float32)
     h_rows, b_qkv, b_fc1 = h.reshape(B * N, hidden), rng.randn(3 * C).astype(np.float32), rng.randn(hidden).astype(
         np.float32)
-    fused = [] if kernels.qkv_heads_op() is None else [
+    fused = [] if kernel_ops.qkv_heads_op() is None else [
         ("qkv bias + head split, graph ops", 1, BiasSwapSlices(), (T(qkv_rows), T(b_qkv)),
          pt_heads, (tt(qkv_rows), tt(b_qkv))),
-        ("qkv bias + head split, ms_ppt kernel", 1, QkvHeads(kernels.qkv_heads_op()),
+        ("qkv bias + head split, ms_ppt kernel", 1, QkvHeads(kernel_ops.qkv_heads_op()),
          (T(qkv_rows.reshape(B, N, 3 * H, d)), T(b_qkv)), pt_heads, (tt(qkv_rows), tt(b_qkv))),
         ("scale + softmax, graph ops", 1, ScaleSoftmax(), (T(att),), lambda a: (a * d ** -0.5).softmax(-1),
          (tt(att),)),
-        ("scale + softmax, ms_ppt kernel", 1, ScaledSoftmax(kernels.scaled_softmax_op(False), d ** -0.5), (T(att),),
+        ("scale + softmax, ms_ppt kernel", 1, ScaledSoftmax(kernel_ops.scaled_softmax_op(False), d ** -0.5), (T(att),),
          lambda a: (a * d ** -0.5).softmax(-1), (tt(att),)),
         ("fc1 bias + GELU, graph ops", 1, BiasThenGELU(), (T(h_rows), T(b_fc1)),
          lambda a, b: torch.nn.functional.gelu(a + b), (tt(h_rows), tt(b_fc1))),
-        ("fc1 bias + GELU, ms_ppt kernel", 1, BiasGELU(kernels.bias_gelu_op()), (T(h_rows), T(b_fc1)),
+        ("fc1 bias + GELU, ms_ppt kernel", 1, BiasGELU(kernel_ops.bias_gelu_op(), GELU()), (T(h_rows), T(b_fc1)),
          lambda a, b: torch.nn.functional.gelu(a + b), (tt(h_rows), tt(b_fc1))),
     ]
     return fused + [
@@ -120,13 +121,13 @@ def ops_table(arch, batch):
          lambda a, w: torch.nn.functional.linear(a, w), (tt(x), tt(w_fc1))),
         ("GELU (exact), MindSpore kernel", 1, gelu_kernel, (T(h),),
          lambda a: torch.nn.functional.gelu(a), (tt(h),)),
-        ("GELU (exact), ms_ppt kernel", 1, GELU(custom_kernels=True), (T(h),),
+        ("GELU (exact), ms_ppt kernel", 1, GELU(Kernels(on=True)), (T(h),),
          lambda a: torch.nn.functional.gelu(a), (tt(h),)),
         ("LayerNorm, MindSpore kernel", 2, ln, (T(x),),
          lambda a: torch.nn.functional.layer_norm(a, (C,), eps=1e-6), (tt(x),)),
-        ("LayerNorm, ms_ppt kernel", 2, LayerNorm(C, 1e-6, custom_kernels=True), (T(x),),
+        ("LayerNorm, ms_ppt kernel", 2, LayerNorm(C, 1e-6, Kernels(on=True)), (T(x),),
          lambda a: torch.nn.functional.layer_norm(a, (C,), eps=1e-6), (tt(x),)),
-        ("head split, ms_ppt kernel", 1, SwapMiddleAxes(custom_kernels=True),
+        ("head split, ms_ppt kernel", 1, SwapMiddleAxes(kernel_ops.swap_axes_op()),
          (T(np.concatenate([x] * 3, -1).reshape(B, N, 3 * H, d)),),
          lambda a: a.permute(0, 2, 1, 3).contiguous(), (tt(np.concatenate([x] * 3, -1).reshape(B, N, 3 * H, d)),)),
         ("qkv reshape+transpose", 1, SplitHeads(),
