@@ -1,6 +1,8 @@
 import atexit
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 
@@ -47,6 +49,19 @@ def pytest_report_header(config):
         was = green.get(name)
         lines.append(f"{name} {now}" + (f" (last green: {was})" if was is not None and was != now else ""))
     return "versions: " + ", ".join(lines)
+
+
+def run_script(script, *args, cwd=ROOT, timeout=900, env=None):
+    """A tool run as a user runs it: scripts/SCRIPT (or tools/NAME given as "tools/NAME"), arguments str()-ed."""
+    path = os.path.join(ROOT, script if "/" in script else os.path.join("scripts", script))
+    return subprocess.run([sys.executable, path, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def need_shared_data():

@@ -1,20 +1,12 @@
 """scripts/sweep.py as a user runs it: each row is eval_ms.py's report for that setting; a sweep resumes."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import run_script as run
 from ppt_common.sweep import calibrate
 
 FAST = ["--mode", "pynative", "--quiet"]
-
-
-def run(script, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
 
 
 def rows_of(prefix):

@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DEIT_TINY, FOOLBOX, IMAGENET_SAMPLE, ROOT, need_shared_data
-from test_distributed import free_port
+from conftest import DEIT_TINY, FOOLBOX, IMAGENET_SAMPLE, ROOT, free_port, need_shared_data
 
 SCRIPT = os.path.join(ROOT, "scripts", "train_ms.py")
 DATA = ["--train-path", os.path.join(IMAGENET_SAMPLE, "val"), "--val-path", os.path.join(FOOLBOX, "val")]

@@ -1,17 +1,10 @@
 """benchmark.py, parity.py and tools/float16_report.py as a user runs them: outputs and bad arguments."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import DEIT_TINY, FOOLBOX, ROOT, need_shared_data
-
-
-def run(script, *args, folder="scripts"):
-    return subprocess.run([sys.executable, os.path.join(ROOT, folder, script), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+from conftest import DEIT_TINY, FOOLBOX, need_shared_data
+from conftest import run_script as run
 
 
 @pytest.mark.slow
@@ -96,5 +89,5 @@ def test_train_parity_script_reports_equal_steps_in_float64(tmp_path):
 def test_parity_and_float16_scripts_refuse_bad_input(tmp_path):
     res = run("parity.py", "--data-path", tmp_path / "missing", "--quiet")
     assert res.returncode == 2 and "does not exist" in res.stderr
-    res = run("float16_report.py", "--checkpoint", tmp_path / "missing.pth", "--quiet", folder="tools")
+    res = run("tools/float16_report.py", "--checkpoint", tmp_path / "missing.pth", "--quiet")
     assert res.returncode == 2 and "checkpoint not found" in res.stderr

@@ -3,7 +3,6 @@ runs give exactly the one-process report and predictions."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -11,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import DEIT_TINY, FOOLBOX, IMAGENET_SAMPLE, ROOT, need_shared_data
+from conftest import DEIT_TINY, FOOLBOX, IMAGENET_SAMPLE, ROOT, free_port, need_shared_data
 from ppt_common.distributed import World, gather_objects, shard
 from ppt_common.evaluation import UsageError, evaluate_items
 from ppt_common.imagenet import ImageError
@@ -140,12 +139,6 @@ def test_an_error_on_one_rank_stops_every_rank_with_its_message():
     for t in threads:
         t.join(timeout=60)
     assert errors[0] == errors[1] and "bad_3" in errors[0]  # rank 1 read the bad image; rank 0 stops too
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def eval_args(out):

@@ -9,12 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DEIT_TINY, ROOT, need_shared_data
+from conftest import DEIT_TINY, ROOT, need_shared_data, run_script
 
 
 def run(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "export_mindir.py"), *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_script("export_mindir.py", *args)
 
 
 @pytest.mark.slow

@@ -3,21 +3,18 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import DEIT_TINY, FOOLBOX, ROOT, need_shared_data
+from conftest import DEIT_TINY, FOOLBOX, ROOT, need_shared_data, run_script
 from ppt_common.config import DEMO_DATA
 
 FAST = ["--mode", "pynative", "--throughput-runs", "0", "--quiet"]
 
 
 def run(script, *args, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return run_script(script, *args, cwd=cwd)
 
 
 @pytest.mark.slow

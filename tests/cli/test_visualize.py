@@ -1,14 +1,11 @@
 """Token maps from traces, the visualiser's picture, and MindSpore/PyTorch pictures being identical."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import pt_reference
-from conftest import DEIT_TINY, IMAGENET_SAMPLE, ROOT, need_shared_data
+from conftest import DEIT_TINY, IMAGENET_SAMPLE, need_shared_data, run_script
 from ppt_common.visual import group_sizes, render_figure, token_maps
 
 
@@ -47,8 +44,7 @@ def test_picture_has_one_row_per_image_and_a_panel_per_pp_block():
 
 
 def run(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "visualize.py"), *map(str, args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return run_script("visualize.py", *args)
 
 
 @pytest.mark.slow
