@@ -41,9 +41,9 @@ def export_mindir(options: ExportOptions = None, **kwargs) -> dict:
     check_output(args.output, args.force, suffix=".mindir", option="--output")
     check_weights(args)
     cfg = ppt_config(args)
-    import mindspore as ms
+    from ms_ppt.context import set_context
     from ms_ppt.factory import create_model
-    ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device)
+    set_context("graph", args.device)
     model = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, ppt_config=cfg,
                          dtype=args.dtype, custom_kernels=False)  # portable graph: no host-compiled .so inside
     seconds = export(model, args.batch_size, args.output)

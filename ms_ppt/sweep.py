@@ -4,6 +4,7 @@ eval_ms.py's report for that setting; the grid, table and plot are ppt_common.sw
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from typing import Optional, Sequence, Tuple, Union
@@ -12,9 +13,12 @@ from ppt_common import evaluation as ev
 from ppt_common import sweep as table
 from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL,
                                METHODS, get_arch)
-from ppt_common.files import OutputError, check_outputs
+from ppt_common.files import OutputExistsError, check_outputs
 from ppt_common.macs import gmacs
-from ppt_common.options import Options, check_choice
+from ppt_common.options import Options, at_least, check_choice, option, positive
+
+
+OUTPUTS = (".json", ".csv", ".png")
 
 
 @dataclasses.dataclass
@@ -25,15 +29,15 @@ class SweepOptions(Options):
     checkpoint: Optional[str] = None
     pretrained: bool = False
     data_path: Optional[Sequence[str]] = None  # ImageNet roots holding val/, or folders of class folders
-    r_values: Sequence[int] = (DEFAULT_R,)
+    r_values: Sequence[int] = option((DEFAULT_R,), at_least(0))
     pp_loc_lists: Sequence[Union[str, Sequence[int]]] = (DEFAULT_PP_LOC_LIST,)  # (3, 6, 9) or "3 6 9"
-    thresholds: Sequence[float] = (DEFAULT_THRESHOLD,)
+    thresholds: Sequence[float] = option((DEFAULT_THRESHOLD,), at_least(0))
     methods: Sequence[str] = (DEFAULT_METHOD,)
     resume_sweep: bool = False  # continue (or extend) the sweep in PREFIX.json
     force: bool = False  # replace an existing sweep instead
-    batch_size: int = 32
-    num_workers: int = 2
-    limit: Optional[int] = None
+    batch_size: int = option(32, positive)
+    num_workers: int = option(2, at_least(0))
+    limit: Optional[int] = option(None, positive)
     mode: str = "graph"
     preprocess: str = "mindspore"
     calibrate: bool = False  # for each r and PP block list, the threshold with the best top-1
@@ -52,10 +56,10 @@ def check(args: SweepOptions):
         check_choice("methods", method, METHODS)
     if not args.output:
         raise ev.UsageError("--output names the sweep's files: PREFIX.json, PREFIX.csv and PREFIX.png")
-    if args.batch_size <= 0 or (args.limit is not None and args.limit <= 0):
-        raise ev.UsageError("--batch-size and --limit must be positive")
-    if min(args.r_values) < 0:
-        raise ev.UsageError("--r-values must be >= 0")
+    if args.output.endswith(("/", os.sep)) or os.path.isdir(args.output):
+        raise ev.UsageError(f"--output is a path prefix such as {os.path.join(args.output, 'sweep')} (giving "
+                            "sweep.json, sweep.csv, sweep.png), not a folder")
+    args.check_values()
     ev.check_weights(args)
     arch = get_arch(args.model)
     try:
@@ -65,10 +69,11 @@ def check(args: SweepOptions):
             gmacs(arch, s.ppt_config())  # PP blocks outside the model, bad thresholds
     except ValueError as e:
         raise ev.UsageError(str(e)) from None
-    paths = [args.output + suffix for suffix in (".json", ".csv", ".png")]
+    prefix = os.path.splitext(args.output)[0] if args.output.lower().endswith(OUTPUTS) else args.output
+    paths = [prefix + suffix for suffix in OUTPUTS]  # --output res.json names res.json, res.csv, res.png
     try:
         check_outputs([("--output", p) for p in paths], force=args.force or args.resume_sweep)
-    except OutputError as e:
+    except OutputExistsError as e:
         raise ev.UsageError(f"{e} (--resume-sweep continues that sweep, --force replaces it)") from None
     if args.resume_sweep and args.force:
         raise ev.UsageError("--resume-sweep and --force: choose one")

@@ -45,11 +45,7 @@ def check_args(args: TrainOptions) -> None:
     check_choice("device", args.device, ("CPU", "GPU", "Ascend"))
     check_choice("dtype", args.dtype, ("float32", "float64"))
     check_choice("amp_level", args.amp_level, ("O0", "O1", "O2", "O3"))
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) <= 0:
-            raise ev.UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.lr <= 0 or args.min_lr < 0 or args.warmup_lr < 0:
-        raise ev.UsageError("--lr must be positive, --min-lr and --warmup-lr non-negative")
+    args.check_values()  # each number finite and in its declared range (ppt_common.training.TrainOptions)
     if args.mixup > 0 or args.cutmix > 0:
         if args.batch_size % 2:
             raise ev.UsageError(f"mixup/cutmix mix a batch with its reverse: --batch-size must be even, got "

@@ -1,11 +1,18 @@
-"""An evaluation's options, one dataclass with the command line's names (underscores for dashes), and their checks
-before any work: each bad value is a UsageError naming the option."""
+"""The tools' options as dataclasses with the command line's names (underscores for dashes), and their checks
+before any work: each bad value is a UsageError naming the option.
+
+Every option declares its own range where it has one (`option(default, check)`), and `Options.of`, which every
+library entry point calls, checks them all: a float that is not finite, a count below its minimum, a probability
+outside [0, 1]. A new tool's options get the same validation by declaring their fields.
+"""
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL,
                                METHODS, MODEL_CONFIGS, PPTConfig, get_arch)
@@ -14,17 +21,68 @@ from ppt_common.imagenet import NUM_CLASSES
 from ppt_common.errors import UsageError
 
 
+Check = Callable[[float], Optional[str]]  # a value -> what is wrong with it, or None
+
+
+def number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {number(low)}"
+
+
+def positive(v: float) -> Optional[str]:
+    return None if v > 0 else "must be positive"
+
+
+def between(low: float, high: float, high_open: bool = False) -> Check:
+    """low <= v <= high (v < high with high_open)."""
+    return lambda v: None if low <= v and (v < high if high_open else v <= high) else (
+        f"must be in [{number(low)}, {number(high)}{')' if high_open else ']'}")
+
+
+PROBABILITY = between(0, 1)
+RATE = between(0, 1, high_open=True)  # a smoothing or drop rate: 1 would leave nothing
+
+
+def option(default, check: Optional[Check] = None):
+    """A dataclass field with its range; a sequence's check applies to each element."""
+    return dataclasses.field(default=default, metadata={"check": check} if check else {})
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 class Options:
     """A tool's options as a dataclass: the command line's names, underscores for dashes."""
 
     @classmethod
     def of(cls, options=None, **kwargs):
-        """`options` (an instance, or None for the defaults) with `kwargs` replaced; an unknown name is refused."""
+        """`options` (an instance, or None for the defaults) with `kwargs` replaced, its values checked; an unknown
+        name is refused."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:
             raise UsageError(f"unknown option(s) {', '.join(unknown)}; the options are {', '.join(sorted(names))}")
-        return dataclasses.replace(options, **kwargs) if options is not None else cls(**kwargs)
+        done = dataclasses.replace(options, **kwargs) if options is not None else cls(**kwargs)
+        done.check_values()
+        return done
+
+    def check_values(self) -> None:
+        """Every number finite, every declared range held (None is an unset option)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                    continue
+                if not math.isfinite(v):
+                    raise UsageError(f"{flag(f.name)} must be a finite number, got {v}")
+                problem = f.metadata.get("check", lambda _: None)(v)
+                if problem:
+                    raise UsageError(f"{flag(f.name)} {problem}, got {value if value is v else list(values)}")
 
 
 @dataclasses.dataclass
@@ -32,10 +90,10 @@ class ModelOptions(Options):
     """The model and its PPT schedule, as every tool that builds one takes them (ppt_config turns them into a
     PPTConfig)."""
     model: str = DEMO_MODEL
-    r_tokens: Optional[Sequence[int]] = None  # one value, or one per PP block; None: the default r
-    target_gmacs: Optional[float] = None  # choose r for this budget instead
+    r_tokens: Optional[Sequence[int]] = option(None, at_least(0))  # one value, or one per PP block; None: default r
+    target_gmacs: Optional[float] = option(None, positive)  # choose r for this budget instead
     pp_loc_list: Sequence[int] = DEFAULT_PP_LOC_LIST
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float = option(DEFAULT_THRESHOLD, at_least(0))
     method: str = DEFAULT_METHOD
     prop_attn: bool = True
     dense: bool = False
@@ -48,21 +106,21 @@ class EvalOptions(ModelOptions):
     (ms_ppt.evaluation.MSEvalOptions, pt_reference.evaluation.PTEvalOptions)."""
     checkpoint: Optional[str] = None  # DeiT .pth / timm .bin / .safetensors / MindSpore .ckpt
     data_path: Optional[Sequence[str]] = None  # ImageNet roots holding val/, or folders of class folders; None: demo
-    batch_size: int = 32
+    batch_size: int = option(32, positive)
     dtype: str = "float32"
-    num_workers: int = 2
-    limit: Optional[int] = None
+    num_workers: int = option(2, at_least(0))
+    limit: Optional[int] = option(None, positive)
     on_error: str = "skip"  # an unreadable image: "skip" (counted) or "fail"
-    throughput_runs: int = 5
+    throughput_runs: int = option(5, at_least(0))
     output_json: Optional[str] = None
     save_predictions: Optional[str] = None
     force: bool = False
     quiet: bool = False
 
 
-def check_choice(option: str, value, choices: Sequence) -> None:
+def check_choice(name: str, value, choices: Sequence) -> None:
     if value not in choices:
-        raise UsageError(f"--{option.replace('_', '-')} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise UsageError(f"{flag(name)} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def check_weights(options: EvalOptions) -> None:
@@ -81,14 +139,7 @@ def check_args(options: EvalOptions) -> None:
     check_choice("on_error", options.on_error, ("skip", "fail"))
     if isinstance(options.data_path, str):
         raise UsageError(f"data_path is a list of folders, got the string {options.data_path!r}")
-    if options.batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {options.batch_size}")
-    if options.limit is not None and options.limit <= 0:
-        raise UsageError(f"--limit must be positive, got {options.limit}")
-    if options.num_workers < 0:
-        raise UsageError(f"--num-workers must be >= 0, got {options.num_workers}")
-    if options.throughput_runs < 0:
-        raise UsageError(f"--throughput-runs must be >= 0, got {options.throughput_runs}")
+    options.check_values()
     check_weights(options)
     try:
         check_outputs([("--output-json", options.output_json), ("--save-predictions", predictions_path(options))],

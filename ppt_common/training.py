@@ -15,7 +15,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ppt_common.distributed import World
-from ppt_common.options import ModelOptions
+from ppt_common.options import PROBABILITY, RATE, ModelOptions, at_least, between, option, positive
 
 # names timm's DeiT leaves undecayed besides every 1-D tensor and bias (VisionTransformer.no_weight_decay())
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "dist_token")
@@ -57,7 +57,7 @@ RECIPE = Recipe()
 class TrainOptions(ModelOptions):
     """What to fine-tune, on what, and how: the options of train_ms.py (underscores for dashes). The recipe's
     defaults are DeiT's with the PPT authors' fine-tuning values (ppt_common.training.Recipe)."""
-    threshold: float = 6e-5  # the authors' fine-tuning value (7e-5 is their evaluation default)
+    threshold: float = option(6e-5, at_least(0))  # the authors' fine-tuning value (7e-5: their evaluation default)
     resume: Optional[str] = None  # weights to fine-tune, or this trainer's checkpoint.ckpt to continue exactly
     finetune: Optional[str] = None  # weights to start from (a checkpoint.ckpt's weights only)
     data_path: Optional[str] = None  # a root holding train/ and val/
@@ -65,37 +65,37 @@ class TrainOptions(ModelOptions):
     val_path: Optional[str] = None  # instead of DATA_PATH/val
     output_dir: Optional[str] = None  # checkpoint.ckpt and log.txt, rewritten atomically after every epoch
     force: bool = False
-    epochs: int = RECIPE.epochs
-    batch_size: int = RECIPE.batch_size  # per process
-    lr: float = RECIPE.lr  # per 512 images: scaled by the global batch / 512
-    min_lr: float = RECIPE.min_lr
-    warmup_lr: float = RECIPE.warmup_lr
-    warmup_epochs: int = RECIPE.warmup_epochs
-    weight_decay: float = RECIPE.weight_decay
-    opt_eps: float = RECIPE.opt_eps
-    opt_betas: Sequence[float] = RECIPE.opt_betas
-    clip_grad: Optional[float] = RECIPE.clip_grad
-    smoothing: float = RECIPE.smoothing
-    mixup: float = RECIPE.mixup
-    cutmix: float = RECIPE.cutmix
-    mixup_prob: float = RECIPE.mixup_prob
-    mixup_switch_prob: float = RECIPE.mixup_switch_prob
+    epochs: int = option(RECIPE.epochs, positive)
+    batch_size: int = option(RECIPE.batch_size, positive)  # per process
+    lr: float = option(RECIPE.lr, positive)  # per 512 images: scaled by the global batch / 512
+    min_lr: float = option(RECIPE.min_lr, at_least(0))
+    warmup_lr: float = option(RECIPE.warmup_lr, at_least(0))
+    warmup_epochs: int = option(RECIPE.warmup_epochs, at_least(0))
+    weight_decay: float = option(RECIPE.weight_decay, at_least(0))
+    opt_eps: float = option(RECIPE.opt_eps, positive)
+    opt_betas: Sequence[float] = option(RECIPE.opt_betas, RATE)
+    clip_grad: Optional[float] = option(RECIPE.clip_grad, positive)
+    smoothing: float = option(RECIPE.smoothing, RATE)
+    mixup: float = option(RECIPE.mixup, at_least(0))
+    cutmix: float = option(RECIPE.cutmix, at_least(0))
+    mixup_prob: float = option(RECIPE.mixup_prob, PROBABILITY)
+    mixup_switch_prob: float = option(RECIPE.mixup_switch_prob, PROBABILITY)
     aa: str = RECIPE.aa
-    reprob: float = RECIPE.reprob
+    reprob: float = option(RECIPE.reprob, PROBABILITY)
     train_interpolation: str = RECIPE.train_interpolation
-    repeated_aug: int = RECIPE.repeated_aug
-    drop_path: float = RECIPE.drop_path
-    drop: float = RECIPE.drop
+    repeated_aug: int = option(RECIPE.repeated_aug, at_least(1))
+    drop_path: float = option(RECIPE.drop_path, RATE)
+    drop: float = option(RECIPE.drop, RATE)
     model_ema: bool = True
-    model_ema_decay: float = RECIPE.model_ema_decay
-    seed: int = RECIPE.seed
-    num_workers: int = 2  # processes augmenting images (0: in this process)
+    model_ema_decay: float = option(RECIPE.model_ema_decay, PROBABILITY)
+    seed: int = option(RECIPE.seed, between(0, 2**32 - 1))
+    num_workers: int = option(2, at_least(0))  # processes augmenting images (0: in this process)
     mode: str = "graph"
     device: str = "CPU"
     dtype: str = "float32"
     amp_level: str = "O0"  # MindSpore mixed precision (O2 for Ascend); PPT's scoring stays float32
-    loss_scale: Optional[float] = None  # static loss scale (default 1, or 1024 with amp_level)
-    limit: Optional[int] = None  # use only the first N training and validation images
+    loss_scale: Optional[float] = option(None, positive)  # static loss scale (default 1, or 1024 with amp_level)
+    limit: Optional[int] = option(None, positive)  # use only the first N training and validation images
     quiet: bool = False
 
 

@@ -101,3 +101,30 @@ def test_export_from_python_reports_the_file_and_its_reload(tmp_path):
     assert os.listdir(tmp_path) == ["m.mindir"]
     with pytest.raises(UsageError, match="--batch-size must be positive"):
         ms_ppt.export_mindir(output=str(tmp_path / "n.mindir"))
+
+
+@pytest.mark.parametrize("call, options, message", [
+    ("train", dict(lr=float("nan")), "--lr must be a finite number, got nan"),
+    ("train", dict(smoothing=1.5), "--smoothing must be in [0, 1), got 1.5"),
+    ("train", dict(warmup_epochs=-1), "--warmup-epochs must be >= 0, got -1"),
+    ("train", dict(limit=-24), "--limit must be positive, got -24"),
+    ("train", dict(mixup_prob=2.0), "--mixup-prob must be in [0, 1], got 2.0"),
+    ("train", dict(model_ema_decay=1.5), "--model-ema-decay must be in [0, 1], got 1.5"),
+    ("train", dict(opt_betas=(0.9, 1.0)), r"--opt-betas must be in [0, 1), got [0.9, 1.0]"),
+    ("train", dict(drop_path=float("inf")), "--drop-path must be a finite number, got inf"),
+    ("train", dict(seed=-1), "--seed must be in [0, 4294967295], got -1"),
+    ("evaluate", dict(throughput_runs=-1), "--throughput-runs must be >= 0, got -1"),
+    ("evaluate", dict(target_gmacs=float("nan")), "--target-gmacs must be a finite number, got nan"),
+    ("evaluate", dict(r_tokens=[16, -1, 16]), r"--r-tokens must be >= 0, got [16, -1, 16]"),
+    ("run_sweep", dict(output="s", thresholds=[7e-5, float("nan")]), r"--thresholds must be a finite number, got nan"),
+    ("export_mindir", dict(output="m.mindir", batch_size=1, threshold=-1.0), "--threshold must be >= 0, got -1.0"),
+])
+def test_every_number_is_checked_before_any_work(call, options, message, tmp_path, monkeypatch):
+    """Values argparse accepts but no run can use are refused by the library, naming the option, before any image
+    is read or any file written (#30: --lr nan used to write a NaN checkpoint and exit 0)."""
+    import ms_ppt
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as err:
+        getattr(ms_ppt, call)(**options)
+    assert str(err.value) == message
+    assert os.listdir(tmp_path) == []

@@ -139,6 +139,10 @@ def test_msrun_two_workers_train_as_one_process_with_the_global_batch(tmp_path):
     (["--train-path", IMAGENET_SAMPLE, "--val-path", DATA[3]],  # a root holding val/: used as named, never its val/
      f"training data: {IMAGENET_SAMPLE} holds val/ rather than class folders: name {IMAGENET_SAMPLE}/val itself"),
     (["--epochs", "0"], "--epochs must be positive"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),  # once wrote a NaN checkpoint and exited 0
+    (["--limit=-24"], "--limit must be positive, got -24"),  # once failed with a traceback after an epoch
+    (["--smoothing", "1.5"], "--smoothing must be in [0, 1), got 1.5"),
+    (["--device", "Ascend"], "this MindSpore build"),
     (["--batch_size", "3"], "--batch-size must be even"),
     (["--resume", "/nonexistent.pth"], "checkpoint not found"),
     (["--resume", DEIT_TINY, "--finetune", DEIT_TINY], "two starting points"),
