@@ -17,8 +17,9 @@ from ppt_common.distributed import World, gather_objects
 from ppt_common.files import atomic_write
 from ppt_common.imagenet import ImageError, NUM_CLASSES, find_images
 from ppt_common.options import check_choice
-from ppt_common.training import (Recipe, TrainOptions, drop_path_draws, epoch_lr, rank_steps, sample_seed, scaled_lr,
-                                 step_rng)
+from ppt_common.config import get_arch
+from ppt_common.training import (Recipe, TrainOptions, capped_r, describe_lr_schedule, drop_path_draws, epoch_lr,
+                                 rank_steps, sample_seed, scaled_lr, step_rng)
 from ppt_common.errors import TrainingError
 
 CHECKPOINT, LOG = "checkpoint.ckpt", "log.txt"
@@ -182,35 +183,44 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     transform = train_transform(args.model, args.aa, args.reprob, args.train_interpolation)
     loader = TrainLoader(transform, args.num_workers)
     peak = scaled_lr(args.lr, global_batch)
+    schedule_text, lr_warning = describe_lr_schedule(args_recipe(args), args.lr, global_batch)
+    capped = capped_r(get_arch(args.model), cfg)
     preprocess = mindspore_preprocess(args.model)
     if world.is_main:
         print(f"fine-tuning {args.model} (r {cfg.r} at blocks {list(cfg.pp_loc_list)}, threshold {cfg.threshold}): "
               f"{len(train_items)} training and {len(val_items)} validation images, global batch {global_batch} "
-              f"({world.size} x {args.batch_size}), peak lr {peak:.3g}, epochs {start_epoch}..{args.epochs - 1}",
+              f"({world.size} x {args.batch_size}), epochs {start_epoch}..{args.epochs - 1}\n{schedule_text}",
               file=sys.stderr)
+        for note in filter(None, (capped, lr_warning)):
+            print(f"warning: {note}", file=sys.stderr)
+    notes = [note for note in (capped, lr_warning) if note]
     run = EpochRunner(args, world, model, step, optimizer, ema, mixup, train_items, global_batch)
     row = log_rows[-1] if log_rows else {}
     try:
         for epoch in range(start_epoch, args.epochs):
             lr = epoch_lr(epoch, peak, args_recipe(args))
             train_loss, num_steps, seconds = run.train_one_epoch(epoch, lr, loader)
+            trained = {"epoch": epoch, "train_lr": lr, "train_loss": train_loss, "train_steps": num_steps,
+                       "train_images_per_second": num_steps * global_batch / seconds}
+            if world.is_main and out:  # the trained epoch is kept before validation reads a single image
+                meta = dict(identity, epoch=epoch, optimizer_steps=optimizer.num_steps,
+                            recipe=json.dumps(schedule(args)))
+                T.save_training_checkpoint(os.path.join(out, CHECKPOINT), model, optimizer, ema, meta)
+                atomic_write(os.path.join(out, LOG), json_lines_writer(log_rows + [dict(trained, notes=notes)]))
             params_from_numpy(eval_model, {p.name: p.asnumpy() for p in model.get_parameters()})
             result = ev.evaluate_items(val_items, lambda x: ms_ppt.run_with_trace(eval_model, x)[:2], preprocess,
-                                       args.batch_size, args.num_workers, "fail", args.quiet, f"val {epoch}", world,
+                                       args.batch_size, args.num_workers, "skip", args.quiet, f"val {epoch}", world,
                                        fixed_batch=args.mode == "graph")
-            metrics = result.metrics.result()
-            row = {"epoch": epoch, "train_lr": lr, "train_loss": train_loss, "train_steps": num_steps,
-                   "train_images_per_second": num_steps * global_batch / seconds,
-                   "test_loss": metrics["loss"], "test_acc1": metrics["top1"], "test_acc5": metrics["top5"],
-                   "test_images": metrics["num_images"],
-                   "n_parameters": int(sum(np.prod(p.shape) for p in model.trainable_params()))}
+            metrics = result.metrics.result() if result.metrics.num_images else dict.fromkeys(
+                ("loss", "top1", "top5", "num_images"))
+            row = {**trained, "test_loss": metrics["loss"], "test_acc1": metrics["top1"],
+                   "test_acc5": metrics["top5"], "test_images": result.metrics.num_images,
+                   "test_skipped": len(result.skipped),
+                   "n_parameters": int(sum(np.prod(p.shape) for p in model.trainable_params())), "notes": notes}
             log_rows.append(row)
             if world.is_main:
                 print(json.dumps(row), file=sys.stderr if args.quiet else sys.stdout)
                 if out:
-                    meta = dict(identity, epoch=epoch, optimizer_steps=optimizer.num_steps,
-                                recipe=json.dumps(schedule(args)))
-                    T.save_training_checkpoint(os.path.join(out, CHECKPOINT), model, optimizer, ema, meta)
                     atomic_write(os.path.join(out, LOG), json_lines_writer(log_rows))
     finally:
         loader.close()

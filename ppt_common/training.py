@@ -123,6 +123,35 @@ def epoch_lr(epoch: int, peak: float, recipe: Recipe = RECIPE, epochs: Optional[
     return timm_cosine_lr(max(epoch - 1, 0), peak, epochs, recipe.warmup_epochs, recipe.warmup_lr, recipe.min_lr)
 
 
+def describe_lr_schedule(recipe: Recipe, lr: float, global_batch: int) -> Tuple[str, Optional[str]]:
+    """(the lr schedule actually used, in one line; a warning when DeiT's scaling makes it misleading). DeiT
+    scales --lr by the global batch / 512 but not --min-lr or --warmup-lr (kept for parity with the authors'
+    runs), so at a small global batch the scaled lr can fall below them and the "cosine" rises."""
+    peak = scaled_lr(lr, global_batch)
+    lrs = [epoch_lr(e, peak, recipe) for e in range(recipe.epochs)]
+    highest = max(range(len(lrs)), key=lrs.__getitem__)
+    text = (f"lr schedule: --lr {lr:g} x global batch {global_batch} / 512 = {peak:.3g}; warm-up from "
+            f"{recipe.warmup_lr:.3g} over {recipe.warmup_epochs} epochs, cosine to {recipe.min_lr:.3g} over "
+            f"{recipe.epochs}; used: epoch 0 {lrs[0]:.3g}, highest {lrs[highest]:.3g} (epoch {highest}), last "
+            f"{lrs[-1]:.3g}")
+    low = [f"{name} {value:.3g}" for name, value in (("--warmup-lr", recipe.warmup_lr), ("--min-lr", recipe.min_lr))
+           if peak < value]
+    warning = None if not low else (
+        f"the scaled lr {peak:.3g} is below {' and '.join(low)}: the schedule rises instead of decaying and its "
+        f"highest lr is {lrs[highest]:.3g}; DeiT scales --lr by the global batch / 512 but not --min-lr or "
+        "--warmup-lr (raise --lr, or lower those two)")
+    return text, warning
+
+
+def capped_r(arch, cfg) -> Optional[str]:
+    """Which requested r the schedule capped (at half the patches a block sees), or None."""
+    from ppt_common.config import arch_schedule
+    requested = cfg.r_per_pp_block(arch.depth)
+    applied = [p.r for p in arch_schedule(arch, cfg) if p.is_pp]
+    return None if requested == applied else (f"r {requested} at blocks {list(cfg.pp_loc_list)} is capped at half "
+                                              f"the patches each block sees: {applied}")
+
+
 def decays(name: str, ndim: int) -> bool:
     """timm's weight-decay rule for DeiT: no decay on 1-D tensors (norms, LayerScale), biases and the embeddings
     the model names in no_weight_decay()."""

@@ -193,3 +193,27 @@ def test_an_earlier_run_is_neither_overwritten_nor_resumed_inexactly(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 2 and "global_batch 8 -> 4" in res.stderr, res.stderr[-2000:]
     assert saved.read_bytes() == before and sorted(os.listdir(saved.parent)) == ["checkpoint.ckpt"]
+
+
+@pytest.mark.slow
+def test_a_bad_validation_image_is_skipped_and_counted_and_the_trained_epoch_kept(tmp_path):
+    """A truncated validation photo used to end the run after the epoch trained and before its checkpoint was
+    written (#30 case 6): now the epoch's checkpoint is written first and validation skips and counts the image,
+    as evaluation does."""
+    need_shared_data()
+    from ppt_common.imagenet import find_images
+    items = find_images(FOOLBOX, split="val")[:3]
+    for path, _ in items:
+        folder = tmp_path / "val" / os.path.basename(os.path.dirname(path))
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder)
+    truncated = tmp_path / "val" / os.path.basename(os.path.dirname(items[0][0])) / "0_truncated.jpg"
+    truncated.write_bytes(open(items[0][0], "rb").read()[:300])
+    res = train(tmp_path / "out", "--model", "deit_tiny_patch16_224", "--resume", DEIT_TINY, "--epochs", "1",
+                "--limit", "4", "--batch_size", "2", "--mode", "pynative", "--num_workers", "0",
+                "--val-path", tmp_path / "val")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "warning: skipped" in res.stderr and "0_truncated.jpg" in res.stderr
+    row = json.loads((tmp_path / "out" / "log.txt").read_text())
+    assert row["epoch"] == 0 and row["test_images"] == 3 and row["test_skipped"] == 1
+    assert int(checkpoint(tmp_path / "out" / "checkpoint.ckpt")["epoch"]) == 0

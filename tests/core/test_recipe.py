@@ -58,3 +58,23 @@ def test_ranks_together_see_one_processs_global_batches(repeats):
     assert not np.array_equal(other_epoch[0][0], single[0][0])
     if repeats == 3:  # repeated augmentation: each image three times in a row of the epoch order
         assert single[0][0][0] == single[0][0][1] == single[0][0][2]
+
+
+def test_the_banner_states_the_lr_schedule_actually_used_and_warns_when_it_rises():
+    """DeiT scales --lr by the global batch / 512 but not --min-lr or --warmup-lr: at global batch 2 the scaled
+    lr is 3.9e-08 while the epochs run at 1e-06 to 1e-05 (#30 case 5). The banner says what is used."""
+    from ppt_common.training import RECIPE, Recipe, describe_lr_schedule, epoch_lr, scaled_lr
+    small = Recipe(epochs=2)
+    text, warning = describe_lr_schedule(small, 1e-5, 2)
+    used = [epoch_lr(e, scaled_lr(1e-5, 2), small) for e in range(2)]
+    assert f"highest {max(used):.3g}" in text and "3.91e-08" in text
+    assert warning.startswith("the scaled lr 3.91e-08 is below --warmup-lr 1e-06 and --min-lr 1e-05")
+    text, warning = describe_lr_schedule(RECIPE, 1e-5, 1024)  # the authors' 4 x 256 run: a decaying cosine
+    assert warning is None and "= 2e-05" in text
+
+
+def test_a_capped_r_is_reported():
+    from ppt_common.config import PPTConfig, get_arch
+    from ppt_common.training import capped_r
+    assert capped_r(get_arch("deit_tiny_patch16_224"), PPTConfig(r=16)) is None
+    assert capped_r(get_arch("deit_tiny_patch16_224"), PPTConfig(r=50)).endswith("[50, 50, 48]")
