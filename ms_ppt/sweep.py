@@ -106,6 +106,8 @@ def run_sweep(options: SweepOptions = None, **kwargs) -> dict:
     first = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, r=0)
     ev.check_imagenet_head(first.arch.num_classes)
     weights = {p.name: p.asnumpy() for p in first.get_parameters()}
+    config["weights_sha256"] = table.weights_digest(weights)  # the model itself, wherever its file lives
+    table.check_same_run(done_config, config, json_path)  # before any image is decoded
     from ms_ppt.data import eval_preprocess
     preprocess = eval_preprocess(args.model, args.preprocess)
     batch_size = config["batch_size"]
@@ -121,7 +123,9 @@ def run_sweep(options: SweepOptions = None, **kwargs) -> dict:
     rows = sorted(done.values(), key=lambda row: order[row["setting"]])
     todo = [s for s in settings if s.key not in done]
     if done:
-        print(f"resuming: {len(settings) - len(todo)} of {len(settings)} settings are in {json_path}"
+        reused = [s.key for s in settings if s.key in done]
+        print(f"resuming: {len(reused)} of {len(settings)} settings are in {json_path} (same weights, sha256 "
+              f"{config['weights_sha256'][:12]}...), reused: {'; '.join(reused) or 'none'}"
               + (f"; its {len(kept)} other rows are kept" if kept else ""), file=sys.stderr)
     started = time.perf_counter()
     for i, setting in enumerate(todo):

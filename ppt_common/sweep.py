@@ -73,7 +73,19 @@ def read_table(path: str) -> Tuple[Dict[str, dict], dict]:
 
 
 # what makes two sweeps' rows comparable: a table is continued or extended only by a run that agrees on these
-SAME_RUN = ("model", "checkpoint", "pretrained", "data_path", "batch_size", "mode", "preprocess", "num_images")
+# the weights by content: a file replaced at the same path is another model, a file moved is the same one
+SAME_RUN = ("model", "weights_sha256", "data_path", "batch_size", "mode", "preprocess", "num_images")
+
+
+def weights_digest(weights: Dict[str, "np.ndarray"]) -> str:
+    """sha256 over the model's tensors (names, dtypes, shapes and bytes, in name order)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        array = weights[name]
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def check_same_run(table_config: dict, config: dict, path: str) -> None:
@@ -83,6 +95,10 @@ def check_same_run(table_config: dict, config: dict, path: str) -> None:
     if differ:
         raise ValueError(f"{path} was measured differently ({'; '.join(differ)}): resume it with the same options, "
                          "or name another --output")
+    if table_config and "weights_sha256" not in table_config:
+        raise ValueError(f"{path} does not record which weights its rows measured (a sweep from before weights were "
+                         "hashed), so it cannot be shown to hold this model's rows: name another --output, or "
+                         "--force to replace it")
 
 
 def csv_writer(rows: Sequence[dict]):

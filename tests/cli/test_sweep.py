@@ -1,5 +1,6 @@
 """scripts/sweep.py as a user runs it: each row is eval_ms.py's report for that setting; a sweep resumes."""
 import json
+import shutil
 
 import pytest
 
@@ -95,3 +96,38 @@ def test_calibration_takes_the_best_top1_then_the_lower_loss_and_states_its_marg
     rows[3]["top1"] = 83.0
     (choice,) = calibrate(rows)
     assert choice["next_threshold"] == 3e-5 and choice["margin_images"] == 2  # 1 point of 200 images
+
+
+def test_a_resumed_sweep_is_keyed_by_the_weights_not_their_path(tmp_path):
+    """#30 case 3: replacing the checkpoint file at the same path used to mix two models' rows in one table. The
+    table records the tensors' sha256: other weights at the same path are refused, the same weights moved are
+    resumed, and the resumed rows are named."""
+    import mindspore as ms
+    import ms_ppt
+    files = {}
+    for seed in (1, 2):
+        ms.set_seed(seed)
+        files[seed] = str(tmp_path / f"w{seed}.ckpt")
+        ms.save_checkpoint(ms_ppt.create_model("deit_tiny_patch16_224"), files[seed])
+    weights = str(tmp_path / "w.ckpt")
+    shutil.copy(files[1], weights)
+    common = ["--output", tmp_path / "s", "--r-values", 16, "--limit", 2, "--batch-size", 2, *FAST]
+    assert run("sweep.py", "--checkpoint", weights, *common).returncode == 0
+    table = (tmp_path / "s.json").read_text()
+    shutil.copy(files[2], weights)  # another model at the same path
+    res = run("sweep.py", "--checkpoint", weights, "--resume-sweep", *common)
+    assert res.returncode == 2 and "measured differently (weights_sha256:" in res.stderr, res.stderr
+    assert (tmp_path / "s.json").read_text() == table
+    res = run("sweep.py", "--checkpoint", files[1], "--resume-sweep", *common)  # the first model, moved
+    assert res.returncode == 0, res.stderr
+    assert "resuming: 2 of 2 settings" in res.stderr and "reused: dense; r=16 pp=3 6 9 threshold=7e-05" in res.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["rows"] == json.loads(table)["rows"]
+
+
+def test_a_table_without_the_weights_hash_is_not_resumed(tmp_path):
+    assert run("sweep.py", "--output", tmp_path / "s", "--limit", 1, "--batch-size", 1, *FAST).returncode == 0
+    table = json.loads((tmp_path / "s.json").read_text())
+    del table["config"]["weights_sha256"]
+    (tmp_path / "s.json").write_text(json.dumps(table))
+    res = run("sweep.py", "--output", tmp_path / "s", "--limit", 1, "--batch-size", 1, "--resume-sweep", *FAST)
+    assert res.returncode == 2 and "does not record which weights" in res.stderr
