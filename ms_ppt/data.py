@@ -144,5 +144,5 @@ class TrainLoader:
             yield np.stack([f.result() for f in futures])
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:  # waiting: workers left running write to closed pipes at exit ("Bad file descriptor")
+            self.pool.shutdown(wait=True, cancel_futures=True)

@@ -15,7 +15,7 @@ import numpy as np
 from ppt_common import evaluation as ev
 from ppt_common.distributed import World, gather_objects
 from ppt_common.files import atomic_write
-from ppt_common.imagenet import ImageError, NUM_CLASSES, find_images
+from ppt_common.imagenet import ImageError, NUM_CLASSES, check_images, find_images
 from ppt_common.options import check_choice
 from ppt_common.config import get_arch
 from ppt_common.training import (Recipe, TrainOptions, capped_r, describe_lr_schedule, drop_path_draws, epoch_lr,
@@ -41,11 +41,24 @@ def list_images(folder: str, what: str) -> List[Tuple[str, int]]:
         raise ev.UsageError(f"{what} data: {e}") from None
 
 
+def check_training_images(items, on_error: str, num_workers: int):
+    """Every training image's file checked before the first step (a drawn bad image would end the run mid-epoch):
+    (the readable items, a note naming the ones left out, or None). With on_error "fail" they are refused."""
+    items, bad = check_images(items, num_workers)
+    if not bad:
+        return items, None
+    named = "; ".join(f"{path} ({why})" for path, why in bad[:5]) + (f"; {len(bad) - 5} more" if len(bad) > 5 else "")
+    if on_error == "fail":
+        raise ev.UsageError(f"{len(bad)} unreadable training image(s): {named} (--on-error skip leaves them out)")
+    return items, f"{len(bad)} unreadable training image(s) left out: {named}"
+
+
 def check_args(args: TrainOptions) -> None:
     check_choice("mode", args.mode, ("graph", "pynative"))
     check_choice("device", args.device, ("CPU", "GPU", "Ascend"))
     check_choice("dtype", args.dtype, ("float32", "float64"))
     check_choice("amp_level", args.amp_level, ("O0", "O1", "O2", "O3"))
+    check_choice("on_error", args.on_error, ("skip", "fail"))
     args.check_values()  # each number finite and in its declared range (ppt_common.training.TrainOptions)
     if args.mixup > 0 or args.cutmix > 0:
         if args.batch_size % 2:
@@ -113,6 +126,7 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     train_items, val_items = list_images(train_dir, "training"), list_images(val_dir, "validation")
     if args.limit:
         train_items, val_items = train_items[:args.limit], val_items[:args.limit]
+    train_items, skipped_training = check_training_images(train_items, args.on_error, args.num_workers)
 
     import mindspore as ms
     from ms_ppt.context import set_context
@@ -191,9 +205,9 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
               f"{len(train_items)} training and {len(val_items)} validation images, global batch {global_batch} "
               f"({world.size} x {args.batch_size}), epochs {start_epoch}..{args.epochs - 1}\n{schedule_text}",
               file=sys.stderr)
-        for note in filter(None, (capped, lr_warning)):
+        for note in filter(None, (skipped_training, capped, lr_warning)):
             print(f"warning: {note}", file=sys.stderr)
-    notes = [note for note in (capped, lr_warning) if note]
+    notes = [note for note in (skipped_training, capped, lr_warning) if note]
     run = EpochRunner(args, world, model, step, optimizer, ema, mixup, train_items, global_batch)
     row = log_rows[-1] if log_rows else {}
     try:

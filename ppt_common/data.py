@@ -58,7 +58,7 @@ def iter_batches(items: Sequence[Tuple[str, int]], batch_size: int, preprocess: 
                 yield (np.stack([a for a, _ in loaded]), np.array([it[1] for _, it in loaded]),
                        [it[0] for _, it in loaded])
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # no thread left reading when the caller moves on
 
 
 def pil_preprocess(model: str) -> Callable[[str], np.ndarray]:

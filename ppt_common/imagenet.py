@@ -81,6 +81,34 @@ def find_images(data_path: str, split: Optional[str] = None, limit: Optional[int
     return items[:limit] if limit else items
 
 
+def unreadable(path: str) -> Optional[str]:
+    """Why the file cannot be a whole image, found without decoding it (the header, PIL's verify, and for a JPEG its
+    end-of-image marker, which a truncated file lacks); None if it looks whole."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            img.verify()
+            fmt = img.format
+        if fmt == "JPEG":
+            with open(path, "rb") as f:
+                f.seek(max(os.path.getsize(path) - 1024, 0))
+                if b"\xff\xd9" not in f.read():  # in entropy-coded data 0xFF is always stuffed, so this is EOI
+                    return "truncated JPEG (no end-of-image marker)"
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def check_images(items: List[Tuple[str, int]], num_workers: int = 2
+                 ) -> Tuple[List[Tuple[str, int]], List[Tuple[str, str]]]:
+    """(the items whose files look whole, [(path, why) of the others]), checked in threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max(num_workers, 1)) as pool:
+        problems = list(pool.map(unreadable, [path for path, _ in items]))
+    good = [item for item, problem in zip(items, problems) if problem is None]
+    return good, [(item[0], problem) for item, problem in zip(items, problems) if problem is not None]
+
+
 def default_crop_pct(img_size: int) -> float:
     """timm's eval crop for DeiT: 0.875 at 224, the full image (1.0) at 384."""
     return 1.0 if img_size >= 384 else DEFAULT_CROP_PCT

@@ -96,6 +96,7 @@ class TrainOptions(ModelOptions):
     amp_level: str = "O0"  # MindSpore mixed precision (O2 for Ascend); PPT's scoring stays float32
     loss_scale: Optional[float] = option(None, positive)  # static loss scale (default 1, or 1024 with amp_level)
     limit: Optional[int] = option(None, positive)  # use only the first N training and validation images
+    on_error: str = "skip"  # an unreadable image: left out and counted ("skip"), or refused before training ("fail")
     quiet: bool = False
 
 

@@ -77,6 +77,9 @@ def build_parser():
     p.add_argument("--loss-scale", dest="loss_scale", type=float, default=None,
                    help="static loss scale (default 1, or 1024 with --amp-level)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training and validation images")
+    p.add_argument("--on-error", dest="on_error", choices=["skip", "fail"], default=d.on_error,
+                   help="unreadable images (every training file is checked before the first step): left out with a "
+                        "warning and counted (skip, the default), or refused before training (fail)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -195,25 +195,50 @@ def test_an_earlier_run_is_neither_overwritten_nor_resumed_inexactly(tmp_path):
     assert saved.read_bytes() == before and sorted(os.listdir(saved.parent)) == ["checkpoint.ckpt"]
 
 
-@pytest.mark.slow
-def test_a_bad_validation_image_is_skipped_and_counted_and_the_trained_epoch_kept(tmp_path):
-    """A truncated validation photo used to end the run after the epoch trained and before its checkpoint was
-    written (#30 case 6): now the epoch's checkpoint is written first and validation skips and counts the image,
-    as evaluation does."""
-    need_shared_data()
+def photo_folder(folder, source, count, bad=()):
+    """`count` shared photos copied into class folders under `folder`, plus bad files named 0_<name> (sorted
+    first) with the given bytes: (name, bytes) pairs."""
     from ppt_common.imagenet import find_images
-    items = find_images(FOOLBOX, split="val")[:3]
+    items = find_images(source, split="val")[:count]
     for path, _ in items:
-        folder = tmp_path / "val" / os.path.basename(os.path.dirname(path))
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, folder)
-    truncated = tmp_path / "val" / os.path.basename(os.path.dirname(items[0][0])) / "0_truncated.jpg"
-    truncated.write_bytes(open(items[0][0], "rb").read()[:300])
+        (folder / os.path.basename(os.path.dirname(path))).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / os.path.basename(os.path.dirname(path)))
+    first = folder / os.path.basename(os.path.dirname(items[0][0]))
+    for name, data in bad:
+        (first / f"0_{name}").write_bytes(data(open(items[0][0], "rb").read()))
+    return folder
+
+
+TRUNCATED = ("truncated.jpg", lambda jpeg: jpeg[:len(jpeg) // 2])
+GARBAGE = ("garbage.jpg", lambda _: b"not an image")
+
+
+@pytest.mark.slow
+def test_bad_images_are_found_before_training_and_skipped_and_counted_and_the_trained_epoch_kept(tmp_path):
+    """A bad training image used to end the run when drawn, mid-epoch (or never, if never drawn), and a truncated
+    validation photo after the epoch trained and before its checkpoint was written (#30 cases 6 and 7). Now every
+    training file is checked before the first step, bad ones named and left out; the epoch's checkpoint is written
+    before validation, which skips and counts a bad photo as evaluation does."""
+    need_shared_data()
+    photo_folder(tmp_path / "train", IMAGENET_SAMPLE, 4, bad=[TRUNCATED, GARBAGE])
+    photo_folder(tmp_path / "val", FOOLBOX, 3, bad=[TRUNCATED])
     res = train(tmp_path / "out", "--model", "deit_tiny_patch16_224", "--resume", DEIT_TINY, "--epochs", "1",
-                "--limit", "4", "--batch_size", "2", "--mode", "pynative", "--num_workers", "0",
-                "--val-path", tmp_path / "val")
+                "--batch_size", "2", "--mode", "pynative", "--num_workers", "0",
+                "--train-path", tmp_path / "train", "--val-path", tmp_path / "val")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "warning: skipped" in res.stderr and "0_truncated.jpg" in res.stderr
+    assert "warning: 2 unreadable training image(s) left out: " in res.stderr
+    assert "0_garbage.jpg (UnidentifiedImageError" in res.stderr and "0_truncated.jpg (truncated JPEG" in res.stderr
+    assert "warning: skipped" in res.stderr and "val/" in res.stderr
     row = json.loads((tmp_path / "out" / "log.txt").read_text())
-    assert row["epoch"] == 0 and row["test_images"] == 3 and row["test_skipped"] == 1
+    assert row["epoch"] == 0 and row["train_steps"] == 2 and row["test_images"] == 3 and row["test_skipped"] == 1
+    assert any("2 unreadable training image(s)" in note for note in row["notes"])
     assert int(checkpoint(tmp_path / "out" / "checkpoint.ckpt")["epoch"]) == 0
+
+
+def test_with_on_error_fail_bad_training_images_are_refused_before_any_work(tmp_path):
+    need_shared_data()
+    photo_folder(tmp_path / "train", IMAGENET_SAMPLE, 2, bad=[GARBAGE])
+    out = tmp_path / "out"
+    res = train(out, "--train-path", tmp_path / "train", "--on-error", "fail", "--batch_size", "2")
+    assert res.returncode == 2 and "1 unreadable training image(s): " in res.stderr and "0_garbage.jpg" in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()

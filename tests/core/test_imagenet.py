@@ -112,3 +112,20 @@ def test_every_model_is_preprocessed_as_timms_default_weights_expect():
             assert (crop, timm_cfg.crop_pct) == (0.875, 0.9), name
         else:
             assert crop == timm_cfg.crop_pct, name
+
+
+def test_a_whole_image_is_told_from_a_truncated_or_foreign_file_without_decoding(tmp_path):
+    from PIL import Image
+    from ppt_common.imagenet import check_images, unreadable
+    Image.new("RGB", (64, 48), "red").save(tmp_path / "whole.jpg", quality=90)
+    Image.new("RGB", (64, 48), "blue").save(tmp_path / "whole.png")
+    jpeg = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "padded.jpg").write_bytes(jpeg + b"\0" * 100)  # bytes after the end marker: still whole
+    (tmp_path / "truncated.jpg").write_bytes(jpeg[:len(jpeg) - 40])
+    (tmp_path / "text.jpg").write_bytes(b"<html>not found</html>")
+    assert [unreadable(str(tmp_path / n)) for n in ("whole.jpg", "whole.png", "padded.jpg")] == [None] * 3
+    assert unreadable(str(tmp_path / "truncated.jpg")) == "truncated JPEG (no end-of-image marker)"
+    assert unreadable(str(tmp_path / "text.jpg")).startswith("UnidentifiedImageError")
+    items = [(str(tmp_path / n), i) for i, n in enumerate(("whole.jpg", "text.jpg", "whole.png", "truncated.jpg"))]
+    good, bad = check_images(items)
+    assert good == [items[0], items[2]] and [p for p, _ in bad] == [items[1][0], items[3][0]]
