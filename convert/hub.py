@@ -18,7 +18,8 @@ from urllib.error import HTTPError, URLError
 from convert.io import CheckpointError
 from ppt_common.config import PRETRAINED, WeightsSource, get_arch
 
-LOCAL_FILE_HINT = "or download the file yourself and pass checkpoint=PATH (--checkpoint PATH)"
+LOCAL_FILE_HINT = ("or download the file yourself and pass it as checkpoint=PATH (--checkpoint PATH; train_ms.py: "
+                   "--resume PATH)")
 
 
 class PretrainedError(CheckpointError):
@@ -37,7 +38,8 @@ def source_of(name: str) -> WeightsSource:
     get_arch(name)
     if name not in PRETRAINED:
         raise PretrainedError(f"no official weights are registered for {name} (registered: "
-                              f"{', '.join(sorted(PRETRAINED))}): pass checkpoint=PATH (--checkpoint PATH)")
+                              f"{', '.join(sorted(PRETRAINED))}): pass checkpoint=PATH "
+                              "(--checkpoint PATH; train_ms.py: --resume PATH)")
     return PRETRAINED[name]
 
 

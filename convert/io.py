@@ -105,6 +105,8 @@ def read_state_dict(path, ema: bool = False) -> StateDict:
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
     suffix = _suffix(path)
+    if os.path.getsize(path) == 0:  # MindSpore would speak of 'filter_prefix', torch of a zip archive
+        raise CheckpointError(f"{path}: the file is empty (0 bytes)")
     try:
         if suffix == ".safetensors":
             _need_torch(path)
@@ -116,7 +118,11 @@ def read_state_dict(path, ema: bool = False) -> StateDict:
                 raw = {k[len("ema."):]: v for k, v in raw.items() if k.startswith("ema.")}
                 if not raw:
                     raise CheckpointError(f"{path}: holds no EMA weights ('ema.' entries)")
-            raw = {k: v.asnumpy() for k, v in raw.items() if not _training_entry(k)}
+            weights = {k: v.asnumpy() for k, v in raw.items() if not _training_entry(k)}
+            if raw and not weights:
+                raise CheckpointError(f"{path}: holds only training state ({', '.join(sorted(raw)[:3])}, ...), no "
+                                      "model weights")
+            raw = weights
         elif suffix in TORCH_SUFFIXES:
             _need_torch(path)
             import torch
@@ -130,7 +136,7 @@ def read_state_dict(path, ema: bool = False) -> StateDict:
         first_line = (str(e).splitlines() or [""])[0][:200]
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first_line})") from e
     if not raw:
-        raise CheckpointError(f"{path}: checkpoint is empty")
+        raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     return {k: _to_float32(k, v) for k, v in raw.items()}
 
 

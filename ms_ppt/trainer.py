@@ -92,6 +92,9 @@ def prepare_output(args, world: World) -> Optional[str]:
     if os.path.exists(existing) and not resuming and not args.force:
         raise ev.UsageError(f"{out} already holds a run ({CHECKPOINT}): resume it with --resume {existing}, "
                             f"or choose another --output_dir (--force overwrites)")
+    if os.path.exists(os.path.join(out, LOG)) and not os.path.exists(existing) and not args.force:
+        raise ev.UsageError(f"{out} already holds a {LOG} (of a run that wrote no checkpoint): choose another "
+                            "--output_dir, or --force to overwrite it")
     if world.is_main:
         try:
             os.makedirs(out, exist_ok=True)
@@ -180,6 +183,11 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
                       f"{start_epoch} on", file=sys.stderr)
             if out:
                 log_rows = read_log(os.path.join(out, LOG), start_epoch)
+            if start_epoch >= args.epochs:
+                if world.is_main:
+                    print(f"the run in {args.resume} is finished: it trained epochs 0..{start_epoch - 1} of "
+                          f"--epochs {args.epochs}; give a larger --epochs to continue it", file=sys.stderr)
+                return log_rows[-1] if log_rows else {}
     model.set_train(True)
     network = model
     if args.amp_level != "O0":  # float16 matmuls; LayerNorm, softmax and PPT's scores stay float32 (as inference)

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, Union
 
 from ppt_common.errors import PPTError, TrainingError
 from ppt_common.files import interrupt_on_sigterm
@@ -22,10 +22,11 @@ def fail(message: str, code: int = 2) -> int:
     return code
 
 
-def run_tool(body: Callable[[], object], interrupted: str = NOTHING_WRITTEN) -> int:
+def run_tool(body: Callable[[], object], interrupted: Union[str, Callable[[], str]] = NOTHING_WRITTEN) -> int:
     """Run a tool's body as a command: MindSpore's log chatter and exit noise quieted, SIGTERM treated as Ctrl-C,
     and each error reported as one line with its exit code. The body's result is its exit code if it is an int (0
-    otherwise: a report it returns is for Python callers). `interrupted` says what an interruption keeps."""
+    otherwise: a report it returns is for Python callers). `interrupted` says what an interruption keeps (or a
+    function that says it, asked at the time)."""
     silence_mindspore_exit_noise()
     interrupt_on_sigterm()
     try:
@@ -36,5 +37,5 @@ def run_tool(body: Callable[[], object], interrupted: str = NOTHING_WRITTEN) -> 
     except (PPTError, ValueError, OSError) as e:  # OSError: not found, exists, disk full, permission, ...
         return fail(str(e))
     except KeyboardInterrupt:
-        print(f"interrupted: {interrupted}", file=sys.stderr)
+        print(f"interrupted: {interrupted() if callable(interrupted) else interrupted}", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@
 checkpoint.ckpt to continue one; --finetune takes weights only. docs/training.md explains each default.
 """
 import argparse
+import os
 import sys
 
 import _bootstrap  # noqa: F401  (the repository root on sys.path)
@@ -86,7 +87,14 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_tool(lambda: fine_tune(args), "the last checkpoint written is intact")
+    return run_tool(lambda: fine_tune(args), lambda: kept(args.output_dir))
+
+
+def kept(output_dir) -> str:
+    """What an interruption leaves: the last epoch's checkpoint, if this run or the one it resumes wrote one."""
+    if output_dir and os.path.exists(os.path.join(output_dir, "checkpoint.ckpt")):
+        return f"the last checkpoint written, {os.path.join(output_dir, 'checkpoint.ckpt')}, is intact"
+    return "no checkpoint was written"
 
 
 def fine_tune(args) -> None:

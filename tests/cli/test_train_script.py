@@ -193,6 +193,21 @@ def test_an_earlier_run_is_neither_overwritten_nor_resumed_inexactly(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 2 and "global_batch 8 -> 4" in res.stderr, res.stderr[-2000:]
     assert saved.read_bytes() == before and sorted(os.listdir(saved.parent)) == ["checkpoint.ckpt"]
+    res = subprocess.run([sys.executable, SCRIPT, *DATA, "--output_dir", str(saved.parent), "--resume", str(saved),
+                          "--quiet", "--limit", "8", "--batch_size", "8", "--no-model-ema", "--epochs", "1"],
+                         capture_output=True, text=True, timeout=600)  # epoch 0 of 1 done: nothing to train
+    assert res.returncode == 0 and "is finished: it trained epochs 0..0 of --epochs 1" in res.stderr, res.stderr
+    assert "epochs 1..0" not in res.stderr and saved.read_bytes() == before
+
+
+def test_a_folder_holding_only_a_log_is_not_overwritten(tmp_path):
+    need_shared_data()
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.txt").write_text('{"epoch": 0}\n')
+    res = train(out, "--limit", "8", "--batch_size", "4")
+    assert res.returncode == 2 and "already holds a log.txt" in res.stderr, res.stderr[-2000:]
+    assert (out / "log.txt").read_text() == '{"epoch": 0}\n' and os.listdir(out) == ["log.txt"]
 
 
 def photo_folder(folder, source, count, bad=()):
@@ -242,3 +257,21 @@ def test_with_on_error_fail_bad_training_images_are_refused_before_any_work(tmp_
     res = train(out, "--train-path", tmp_path / "train", "--on-error", "fail", "--batch_size", "2")
     assert res.returncode == 2 and "1 unreadable training image(s): " in res.stderr and "0_garbage.jpg" in res.stderr
     assert "Traceback" not in res.stderr and not out.exists()
+
+
+def test_an_interruption_before_the_first_checkpoint_says_none_was_written(tmp_path):
+    """#30 case 10: Ctrl-C before the first epoch ended used to claim 'the last checkpoint written is intact'."""
+    import signal
+    import time
+    need_shared_data()
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, SCRIPT, *DATA, "--output_dir", str(out), "--limit", "8",
+                             "--batch_size", "4", "--resume", DEIT_TINY], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not out.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # the output folder is made just before the model is built
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "interrupted: no checkpoint was written" in err, err[-2000:]
+    assert os.listdir(out) == []

@@ -78,15 +78,25 @@ def test_model_mismatch_is_an_error_not_a_partial_load(tmp_path, tiny_state):
     assert message.endswith("look like deit_tiny_patch16_224")
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "cannot read checkpoint"),
-    (b"this is not a checkpoint", "cannot read checkpoint"),
+@pytest.mark.parametrize("name, content, message", [
+    ("x.pth", b"", r"the file is empty \(0 bytes\)"),
+    ("x.ckpt", b"", r"the file is empty \(0 bytes\)"),  # not MindSpore's words about 'filter_prefix'
+    ("x.pth", b"this is not a checkpoint", "cannot read checkpoint"),
 ])
-def test_unreadable_files_are_refused(tmp_path, content, message):
-    (tmp_path / "x.pth").write_bytes(content)
+def test_unreadable_files_are_refused(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
     with pytest.raises(CheckpointError, match=message):
-        convert.pt2ms(tmp_path / "x.pth", tmp_path / "x.ckpt")
-    assert not (tmp_path / "x.ckpt").exists()
+        convert.ms2pt(tmp_path / name, tmp_path / "y.pth") if name.endswith(".ckpt") else \
+            convert.pt2ms(tmp_path / name, tmp_path / "y.ckpt")
+    assert sorted(os.listdir(tmp_path)) == [name]
+
+
+def test_a_checkpoint_of_training_state_alone_is_named_so(tmp_path):
+    import mindspore as ms
+    ms.save_checkpoint([{"name": "adam_m.head.weight", "data": ms.Tensor([1.0])},
+                        {"name": "epoch", "data": ms.Tensor(1)}], str(tmp_path / "opt.ckpt"))
+    with pytest.raises(CheckpointError, match="holds only training state .*no model weights"):
+        convert.ms2pt(tmp_path / "opt.ckpt", tmp_path / "y.pth")
 
 
 def test_truncated_checkpoint_is_refused(tmp_path, tiny_state):
