@@ -102,6 +102,27 @@ def _train_steps(t: TrainTransform):
         + primary[1:] + secondary + final
 
 
+def mix_with_mirror(mixup, images: np.ndarray, labels: np.ndarray, mirror_images: np.ndarray,
+                    mirror_labels: np.ndarray, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
+    """mindcv's Mixup in batch mode (mixup or cutmix with the batch reversed, timm's rule), seen from one rank of
+    the global batch: image i is mixed with the global batch's mirror image, which the mirror rank's batch holds
+    at index b - 1 - i (in one process the mirror batch is the batch itself, and this is mindcv's own
+    arithmetic, draw for draw). Labels are class indices; returns (images, soft targets) as float32."""
+    from mindcv.data.mixup import cutmix_bbox_and_lam, one_hot
+    lam, use_cutmix = mixup._params_per_batch()  # numpy's global generator, seeded per step by the trainer
+    mirrored = np.flip(mirror_images, axis=0)
+    images = images.copy()
+    if lam != 1.0:
+        if use_cutmix:
+            (yl, yh, xl, xh), lam = cutmix_bbox_and_lam(images.shape, lam, ratio_minmax=mixup.cutmix_minmax,
+                                                        correct_lam=mixup.correct_lam)
+            images[:, :, yl:yh, xl:xh] = mirrored[:, :, yl:yh, xl:xh]
+        else:
+            images = images * lam + mirrored * (1.0 - lam)
+    targets = one_hot(labels, num_classes) * lam + one_hot(np.flip(mirror_labels, axis=0), num_classes) * (1.0 - lam)
+    return images.astype(np.float32), targets.astype(np.float32)
+
+
 def _worker_signals():
     """Workers leave Ctrl-C and termination to the training process, which shuts them down (a terminal's Ctrl-C
     reaches the whole process group, and each worker would print its own traceback)."""

@@ -261,22 +261,35 @@ class EpochRunner:
     def train_one_epoch(self, epoch: int, lr: float, loader) -> Tuple[float, int, float]:
         """(mean loss over all ranks, steps, seconds)."""
         import mindspore as ms
+        from ms_ppt.data import mix_with_mirror
         args, seed = self.args, self.args.seed
         steps = rank_steps(len(self.items), epoch, seed, args.repeated_aug, args.batch_size, self.world)
-        jobs = [[(self.items[i][0], sample_seed(seed, epoch, s, int(pos))) for i, pos in zip(indices, positions)]
-                for s, (indices, positions) in enumerate(steps)]
+        # mixup pairs image i of the global batch with its mirror image; under msrun those live on the mirror rank,
+        # whose batch this rank loads too (the same addressed augmentation), so N ranks mix as one process does
+        mirror = World(self.world.size - 1 - self.world.rank, self.world.size)
+        mirror_steps = rank_steps(len(self.items), epoch, seed, args.repeated_aug, args.batch_size, mirror) \
+            if self.mixup is not None and mirror.rank != self.world.rank else None
+
+        def load(indices, positions, s):
+            return [(self.items[i][0], sample_seed(seed, epoch, s, int(pos))) for i, pos in zip(indices, positions)]
+        jobs = [load(*step, s) + (load(*mirror_steps[s], s) if mirror_steps else [])
+                for s, step in enumerate(steps)]
         bar = None
         if self.world.is_main and not args.quiet:
             from tqdm import tqdm
             bar = tqdm(total=len(steps), desc=f"epoch {epoch}", unit="step", file=sys.stderr)
         losses, start = [], time.perf_counter()
         try:
-            for s, images in enumerate(loader.batches(jobs)):
+            for s, loaded in enumerate(loader.batches(jobs)):
                 indices, positions = steps[s]
-                targets = one_hot(np.array([self.items[i][1] for i in indices]), NUM_CLASSES)
+                images, labels = loaded[:len(indices)], np.array([self.items[i][1] for i in indices])
+                targets = one_hot(labels, NUM_CLASSES)
                 if self.mixup is not None:
                     np.random.seed(int(step_rng(seed, epoch, s, 2).integers(2 ** 31)))  # mindcv's Mixup draws here
-                    images, targets = self.mixup(images, targets.argmax(1))
+                    mirror_images, mirror_labels = (loaded[len(indices):], np.array(
+                        [self.items[i][1] for i in mirror_steps[s][0]])) if mirror_steps else (images, labels)
+                    images, targets = mix_with_mirror(self.mixup, images, labels, mirror_images, mirror_labels,
+                                                      NUM_CLASSES)
                 draws = None
                 if args.drop_path > 0:
                     draws = ms.Tensor(drop_path_draws(seed, epoch, s, self.depth, positions, self.global_batch),
