@@ -221,9 +221,12 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     try:
         for epoch in range(start_epoch, args.epochs):
             lr = epoch_lr(epoch, peak, args_recipe(args))
-            train_loss, num_steps, seconds = run.train_one_epoch(epoch, lr, loader)
+            train_loss, num_steps, seconds, first_step = run.train_one_epoch(epoch, lr, loader)
+            steady = (num_steps - 1, seconds - first_step) if num_steps > 1 else (num_steps, seconds)
             trained = {"epoch": epoch, "train_lr": lr, "train_loss": train_loss, "train_steps": num_steps,
-                       "train_images_per_second": num_steps * global_batch / seconds}
+                       # after the first step, which compiles the graph: reported apart
+                       "train_images_per_second": steady[0] * global_batch / steady[1],
+                       "train_first_step_seconds": first_step}
             if world.is_main and out:  # the trained epoch is kept before validation reads a single image
                 meta = dict(identity, epoch=epoch, optimizer_steps=optimizer.num_steps,
                             recipe=json.dumps(schedule(args)))
@@ -259,7 +262,7 @@ class EpochRunner:
         self.depth, self.dtype = model.arch.depth, model.cls_token.dtype
 
     def train_one_epoch(self, epoch: int, lr: float, loader) -> Tuple[float, int, float]:
-        """(mean loss over all ranks, steps, seconds)."""
+        """(mean loss over all ranks, steps, seconds, seconds of the first step)."""
         import mindspore as ms
         from ms_ppt.data import mix_with_mirror
         args, seed = self.args, self.args.seed
@@ -278,7 +281,7 @@ class EpochRunner:
         if self.world.is_main and not args.quiet:
             from tqdm import tqdm
             bar = tqdm(total=len(steps), desc=f"epoch {epoch}", unit="step", file=sys.stderr)
-        losses, start = [], time.perf_counter()
+        losses, start, first_step = [], time.perf_counter(), 0.0
         try:
             for s, loaded in enumerate(loader.batches(jobs)):
                 indices, positions = steps[s]
@@ -304,6 +307,8 @@ class EpochRunner:
                 if self.ema is not None:
                     self.ema()
                 losses.append(loss)
+                if s == 0:  # the first step compiles the graph (and warms the loader): timed apart
+                    first_step = time.perf_counter() - start
                 if bar is not None:
                     seen = (s + 1) * self.global_batch
                     bar.update(1)
@@ -316,7 +321,8 @@ class EpochRunner:
                 bar.close()
         seconds = time.perf_counter() - start
         parts = gather_objects(self.world, (float(np.mean(losses)) if losses else float("nan"), len(losses)))
-        return float(np.average([p[0] for p in parts], weights=[max(p[1], 1) for p in parts])), len(steps), seconds
+        loss = float(np.average([p[0] for p in parts], weights=[max(p[1], 1) for p in parts]))
+        return loss, len(steps), seconds, first_step
 
 
 def json_lines_writer(rows: List[dict]):
