@@ -131,3 +131,15 @@ def test_a_table_without_the_weights_hash_is_not_resumed(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps(table))
     res = run("sweep.py", "--output", tmp_path / "s", "--limit", 1, "--batch-size", 1, "--resume-sweep", *FAST)
     assert res.returncode == 2 and "does not record which weights" in res.stderr
+
+
+def test_output_names_a_prefix_and_its_errors_say_what_to_do(tmp_path):
+    """#30 cases 10 and 11: a folder as --output used to write hidden .json/.csv/.png files in it, res.json became
+    res.json.json, and a missing folder was answered with advice about --force."""
+    res = run("sweep.py", "--output", str(tmp_path) + "/", *FAST)
+    assert res.returncode == 2 and "is a path prefix such as" in res.stderr and list(tmp_path.iterdir()) == []
+    res = run("sweep.py", "--output", tmp_path / "missing" / "s", *FAST)
+    assert res.returncode == 2 and "output folder does not exist" in res.stderr and "--force" not in res.stderr
+    res = run("sweep.py", "--output", tmp_path / "res.json", "--r-values", 16, "--limit", 1, "--batch-size", 1, *FAST)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.csv", "res.json", "res.png"]

@@ -103,7 +103,8 @@ def test_a_wrong_hash_caches_nothing(server, tmp_path, monkeypatch):
 
 def test_a_missing_file_on_the_server_says_what_the_server_answered(server, tmp_path, monkeypatch):
     monkeypatch.setitem(config.PRETRAINED, NAME, config.WeightsSource(server.url + "gone.pth", None))
-    with pytest.raises(PretrainedError, match="the server answered 404.*not cached.*checkpoint=PATH"):
+    with pytest.raises(PretrainedError, match=r"the server answered 404.*not cached.*checkpoint=PATH \(--checkpoint "
+                                             r"PATH; train_ms.py: --resume PATH\)"):  # each tool's own option
         ms_ppt.create_model(NAME, pretrained=True)
     assert cache_files(tmp_path) == []
 
