@@ -125,7 +125,8 @@ def test_both_frameworks_look_up_the_same_log_sizes():
 @pytest.mark.slow
 def test_two_training_runs_from_the_same_start_reach_the_same_bits(state, mode):
     """Three AdamW steps on a batch that mixes pool and prune, twice from the same weights: the same loss and
-    the same weights and Adam moments, bit for bit (float32, the compiled CPU kernels and their backwards on)."""
+    the same weights and Adam moments, bit for bit (float32, the compiled CPU kernels and their backwards on). In
+    PyNative, once the process's kernels have tuned."""
     from ms_ppt import training
 
     batch = 12
@@ -133,14 +134,20 @@ def test_two_training_runs_from_the_same_start_reach_the_same_bits(state, mode):
     targets = np.eye(ARCH.num_classes, dtype=np.float32)[np.arange(batch) % ARCH.num_classes]
     ms.set_context(mode=MODES[mode])
 
-    def run():
+    def run(steps=3):
         model = ms_model(state, "ppt", threshold, ms.float32)
         model.set_train(True)
         optimizer = training.build_optimizer(model)
         step = training.TrainStep(training.LossCell(model, training.build_loss(0.1)), optimizer)
         losses = [step(ms.Tensor(x), ms.Tensor(targets), None, *optimizer.scalars(1e-3))[0].asnumpy()
-                  for _ in range(3)]
+                  for _ in range(steps)]
         return losses, [entry["data"].asnumpy() for entry in training.training_state(model, optimizer, None)]
+    if mode == "pynative":
+        # PyNative's CPU kernels serve the whole process and tune their thread split over their first 15 launches,
+        # whichever test made them; at least one op besides Log (not yet found) changes its last bit with the
+        # split, so a run that starts mid-tuning can differ by an ulp (seen in the full suite: 2.310475 against
+        # 2.3104749). Both compared runs start after every kernel has tuned.
+        run(steps=15)
     first_losses, first = run()
     again_losses, again = run()
     np.testing.assert_array_equal(np.array(again_losses), np.array(first_losses))
