@@ -117,6 +117,16 @@ def build_optimizer(model: nn.Cell, betas: Tuple[float, float] = (0.9, 0.999), e
     return AdamW(model.trainable_params(), betas, eps, weight_decay)
 
 
+def log_softmax(logits):
+    """Log-softmax over the last axis, written out: MindSpore's CPU LogSoftmax is only float32-accurate in float64.
+    The log is taken in float64: MindSpore's CPU float32 Log changes its bits with its thread split, which its
+    kernels re-tune over their first launches (docs/ppt-spec.md); float64 Log is deterministic and, rounded to
+    float32, correctly rounded."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    sum_exp = ops.exp(shifted).sum(-1, keepdims=True)
+    return shifted - ops.log(sum_exp.astype(ms.float64)).astype(logits.dtype)
+
+
 class SoftTargetCrossEntropy(nn.Cell):
     """Cross entropy on soft targets [B, classes] (one-hot or mixed) smoothed by `smoothing`: timm's
     SoftTargetCrossEntropy on the targets DeiT's Mixup smooths, equal to mindcv's CE loss. Not mindcv's
@@ -136,9 +146,7 @@ class SoftTargetCrossEntropy(nn.Cell):
         targets = targets.astype(logits.dtype)
         if self.smoothing > 0:
             targets = targets * self.on.astype(logits.dtype) + self.smooth.astype(logits.dtype) / logits.shape[-1]
-        # log-softmax written out: MindSpore's CPU LogSoftmax is only float32-accurate in float64
-        shifted = logits - logits.max(-1, keepdims=True)
-        log_probs = shifted - ops.log(ops.exp(shifted).sum(-1, keepdims=True))
+        log_probs = log_softmax(logits)
         return -(targets * log_probs).sum(-1).mean()
 
 
