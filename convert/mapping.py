@@ -14,7 +14,8 @@ from typing import Dict, Optional, Tuple
 from ppt_common.config import MODEL_CONFIGS, ArchConfig, get_arch
 from convert.io import CheckpointError, StateDict
 
-HEAD_DIM = 64  # heads are not visible in the weights; every DeiT/ViT config uses 64-wide heads
+HEAD_DIM = 64
+HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")  # the classifier(s)  # heads are not visible in the weights; every DeiT/ViT config uses 64-wide heads
 
 
 def expected_shapes(arch: ArchConfig) -> Dict[str, Tuple[int, ...]]:
@@ -46,6 +47,8 @@ def expected_shapes(arch: ArchConfig) -> Dict[str, Tuple[int, ...]]:
                    "head.weight": (arch.num_classes, C), "head.bias": (arch.num_classes,)})
     if arch.distilled:
         shapes.update({"head_dist.weight": (arch.num_classes, C), "head_dist.bias": (arch.num_classes,)})
+    if not arch.num_classes:  # timm's num_classes=0: no head, the model returns its pooled features
+        shapes = {k: v for k, v in shapes.items() if k not in HEAD_KEYS}
     return shapes
 
 
@@ -67,7 +70,7 @@ def infer_arch(state: StateDict) -> Tuple[Optional[str], ArchConfig]:
     """The flags, depth, width, heads (64-wide), patch, image size and classes from the tensors; the registry name
     if any. Norm epsilon and activation leave no trace in the weights: pre-norm towers are taken as CLIP's (1e-5,
     GELU); pass the model name for quick-GELU ones."""
-    for key in ("pos_embed", "patch_embed.proj.weight", "head.weight", "blocks.0.mlp.fc1.weight"):
+    for key in ("pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
         if key not in state:
             raise CheckpointError(f"cannot infer the architecture: key '{key}' is missing "
                                   f"(is this a ViT/DeiT checkpoint? first keys: {', '.join(list(state)[:5])})")
@@ -88,7 +91,8 @@ def infer_arch(state: StateDict) -> Tuple[Optional[str], ArchConfig]:
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     arch = ArchConfig(img_size=grid * P, patch_size=P, embed_dim=C, depth=max(blocks) + 1 if blocks else 0,
                       num_heads=max(C // HEAD_DIM, 1), mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / C,
-                      qkv_bias="blocks.0.attn.qkv.bias" in state, num_classes=state["head.weight"].shape[0],
+                      qkv_bias="blocks.0.attn.qkv.bias" in state,
+                      num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
                       in_chans=in_chans, num_prefix_tokens=prefix, no_embed_class=no_embed_class,
                       init_values=1e-6 if "blocks.0.ls1.gamma" in state else None, pre_norm=pre_norm,
                       norm_eps=1e-5 if pre_norm else 1e-6)
@@ -146,11 +150,9 @@ def describe_mismatch(missing, unexpected, wrong, model: Optional[str] = None, l
 
 
 def resolve_arch(state: StateDict, model: Optional[str] = None) -> Tuple[str, ArchConfig]:
-    """The architecture to convert for: --model if given (and it must fit), else inferred."""
+    """The architecture the tensors hold: the model's if given (everything must fit but the head's classes and the
+    position embedding's grid, which are the checkpoint's), else inferred."""
     inferred_name, inferred = infer_arch(state)
     if model is None:
         return inferred_name or "custom", inferred
-    arch = get_arch(model)
-    if arch.num_classes != inferred.num_classes:
-        arch = dataclasses.replace(arch, num_classes=inferred.num_classes)
-    return model, arch
+    return model, dataclasses.replace(get_arch(model), num_classes=inferred.num_classes, img_size=inferred.img_size)

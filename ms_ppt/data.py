@@ -11,24 +11,24 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ppt_common.config import data_config, get_arch
+from ppt_common.config import data_config, get_arch, model_arch
 from ppt_common.imagenet import ImageError, default_crop_pct, open_rgb
 
 
-def eval_preprocess(model: str, kind: str) -> Callable[[str], np.ndarray]:
+def eval_preprocess(model: str, kind: str, img_size: Optional[int] = None) -> Callable[[str], np.ndarray]:
     """The eval tools' --preprocess: 'mindspore' (mindcv's pipeline) or 'pil' (bit-identical to timm's)."""
     if kind == "pil":
         from ppt_common.data import pil_preprocess
-        return pil_preprocess(model)
-    return mindspore_preprocess(model)
+        return pil_preprocess(model, img_size)
+    return mindspore_preprocess(model, img_size)
 
 
-def mindspore_preprocess(model: str) -> Callable[[str], np.ndarray]:
+def mindspore_preprocess(model: str, img_size: Optional[int] = None) -> Callable[[str], np.ndarray]:
     """path -> [3, img_size, img_size] float32 for a registered model (its DataConfig): PIL decode, then mindcv's
     Resize, CenterCrop, Normalize, HWC2CHW (create_transforms' eval pipeline without its Decode)."""
     from mindcv.data import create_transforms
     from mindspore.dataset import transforms, vision
-    img_size, data = get_arch(model).img_size, data_config(model)
+    img_size, data = model_arch(model, img_size).img_size, data_config(model)
     steps = create_transforms(dataset_name="imagenet", image_resize=img_size, is_training=False,
                               crop_pct=default_crop_pct(img_size) if data.crop_pct is None else data.crop_pct,
                               interpolation=data.interpolation, mean=[255 * m for m in data.mean],

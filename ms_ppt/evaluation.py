@@ -38,9 +38,9 @@ def evaluate(options: MSEvalOptions = None, **kwargs) -> dict:
     from ms_ppt.factory import create_model, run_with_trace
     from ms_ppt.vision_transformer import params_from_numpy
     model = create_model(options.model, checkpoint=options.checkpoint, pretrained=options.pretrained,
-                         ppt_config=cfg, trace=True, dtype=options.dtype)
+                         ppt_config=cfg, trace=True, dtype=options.dtype, img_size=options.img_size)
     ev.check_imagenet_head(model.arch.num_classes)
-    preprocess = eval_preprocess(options.model, options.preprocess)
+    preprocess = eval_preprocess(options.model, options.preprocess, options.img_size)
     result = ev.evaluate_items(items, lambda images: run_with_trace(model, images)[:2], preprocess,
                                options.batch_size, options.num_workers, options.on_error, options.quiet, "eval_ms",
                                world, fixed_batch=options.mode == "graph")
@@ -48,7 +48,8 @@ def evaluate(options: MSEvalOptions = None, **kwargs) -> dict:
         raise ev.UsageError("no image could be read")
     seconds = float("nan")
     if options.throughput_runs and world.is_main:
-        plain = create_model(options.model, num_classes=model.arch.num_classes, ppt_config=cfg, dtype=options.dtype)
+        plain = create_model(options.model, num_classes=model.arch.num_classes, ppt_config=cfg, dtype=options.dtype,
+                             img_size=options.img_size)
         params_from_numpy(plain, {p.name: p.asnumpy() for p in model.get_parameters()})
         batch = ms.Tensor(np.resize(result.sample, (options.batch_size,) + result.sample.shape[1:]),
                           plain.cls_token.dtype)

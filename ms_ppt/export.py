@@ -45,7 +45,7 @@ def export_mindir(options: ExportOptions = None, **kwargs) -> dict:
     from ms_ppt.factory import create_model
     set_context("graph", args.device)
     model = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, ppt_config=cfg,
-                         dtype=args.dtype, custom_kernels=False)  # portable graph: no host-compiled .so inside
+                         dtype=args.dtype, img_size=args.img_size, custom_kernels=False)  # portable graph: no host-compiled .so inside
     seconds = export(model, args.batch_size, args.output)
     size = model.arch.img_size
     return {"output": args.output, "config": cfg, "input_shape": [args.batch_size, 3, size, size],

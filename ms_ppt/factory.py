@@ -33,23 +33,27 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
                  prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
                  method: Optional[str] = None,
                  trace: bool = False,
-                 dtype="float32", num_classes: Optional[int] = None, custom_kernels: Optional[bool] = None,
-                 **training_flags) -> VisionTransformer:
+                 dtype="float32", num_classes: Optional[int] = None, img_size: Optional[int] = None,
+                 custom_kernels: Optional[bool] = None, **training_flags) -> VisionTransformer:
     """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt or a PyTorch .pth/.bin/.safetensors (converted in
     memory); `pretrained=True` takes the official weights instead (downloaded once, verified and cached:
     convert.hub). PPT settings come as `ppt_config=PPTConfig(...)` or as its fields (r, pp_loc_list, threshold,
     prop_attn, trace_source, method; unset ones take the paper's defaults); r=0 or an empty pp_loc_list gives the
-    dense model. training_flags are timm's drop rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate,
+    dense model. As timm: num_classes other than the checkpoint's puts a new head on (initialised as timm does, the
+    rest loaded; 0: no head, the model returns its pooled features), and img_size other than the name's resamples
+    the checkpoint's position embedding (bicubic, antialiased, as timm's loader). training_flags are timm's drop rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate,
     drop_path_rate). custom_kernels (default: on for the CPU backend) uses ms_ppt's compiled CPU kernels; turn it
     off for graphs meant to leave this machine (MindIR export)."""
     # the settings are checked before any slow checkpoint reading
     ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
                                          prop_attn=prop_attn, trace_source=trace_source, method=method)
     dtype = resolve_dtype(dtype)
-    from convert import resolve_model
-    arch, state = resolve_model(name, checkpoint, num_classes, pretrained, **training_flags)
+    from convert import new_head, resolve_model
+    arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, **training_flags)
     model = VisionTransformer(arch, ppt_config, trace=trace, custom_kernels=custom_kernels)
     if state is not None:
+        if new_head(arch, state):  # the model's own initialisation
+            state = {**state, **{p.name: p.asnumpy() for p in model.get_parameters() if p.name.startswith("head")}}
         params_from_numpy(model, state)
     model.to_dtype(dtype)
     model.set_train(False)

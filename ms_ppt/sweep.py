@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 from ppt_common import evaluation as ev
 from ppt_common import sweep as table
 from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL,
-                               METHODS, get_arch)
+                               METHODS, model_arch)
 from ppt_common.files import OutputExistsError, check_outputs
 from ppt_common.macs import gmacs
 from ppt_common.options import Options, at_least, check_choice, option, positive
@@ -28,6 +28,7 @@ class SweepOptions(Options):
     model: str = DEMO_MODEL
     checkpoint: Optional[str] = None
     pretrained: bool = False
+    img_size: Optional[int] = option(None, positive)  # None: the model's own
     data_path: Optional[Sequence[str]] = None  # ImageNet roots holding val/, or folders of class folders
     r_values: Sequence[int] = option((DEFAULT_R,), at_least(0))
     pp_loc_lists: Sequence[Union[str, Sequence[int]]] = (DEFAULT_PP_LOC_LIST,)  # (3, 6, 9) or "3 6 9"
@@ -61,7 +62,10 @@ def check(args: SweepOptions):
                             "sweep.json, sweep.csv, sweep.png), not a folder")
     args.check_values()
     ev.check_weights(args)
-    arch = get_arch(args.model)
+    try:
+        arch = model_arch(args.model, args.img_size)
+    except ValueError as e:
+        raise ev.UsageError(str(e)) from None
     try:
         settings = table.grid(args.r_values, [pp_loc_list(p) for p in args.pp_loc_lists], args.thresholds,
                               list(dict.fromkeys(args.methods)))
@@ -93,7 +97,8 @@ def run_sweep(options: SweepOptions = None, **kwargs) -> dict:
     from convert.hub import cached_weights
     ev.use_cached_weights_for_demo(args, cached_weights)  # as eval_ms.py: the demo takes cached official weights
     items = ev.load_items(args)
-    config = {"model": args.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained,
+    config = {"model": args.model, "img_size": args.img_size, "checkpoint": args.checkpoint,
+              "pretrained": args.pretrained,
               "data_path": args.data_path, "batch_size": ev.batch_size_for(len(items), args.batch_size),
               "mode": args.mode, "preprocess": args.preprocess}
     table.check_same_run(done_config, config, json_path)  # before any image is decoded
@@ -103,13 +108,14 @@ def run_sweep(options: SweepOptions = None, **kwargs) -> dict:
     ms.set_seed(0)
     from ms_ppt.factory import create_model
     from ms_ppt.vision_transformer import params_from_numpy
-    first = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, r=0)
+    first = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, r=0,
+                         img_size=args.img_size)
     ev.check_imagenet_head(first.arch.num_classes)
     weights = {p.name: p.asnumpy() for p in first.get_parameters()}
     config["weights_sha256"] = table.weights_digest(weights)  # the model itself, wherever its file lives
     table.check_same_run(done_config, config, json_path)  # before any image is decoded
     from ms_ppt.data import eval_preprocess
-    preprocess = eval_preprocess(args.model, args.preprocess)
+    preprocess = eval_preprocess(args.model, args.preprocess, args.img_size)
     batch_size = config["batch_size"]
     skipped = []
     batches = list(ev.iter_batches(items, batch_size, preprocess, args.num_workers, "skip", skipped))
@@ -129,8 +135,8 @@ def run_sweep(options: SweepOptions = None, **kwargs) -> dict:
               + (f"; its {len(kept)} other rows are kept" if kept else ""), file=sys.stderr)
     started = time.perf_counter()
     for i, setting in enumerate(todo):
-        model = create_model(args.model, num_classes=first.arch.num_classes,
-                                    ppt_config=setting.ppt_config(), trace=True)
+        model = create_model(args.model, num_classes=first.arch.num_classes, img_size=args.img_size,
+                             ppt_config=setting.ppt_config(), trace=True)
         params_from_numpy(model, weights)
         row = evaluate_setting(model, setting, batches, batch_size, args.mode == "graph")
         rows = sorted(rows + [row], key=lambda r: order[r["setting"]])

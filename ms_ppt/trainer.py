@@ -17,7 +17,6 @@ from ppt_common.distributed import World, gather_objects
 from ppt_common.files import atomic_write
 from ppt_common.imagenet import ImageError, NUM_CLASSES, check_images, find_images
 from ppt_common.options import check_choice
-from ppt_common.config import get_arch
 from ppt_common.training import (Recipe, TrainOptions, capped_r, describe_lr_schedule, drop_path_draws, epoch_lr,
                                  rank_steps, sample_seed, scaled_lr, step_rng)
 from ppt_common.errors import TrainingError
@@ -154,7 +153,8 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     weights = args.resume or args.finetune
     try:
         model = ms_ppt.create_model(args.model, checkpoint=weights, pretrained=args.pretrained, ppt_config=cfg,
-                                    dtype=args.dtype, drop_path_rate=args.drop_path, drop_rate=args.drop)
+                                    dtype=args.dtype, img_size=args.img_size, drop_path_rate=args.drop_path,
+                                    drop_rate=args.drop)
     except CheckpointError as e:
         raise ev.UsageError(str(e)) from None
     if model.arch.num_classes != NUM_CLASSES:
@@ -195,19 +195,19 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     loss_scale = args.loss_scale if args.loss_scale else (1.0 if args.amp_level == "O0" else 1024.0)
     step = T.TrainStep(T.LossCell(network, T.build_loss(args.smoothing)), optimizer, loss_scale, args.clip_grad,
                        world.size)
-    eval_model = ms_ppt.create_model(args.model, ppt_config=cfg, trace=True, dtype=args.dtype)
+    eval_model = ms_ppt.create_model(args.model, ppt_config=cfg, trace=True, dtype=args.dtype, img_size=args.img_size)
 
     mixup = None
     if args.mixup > 0 or args.cutmix > 0:
         from mindcv.data.mixup import Mixup
         mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
                       switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=0.0, num_classes=NUM_CLASSES)
-    transform = train_transform(args.model, args.aa, args.reprob, args.train_interpolation)
+    transform = train_transform(args.model, args.aa, args.reprob, args.train_interpolation, args.img_size)
     loader = TrainLoader(transform, args.num_workers)
     peak = scaled_lr(args.lr, global_batch)
     schedule_text, lr_warning = describe_lr_schedule(args_recipe(args), args.lr, global_batch)
-    capped = capped_r(get_arch(args.model), cfg)
-    preprocess = mindspore_preprocess(args.model)
+    capped = capped_r(args.arch(), cfg)
+    preprocess = mindspore_preprocess(args.model, args.img_size)
     if world.is_main:
         print(f"fine-tuning {args.model} (r {cfg.r} at blocks {list(cfg.pp_loc_list)}, threshold {cfg.threshold}): "
               f"{len(train_items)} training and {len(val_items)} validation images, global batch {global_batch} "

@@ -155,9 +155,11 @@ class VisionTransformer(nn.Cell):
             self.set_log_table(ms.float32)
         self.norm = LayerNorm(dim, arch.norm_eps, kernels)
         self.head_drop = nn.Dropout(p=arch.drop_rate)
-        self.head = nn.Dense(dim, arch.num_classes)
-        if self.distilled:
-            self.head_dist = nn.Dense(dim, arch.num_classes)
+        self.has_head = arch.num_classes > 0  # 0: no head, forward_head gives the pooled features (timm)
+        if self.has_head:
+            self.head = _classifier(dim, arch.num_classes)
+            if self.distilled:
+                self.head_dist = _classifier(dim, arch.num_classes)
 
     @property
     def pp_blocks(self) -> List[BlockPlan]:
@@ -195,10 +197,13 @@ class VisionTransformer(nn.Cell):
 
     def forward_head(self, x):
         """The class token's logits; distilled DeiT averages them with the distillation token's (as timm, which
-        has no head dropout there)."""
+        has no head dropout there). Without a head (num_classes=0), the same pooling of the features."""
         if self.distilled:
+            if not self.has_head:
+                return (x[:, 0] + x[:, 1]) / 2
             return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
-        return self.head(self.head_drop(x[:, 0]))
+        x = self.head_drop(x[:, 0])
+        return self.head(x) if self.has_head else x
 
     def construct(self, x, drop_path_draws=None):
         """drop_path_draws: [depth, 2, B] uniform draws deciding stochastic depth in training (see DropPath)."""
@@ -233,6 +238,11 @@ class VisionTransformer(nn.Cell):
             if isinstance(cell, (Attention, GELU, LayerNorm, Mlp, TokenReduction)):
                 cell.unfuse()
         return self
+
+
+def _classifier(dim: int, num_classes: int) -> nn.Dense:
+    """A head initialised as timm's (trunc_normal std 0.02, zero bias), e.g. a new head on a pretrained backbone."""
+    return nn.Dense(dim, num_classes, weight_init=TruncatedNormal(0.02), bias_init="zeros")
 
 
 def params_from_numpy(model: nn.Cell, state: dict, strict: bool = True) -> None:

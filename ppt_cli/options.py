@@ -27,6 +27,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="DeiT .pth / timm .bin / .safetensors / MindSpore .ckpt (default: random weights, demo only)")
     p.add_argument("--pretrained", action="store_true",
                    help="the model's official weights: downloaded once, verified and cached (instead of --checkpoint)")
+    add_img_size_arg(p)
+
+
+def add_img_size_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--img-size", "--img_size", dest="img_size", type=int, default=None, metavar="PIXELS",
+                   help="run at another resolution (a multiple of the patch size): the checkpoint's position "
+                        "embedding is resampled as timm does (bicubic, antialiased); the token schedule and MACs "
+                        "follow the new token count (default: the model's own)")
 
 
 def add_ppt_args(p: argparse.ArgumentParser) -> None:

@@ -49,6 +49,9 @@ class ArchConfig:
         if self.num_prefix_tokens not in (1, 2):
             raise ValueError(f"num_prefix_tokens must be 1 (class token) or 2 (class + distillation), "
                              f"got {self.num_prefix_tokens}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, numbers.Integral) \
+                or self.num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: no head), got {self.num_classes!r}")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
         for flag in TRAINING_FLAGS:
@@ -227,6 +230,19 @@ def get_arch(name: str) -> ArchConfig:
         return MODEL_CONFIGS[name]
     except KeyError:
         raise ValueError(f"unknown model '{name}'; known models: {', '.join(sorted(MODEL_CONFIGS))}") from None
+
+
+def model_arch(name: str, img_size: Optional[int] = None) -> ArchConfig:
+    """The registered architecture, at another image size if asked (a multiple of its patch size; the position
+    embedding is resampled on load, and the token schedule and MACs follow the new token count)."""
+    arch = get_arch(name)
+    if img_size is None or img_size == arch.img_size:
+        return arch
+    if isinstance(img_size, bool) or not isinstance(img_size, numbers.Integral) or img_size <= 0:
+        raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
+    if img_size % arch.patch_size:
+        raise ValueError(f"img_size {img_size} is not a multiple of {name}'s patch size {arch.patch_size}")
+    return dataclasses.replace(arch, img_size=int(img_size))
 
 
 def is_schedule(r) -> bool:

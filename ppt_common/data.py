@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ppt_common.config import DEMO_DATA, data_config, get_arch
+from ppt_common.config import DEMO_DATA, data_config, model_arch
 from ppt_common.imagenet import ImageError, find_images, preprocess_pil
 from ppt_common.options import EvalOptions, UsageError
 
@@ -61,7 +61,7 @@ def iter_batches(items: Sequence[Tuple[str, int]], batch_size: int, preprocess: 
         pool.shutdown(wait=True, cancel_futures=True)  # no thread left reading when the caller moves on
 
 
-def pil_preprocess(model: str) -> Callable[[str], np.ndarray]:
-    """The model's eval transform (its DataConfig) on PIL images, bit-identical to timm/torchvision."""
-    arch, data = get_arch(model), data_config(model)
+def pil_preprocess(model: str, img_size: Optional[int] = None) -> Callable[[str], np.ndarray]:
+    """The model's eval transform (its DataConfig, at img_size) on PIL images, bit-identical to timm/torchvision."""
+    arch, data = model_arch(model, img_size), data_config(model)
     return lambda path: preprocess_pil(path, arch.img_size, data.crop_pct, data.mean, data.std)

@@ -15,7 +15,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL,
-                               METHODS, MODEL_CONFIGS, PPTConfig, get_arch)
+                               METHODS, MODEL_CONFIGS, PPTConfig, model_arch)
 from ppt_common.files import OutputError, check_outputs
 from ppt_common.imagenet import NUM_CLASSES
 from ppt_common.errors import UsageError
@@ -98,6 +98,14 @@ class ModelOptions(Options):
     prop_attn: bool = True
     dense: bool = False
     pretrained: bool = False  # the model's official weights, downloaded once and cached
+    img_size: Optional[int] = option(None, positive)  # None: the model's; another resamples the position embedding
+
+    def arch(self):
+        """The architecture the options build (the registered one, at img_size)."""
+        try:
+            return model_arch(self.model, self.img_size)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
 
 
 @dataclasses.dataclass
@@ -180,7 +188,7 @@ def choose_r_for_target(options: ModelOptions) -> None:
     if options.dense or options.r_tokens is not None:
         raise UsageError("--target-gmacs chooses r: give it without --r_tokens or --dense")
     try:
-        r, _, message = r_for_target_gmacs(get_arch(options.model), options.target_gmacs, options.pp_loc_list,
+        r, _, message = r_for_target_gmacs(options.arch(), options.target_gmacs, options.pp_loc_list,
                                            getattr(options, "method", DEFAULT_METHOD))
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ppt_common.config import DEFAULT_METHOD, DEMO_DATA, SINGLE_RULE_METHODS, arch_schedule, data_config, get_arch
+from ppt_common.config import DEFAULT_METHOD, DEMO_DATA, SINGLE_RULE_METHODS, arch_schedule, data_config
 from ppt_common.data import is_demo
 from ppt_common.distributed import SINGLE, World
 from ppt_common.files import json_writer, write_all
@@ -77,7 +77,7 @@ def write_outputs(options: EvalOptions, report: dict, metrics: Metrics, policies
 def build_report(options: EvalOptions, framework: str, metrics: Metrics, policies: np.ndarray, pp_blocks: List[int],
                  seconds_per_batch: float, skipped: List[str], extra_config: dict,
                  end_to_end_seconds: float = float("nan")) -> dict:
-    arch = get_arch(options.model)
+    arch = options.arch()
     cfg = ppt_config(options)
     result = metrics.result()
     timing_batch = options.batch_size  # throughput is timed on one batch of the evaluation's batch size
@@ -101,7 +101,7 @@ def build_report(options: EvalOptions, framework: str, metrics: Metrics, policie
         "r_applied_per_pp_block": applied,  # clamped to half the patches a block sees (docs/ppt-spec.md)
         "skipped_images": skipped,
         "config": {
-            "model": options.model, "checkpoint": options.checkpoint, "pretrained": options.pretrained, "data_path": options.data_path or DEMO_DATA,
+            "model": options.model, "img_size": arch.img_size, "checkpoint": options.checkpoint, "pretrained": options.pretrained, "data_path": options.data_path or DEMO_DATA,
             "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r), "pp_loc_list": list(cfg.pp_loc_list),
             "threshold": cfg.threshold, "method": cfg.method, "prop_attn": cfg.prop_attn, "batch_size": options.batch_size,
             "dtype": options.dtype, "limit": options.limit, "timing_batch_size": timing_batch,

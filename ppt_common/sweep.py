@@ -74,7 +74,7 @@ def read_table(path: str) -> Tuple[Dict[str, dict], dict]:
 
 # what makes two sweeps' rows comparable: a table is continued or extended only by a run that agrees on these
 # the weights by content: a file replaced at the same path is another model, a file moved is the same one
-SAME_RUN = ("model", "weights_sha256", "data_path", "batch_size", "mode", "preprocess", "num_images")
+SAME_RUN = ("model", "img_size", "weights_sha256", "data_path", "batch_size", "mode", "preprocess", "num_images")
 
 
 def weights_digest(weights: Dict[str, "np.ndarray"]) -> str:

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from ppt_common import evaluation as ev
-from ppt_common.config import get_arch, reducing_blocks
+from ppt_common.config import reducing_blocks
 from ppt_common.options import EvalOptions, check_choice
 
 
@@ -34,11 +34,11 @@ def evaluate(options: PTEvalOptions = None, **kwargs) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False  # parity: no TF32 on GPU
     torch.backends.cudnn.allow_tf32 = False
     model = create_model(options.model, checkpoint=options.checkpoint, pretrained=options.pretrained,
-                         ppt_config=cfg, trace=True, dtype=options.dtype)
+                         ppt_config=cfg, trace=True, dtype=options.dtype, img_size=options.img_size)
     ev.check_imagenet_head(model.num_classes)
     model = model.to(options.device)
     result = ev.evaluate_items(items, lambda images: run_with_trace(model, images)[:2],
-                               ev.pil_preprocess(options.model), options.batch_size, options.num_workers,
+                               ev.pil_preprocess(options.model, options.img_size), options.batch_size, options.num_workers,
                                options.on_error, options.quiet, "eval_pt", world)
     if result.sample is None:
         raise ev.UsageError("no image could be read")
@@ -55,6 +55,6 @@ def evaluate(options: PTEvalOptions = None, **kwargs) -> dict:
             if batch.is_cuda:
                 torch.cuda.synchronize()
         seconds = ev.time_batches(run, options.throughput_runs)
-    return ev.finish(options, "pytorch", result.metrics, reducing_blocks(get_arch(options.model), cfg), seconds,
+    return ev.finish(options, "pytorch", result.metrics, reducing_blocks(options.arch(), cfg), seconds,
                      result.skipped, {"preprocess": "pil", "device": options.device,
                                       "threads": torch.get_num_threads()}, world, result.seconds)

@@ -37,17 +37,21 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
                  prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
                  method: Optional[str] = None,
                  trace: bool = False,
-                 dtype="float32", num_classes: Optional[int] = None, **training_flags) -> VisionTransformer:
+                 dtype="float32", num_classes: Optional[int] = None, img_size: Optional[int] = None,
+                 **training_flags) -> VisionTransformer:
     """The reference twin of ms_ppt.create_model (same arguments, same checkpoints)."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"unsupported dtype '{dtype}'; choose from {', '.join(SUPPORTED_DTYPES)}")
     ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
                                          prop_attn=prop_attn, trace_source=trace_source, method=method)
-    from convert import resolve_model
-    arch, state = resolve_model(name, checkpoint, num_classes, pretrained, **training_flags)
+    from convert import new_head, resolve_model
+    arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, **training_flags)
     model = build_timm_model(arch)
     if state is not None:
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+        tensors = {k: torch.from_numpy(v) for k, v in state.items()}
+        if new_head(arch, state):  # timm's own initialisation of the head
+            tensors.update({k: v for k, v in model.state_dict().items() if k.startswith("head")})
+        model.load_state_dict(tensors, strict=True)
     apply_ppt(model, ppt_config, trace=trace)
     return model.to(SUPPORTED_DTYPES[dtype]).eval()
 

@@ -16,7 +16,7 @@ import sys
 import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 from ppt_cli import options, run_tool
-from ppt_cli.options import add_ppt_args, str2bool
+from ppt_cli.options import add_img_size_arg, add_ppt_args, str2bool
 from ppt_common.config import MODEL_CONFIGS
 from ppt_common.training import TrainOptions
 
@@ -30,6 +30,7 @@ def build_parser():
                                                    "script's checkpoint.ckpt to continue exactly")
     p.add_argument("--finetune", default=None, help="weights to start from (a checkpoint.ckpt's weights only)")
     p.add_argument("--pretrained", action="store_true", help="start from the model's official weights")
+    add_img_size_arg(p)
     p.add_argument("--data-path", "--data_path", dest="data_path", default=None, help="root holding train/ and val/")
     p.add_argument("--train-path", dest="train_path", default=None, help="training class folders (instead of "
                                                                          "DATA_PATH/train)")

@@ -30,7 +30,7 @@ def traces_for(args, cfg, images):
         ms.set_context(mode=ms.PYNATIVE_MODE)
         ms.set_seed(0)
     model = library.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, ppt_config=cfg,
-                                 trace=True, dtype=args.dtype)
+                                 trace=True, dtype=args.dtype, img_size=args.img_size)
     return library.run_with_trace(model, images)[1]
 
 
@@ -55,10 +55,10 @@ def run(args) -> int:
     if args.scale < 1:
         raise ev.UsageError("--scale must be >= 1")
     cfg = ev.ppt_config(eval_options)
-    from ppt_common.config import data_config, get_arch
+    from ppt_common.config import data_config, model_arch
     from ppt_common.visual import render_figure
-    arch, data = get_arch(args.model), data_config(args.model)
-    preprocess = ev.pil_preprocess(args.model)
+    arch, data = model_arch(args.model, args.img_size), data_config(args.model)
+    preprocess = ev.pil_preprocess(args.model, args.img_size)
     images = np.stack([preprocess(path) for path in args.images])
     traces = traces_for(args, cfg, images)
     figure = render_figure(images, traces, arch.patch_size, args.scale,

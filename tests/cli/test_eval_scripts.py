@@ -198,3 +198,22 @@ def test_a_head_that_is_not_imagenet_1k_is_refused_before_the_evaluation(tmp_pat
     res = run("eval_ms.py", "--checkpoint", tmp_path / "ten.ckpt", *FAST)
     assert res.returncode == 2 and "head has 10 classes" in res.stderr and "ImageNet-1k" in res.stderr
     assert "top-1" not in res.stdout
+
+
+def test_evaluation_at_another_resolution_preprocesses_and_counts_the_new_tokens(tmp_path):
+    from ppt_common.config import PPTConfig, model_arch
+    from ppt_common.macs import gmacs
+    out = tmp_path / "report.json"
+    res = run("eval_ms.py", "--img-size", "256", "--limit", "2", "--output-json", out, *FAST)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert report["gmacs"] == pytest.approx(gmacs(model_arch("deit_tiny_patch16_224", 256), PPTConfig()), abs=1e-4)
+    assert report["config"]["img_size"] == 256
+
+
+@pytest.mark.parametrize("script", ["eval_ms.py", "eval_pt.py"])
+def test_an_image_size_off_the_patch_grid_is_refused_in_one_line(script):
+    res = run(script, "--img-size", "300", *(FAST if script == "eval_ms.py" else FAST[2:]))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].endswith(
+        "img_size 300 is not a multiple of deit_tiny_patch16_224's patch size 16")
