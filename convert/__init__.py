@@ -1,13 +1,19 @@
-"""Checkpoint conversion between PyTorch (official DeiT .pth, timm state dicts, safetensors) and MindSpore .ckpt."""
+"""Checkpoint conversion between PyTorch (official DeiT .pth, timm state dicts, safetensors, Hugging Face
+`transformers` folders) and MindSpore .ckpt."""
 import dataclasses
+import os
 
 from ppt_common.config import TRAINING_FLAGS, ArchConfig, get_arch
-from convert.io import CheckpointError, check_output_path, read_state_dict, write_state_dict
+from convert import hf
+from convert.io import TORCH_SUFFIXES, CheckpointError, check_output_path, read_state_dict, write_state_dict
 from convert.mapping import check_state, expected_shapes, infer_arch, resolve_arch, timm_names
 
 
 def load_checked(path, model=None):
-    """Read a checkpoint of any supported format and check it strictly; returns (name, arch, state)."""
+    """Read a checkpoint of any supported format and check it strictly; returns (name, arch, state). A Hugging Face
+    folder's arch carries its config's values (norm eps, activation, heads: convert.hf)."""
+    if hf.is_hf_folder(path):
+        return hf.load_checked(path, model)
     state = timm_names(read_state_dict(path))
     name, arch = resolve_arch(state, model)
     check_state(state, arch, model)
@@ -22,7 +28,7 @@ def resolve_model(name, checkpoint=None, num_classes=None, pretrained=False, **t
     if unknown:
         raise TypeError(f"unknown model keyword(s): {', '.join(unknown)} (model flags accepted here: "
                         f"{', '.join(TRAINING_FLAGS)})")
-    arch: ArchConfig = get_arch(name)
+    arch: ArchConfig = _named_arch(name, checkpoint)
     state = None
     if pretrained:
         if checkpoint:
@@ -38,6 +44,17 @@ def resolve_model(name, checkpoint=None, num_classes=None, pretrained=False, **t
     return dataclasses.replace(arch, **training_flags), state
 
 
+def _named_arch(name, checkpoint):
+    """The registered architecture; with no name, a checkpoint that describes its own (a Hugging Face folder's
+    config.json) gives it."""
+    if name is None:
+        if checkpoint and hf.is_hf_folder(checkpoint):
+            return None
+        raise ValueError("a model name is needed (only a Hugging Face folder's config.json describes the whole "
+                         "architecture: heads, norm eps, activation)")
+    return get_arch(name)
+
+
 def pt2ms(src, dst, model=None, force=False):
     """PyTorch/safetensors (or any supported) checkpoint -> MindSpore .ckpt; returns the model name."""
     if not str(dst).lower().endswith(".ckpt"):
@@ -48,10 +65,29 @@ def pt2ms(src, dst, model=None, force=False):
     return name
 
 
-def ms2pt(src, dst, model=None, force=False):
-    """MindSpore .ckpt (or any supported) -> .pth or .safetensors; returns the model name."""
+FORMATS = {"pth": TORCH_SUFFIXES, "safetensors": (".safetensors",), "hf": None}
+
+
+def ms2pt(src, dst, model=None, force=False, format=None, class_names=None):
+    """MindSpore .ckpt (or any supported) -> .pth or .safetensors (format None: from dst's suffix), or with
+    format="hf" a Hugging Face folder that transformers' from_pretrained loads (class_names: its id2label; default
+    LABEL_i); returns the model name."""
+    if format not in (None, *FORMATS):
+        raise CheckpointError(f"unknown format {format!r} (choose from {', '.join(FORMATS)})")
+    if format == "hf":
+        hf.check_output_folder(dst, force)
+        name, arch, state = load_checked(src, model)
+        hf.write_folder(state, arch, dst, force=force, class_names=class_names)
+        return name
+    if class_names is not None:
+        raise CheckpointError("class_names are written into a Hugging Face folder's config: use format='hf'")
     if str(dst).lower().endswith(".ckpt"):
-        raise CheckpointError(f"{dst}: ms2pt writes a .pth or .safetensors file")
+        raise CheckpointError(f"{dst}: ms2pt writes a .pth or .safetensors file (or a folder with --format hf)")
+    if format is not None and not str(dst).lower().endswith(FORMATS[format]):
+        raise CheckpointError(f"{dst}: format {format} writes a file ending in {' or '.join(FORMATS[format])}")
+    if "." not in os.path.basename(str(dst)):
+        raise CheckpointError(f"{dst}: no file type; name a .pth or .safetensors file, or pass --format hf "
+                              "to write a Hugging Face folder")
     check_output_path(dst, force)
     name, _, state = load_checked(src, model)
     write_state_dict(state, dst, force=force)
@@ -59,4 +95,4 @@ def ms2pt(src, dst, model=None, force=False):
 
 
 __all__ = ["CheckpointError", "read_state_dict", "write_state_dict", "check_state", "expected_shapes",
-           "infer_arch", "resolve_arch", "timm_names", "load_checked", "resolve_model", "pt2ms", "ms2pt"]
+           "infer_arch", "resolve_arch", "timm_names", "load_checked", "resolve_model", "pt2ms", "ms2pt", "hf"]

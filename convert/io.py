@@ -97,13 +97,18 @@ def _training_entry(name: str) -> bool:
 
 
 def read_state_dict(path, ema: bool = False) -> StateDict:
-    """Read .pth/.pt/.bin/.tar (torch), .safetensors or .ckpt (MindSpore) into float32 numpy arrays. A training
-    checkpoint (.ckpt) gives its weights, or with ema its EMA weights (under the weights' names)."""
+    """Read .pth/.pt/.bin/.tar (torch), .safetensors, .ckpt (MindSpore) or a Hugging Face model folder (timm's
+    names: convert.hf) into float32 numpy arrays. A training checkpoint (.ckpt) gives its weights, or with ema its
+    EMA weights (under the weights' names)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+        from convert.hf import is_hf_folder, read_folder
+        if is_hf_folder(path) and not ema:
+            return read_folder(path).state
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file or a Hugging Face model folder "
+                              "(config.json and its weights)")
     suffix = _suffix(path)
     if os.path.getsize(path) == 0:  # MindSpore would speak of 'filter_prefix', torch of a zip archive
         raise CheckpointError(f"{path}: the file is empty (0 bytes)")

@@ -27,7 +27,7 @@ def list_models() -> List[str]:
     return sorted(MODEL_CONFIGS)
 
 
-def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False,
+def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, pretrained: bool = False,
                  ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None,
                  pp_loc_list: Optional[Sequence[int]] = None, threshold: Optional[float] = None,
                  prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
@@ -35,8 +35,9 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
                  trace: bool = False,
                  dtype="float32", num_classes: Optional[int] = None, custom_kernels: Optional[bool] = None,
                  **training_flags) -> VisionTransformer:
-    """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt or a PyTorch .pth/.bin/.safetensors (converted in
-    memory); `pretrained=True` takes the official weights instead (downloaded once, verified and cached:
+    """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt, a PyTorch .pth/.bin/.safetensors or a Hugging
+    Face transformers folder (converted in memory; a folder's config.json is honoured, and with no name gives the
+    architecture); `pretrained=True` takes the official weights instead (downloaded once, verified and cached:
     convert.hub). PPT settings come as `ppt_config=PPTConfig(...)` or as its fields (r, pp_loc_list, threshold,
     prop_attn, trace_source, method; unset ones take the paper's defaults); r=0 or an empty pp_loc_list gives the
     dense model. training_flags are timm's drop rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate,
@@ -60,7 +61,12 @@ def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> N
     """Load a checkpoint of any supported format into a built model, as strictly as create_model does: the file
     must exist and hold every parameter once, with the right shape and finite values. With ema, the 'ema.'
     copies of the parameters (a mindcv EMA checkpoint) are loaded instead."""
-    from convert import CheckpointError, check_state, read_state_dict, timm_names
+    from convert import CheckpointError, check_state, hf, read_state_dict, timm_names
+    if hf.is_hf_folder(path) and not ema:
+        _, arch, state = hf.load_checked(path)
+        hf.check_matches(arch, model.arch, path)
+        params_from_numpy(model, state)
+        return
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
     if ema and not path.endswith(".ckpt"):
