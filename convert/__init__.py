@@ -5,19 +5,33 @@ import os
 
 from ppt_common.config import TRAINING_FLAGS, ArchConfig, get_arch
 from convert import hf
-from convert.io import TORCH_SUFFIXES, CheckpointError, check_output_path, read_state_dict, write_state_dict
-from convert.mapping import check_state, expected_shapes, infer_arch, resolve_arch, timm_names
+from convert.io import (TORCH_SUFFIXES, CheckpointError, check_output_path, read_checkpoint, read_state_dict,
+                        write_state_dict)
+from convert.mapping import (arch_from_record, arch_record, check_matches, check_state, expected_shapes, infer_arch,
+                             resolve_arch, resolve_described, timm_names)
 
 
-def load_checked(path, model=None):
-    """Read a checkpoint of any supported format and check it strictly; returns (name, arch, state). A Hugging Face
-    folder's arch carries its config's values (norm eps, activation, heads: convert.hf)."""
+def load_checked(path, model=None, described=False):
+    """Read a checkpoint of any supported format and check it strictly; returns (name, arch, state). A checkpoint
+    that describes its architecture (a Hugging Face folder's config.json, the record of a file converted from one)
+    gives its arch those values (heads, norm eps, activation); described=True refuses one that does not."""
+    return _load(path, model, described)[:3]
+
+
+def _load(path, model=None, described=False):
+    """load_checked, and whether the arch was described (not inferred from the tensors or taken from the name)."""
     if hf.is_hf_folder(path):
-        return hf.load_checked(path, model)
-    state = timm_names(read_state_dict(path))
+        return hf.load_checked(path, model) + (True,)
+    raw, record = read_checkpoint(path)
+    state = timm_names(raw)
+    if record is not None:
+        return resolve_described(state, arch_from_record(record, path), model, str(path)) + (state, True)
+    if described:
+        raise CheckpointError(f"{path} does not record its architecture (heads, norm eps, activation): name the model "
+                              "(a Hugging Face folder, or a file converted from one, describes itself)")
     name, arch = resolve_arch(state, model)
     check_state(state, arch, model)
-    return name, arch, state
+    return name, arch, state, False
 
 
 def resolve_model(name, checkpoint=None, num_classes=None, pretrained=False, **training_flags):
@@ -36,7 +50,7 @@ def resolve_model(name, checkpoint=None, num_classes=None, pretrained=False, **t
         from convert.hub import pretrained_weights
         checkpoint = pretrained_weights(name)
     if checkpoint:
-        _, arch, state = load_checked(checkpoint, name)
+        _, arch, state = load_checked(checkpoint, name, described=name is None)
     if num_classes is not None and num_classes != arch.num_classes:
         if state is not None:
             raise ValueError(f"num_classes={num_classes} but the checkpoint's head has {arch.num_classes} classes")
@@ -45,13 +59,12 @@ def resolve_model(name, checkpoint=None, num_classes=None, pretrained=False, **t
 
 
 def _named_arch(name, checkpoint):
-    """The registered architecture; with no name, a checkpoint that describes its own (a Hugging Face folder's
-    config.json) gives it."""
+    """The registered architecture; with no name, the checkpoint must describe its own (load_checked)."""
     if name is None:
-        if checkpoint and hf.is_hf_folder(checkpoint):
+        if checkpoint:
             return None
-        raise ValueError("a model name is needed (only a Hugging Face folder's config.json describes the whole "
-                         "architecture: heads, norm eps, activation)")
+        raise ValueError("a model name is needed, or a checkpoint that describes its architecture (a Hugging Face "
+                         "folder, or a file converted from one)")
     return get_arch(name)
 
 
@@ -60,8 +73,8 @@ def pt2ms(src, dst, model=None, force=False):
     if not str(dst).lower().endswith(".ckpt"):
         raise CheckpointError(f"{dst}: pt2ms writes a MindSpore .ckpt file")
     check_output_path(dst, force)
-    name, _, state = load_checked(src, model)
-    write_state_dict(state, dst, force=force)
+    name, arch, state, described = _load(src, model)
+    write_state_dict(state, dst, force=force, record=arch_record(arch) if described or model else None)
     return name
 
 
@@ -76,7 +89,10 @@ def ms2pt(src, dst, model=None, force=False, format=None, class_names=None):
         raise CheckpointError(f"unknown format {format!r} (choose from {', '.join(FORMATS)})")
     if format == "hf":
         hf.check_output_folder(dst, force)
-        name, arch, state = load_checked(src, model)
+        name, arch, state, described = _load(src, model)
+        if not described and name == "custom":
+            raise CheckpointError(f"{src} matches no registered model and does not record its architecture (heads, "
+                                  "norm eps, activation), which config.json must state: name it with --model")
         hf.write_folder(state, arch, dst, force=force, class_names=class_names)
         return name
     if class_names is not None:
@@ -89,10 +105,11 @@ def ms2pt(src, dst, model=None, force=False, format=None, class_names=None):
         raise CheckpointError(f"{dst}: no file type; name a .pth or .safetensors file, or pass --format hf "
                               "to write a Hugging Face folder")
     check_output_path(dst, force)
-    name, _, state = load_checked(src, model)
-    write_state_dict(state, dst, force=force)
+    name, arch, state, described = _load(src, model)
+    write_state_dict(state, dst, force=force, record=arch_record(arch) if described or model else None)
     return name
 
 
-__all__ = ["CheckpointError", "read_state_dict", "write_state_dict", "check_state", "expected_shapes",
+__all__ = ["CheckpointError", "read_state_dict", "read_checkpoint", "write_state_dict", "check_state",
+           "check_matches", "arch_record", "arch_from_record", "expected_shapes",
            "infer_arch", "resolve_arch", "timm_names", "load_checked", "resolve_model", "pt2ms", "ms2pt", "hf"]

@@ -18,9 +18,10 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ppt_common.config import MODEL_CONFIGS, TRAINING_FLAGS, ArchConfig, get_arch
+from ppt_common.config import ArchConfig
 from ppt_common.errors import OutputError, OutputExistsError
 from convert.io import CheckpointError, StateDict, read_state_dict
+from convert.mapping import resolve_described
 
 CONFIG = "config.json"
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # transformers' preference order
@@ -224,49 +225,11 @@ def read_folder(folder) -> HFCheckpoint:
     return HFCheckpoint(arch, timm_state(raw, architecture, folder), id2label_of(config), architecture)
 
 
-_CONFIG_VALUES = ("norm_eps", "act", "num_classes")  # what a folder may change in a registered architecture
-
-
-def registered_name(arch: ArchConfig) -> Optional[str]:
-    """The registry name of the same network up to norm eps, activation and classes (the hub's DeiT folders carry
-    1e-12 where timm's DeiT has 1e-6)."""
-    names = [n for n, a in MODEL_CONFIGS.items()
-             if dataclasses.replace(a, **{k: getattr(arch, k) for k in _CONFIG_VALUES}) == arch]
-    return sorted(names)[0] if names else None
-
-
-def fit_model(arch: ArchConfig, model: str, folder) -> ArchConfig:
-    """The named architecture with the folder's norm eps, activation and classes; anything else that differs
-    (shapes are checked on the tensors first) is refused by name."""
-    named = get_arch(model)
-    _refuse_differences(arch, named, f"the model {model}", folder, ignore=_CONFIG_VALUES)
-    return dataclasses.replace(named, **{k: getattr(arch, k) for k in _CONFIG_VALUES})
-
-
-def check_matches(arch: ArchConfig, target: ArchConfig, folder) -> None:
-    """A built model (target) takes the folder's weights only if it is the network the config describes."""
-    _refuse_differences(arch, target, "the model", folder, ignore=TRAINING_FLAGS)
-
-
-def _refuse_differences(arch, target, what, folder, ignore) -> None:
-    fields = [f.name for f in dataclasses.fields(ArchConfig) if f.name not in ignore and f.name not in TRAINING_FLAGS]
-    differ = [f"{f} {getattr(arch, f)} vs {getattr(target, f)}" for f in fields if getattr(arch, f) != getattr(target, f)]
-    if differ:
-        raise CheckpointError(f"{folder}: {CONFIG} describes another network than {what} (folder vs model: "
-                              f"{'; '.join(differ)})")
-
-
 def load_checked(folder, model: Optional[str] = None) -> Tuple[str, ArchConfig, StateDict]:
     """convert.load_checked for a folder: (name, arch with the config's values, state), checked strictly."""
-    from convert.mapping import check_state
     checkpoint = read_folder(folder)
-    arch = checkpoint.arch
-    if model is not None:
-        check_state(checkpoint.state, dataclasses.replace(get_arch(model), num_classes=arch.num_classes), model)
-        arch = fit_model(arch, model, folder)
-    else:
-        check_state(checkpoint.state, arch)
-    return model or registered_name(arch) or "custom", arch, checkpoint.state
+    name, arch = resolve_described(checkpoint.state, checkpoint.arch, model, f"{folder}: {CONFIG}")
+    return name, arch, checkpoint.state
 
 
 # ---- writing -------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import re
 import numpy as np
 from typing import Dict, Optional, Tuple
 
-from ppt_common.config import MODEL_CONFIGS, ArchConfig, get_arch
+from ppt_common.config import MODEL_CONFIGS, TRAINING_FLAGS, ArchConfig, get_arch
 from convert.io import CheckpointError, StateDict
 
 HEAD_DIM = 64  # heads are not visible in the weights; every DeiT/ViT config uses 64-wide heads
@@ -154,3 +154,53 @@ def resolve_arch(state: StateDict, model: Optional[str] = None) -> Tuple[str, Ar
     if arch.num_classes != inferred.num_classes:
         arch = dataclasses.replace(arch, num_classes=inferred.num_classes)
     return model, arch
+
+
+# ---- checkpoints that describe their architecture (a Hugging Face config.json, a converted file's record) --------
+
+_DESCRIBED_VALUES = ("norm_eps", "act", "num_classes")  # what a description may change in a registered architecture
+
+
+def arch_record(arch: ArchConfig) -> dict:
+    """The architecture's fields (not timm's training flags), as a converted file records them."""
+    return {f.name: getattr(arch, f.name) for f in dataclasses.fields(ArchConfig) if f.name not in TRAINING_FLAGS}
+
+
+def arch_from_record(record: dict, source: str) -> ArchConfig:
+    try:
+        return ArchConfig(**record)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: its architecture record is not one this version reads ({e})") from None
+
+
+def registered_name(arch: ArchConfig) -> Optional[str]:
+    """The registry name of the same network up to norm eps, activation and classes (the hub's DeiT folders carry
+    1e-12 where timm's DeiT has 1e-6)."""
+    names = [n for n, a in MODEL_CONFIGS.items()
+             if dataclasses.replace(a, **{k: getattr(arch, k) for k in _DESCRIBED_VALUES}) == arch]
+    return sorted(names)[0] if names else None
+
+
+def check_matches(described: ArchConfig, target: ArchConfig, source: str, what: str = "the model",
+                  ignore: Tuple[str, ...] = ()) -> None:
+    """Refuse, naming each field, a description of another network than target (timm's training flags aside)."""
+    fields = [f.name for f in dataclasses.fields(ArchConfig) if f.name not in TRAINING_FLAGS and f.name not in ignore]
+    differ = [f"{f} {getattr(described, f)} vs {getattr(target, f)}" for f in fields
+              if getattr(described, f) != getattr(target, f)]
+    if differ:
+        raise CheckpointError(f"{source} describes another network than {what} (checkpoint vs model: "
+                              f"{'; '.join(differ)})")
+
+
+def resolve_described(state: StateDict, described: ArchConfig, model: Optional[str], source: str
+                      ) -> Tuple[str, ArchConfig]:
+    """resolve_arch + check_state for a checkpoint that describes its architecture: under a name, the shapes must
+    fit it and the description's norm eps, activation and classes replace the name's; anything else that differs
+    (heads, which leave no trace in the shapes) is refused by name."""
+    if model is None:
+        check_state(state, described)
+        return registered_name(described) or "custom", described
+    named = get_arch(model)
+    check_state(state, dataclasses.replace(named, num_classes=described.num_classes), model)
+    check_matches(described, named, source, f"the model {model}", ignore=_DESCRIBED_VALUES)
+    return model, dataclasses.replace(named, **{k: getattr(described, k) for k in _DESCRIBED_VALUES})

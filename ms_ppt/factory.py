@@ -61,18 +61,20 @@ def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> N
     """Load a checkpoint of any supported format into a built model, as strictly as create_model does: the file
     must exist and hold every parameter once, with the right shape and finite values. With ema, the 'ema.'
     copies of the parameters (a mindcv EMA checkpoint) are loaded instead."""
-    from convert import CheckpointError, check_state, hf, read_state_dict, timm_names
+    from convert import CheckpointError, arch_from_record, check_matches, check_state, hf, read_checkpoint, timm_names
     if hf.is_hf_folder(path) and not ema:
-        _, arch, state = hf.load_checked(path)
-        hf.check_matches(arch, model.arch, path)
-        params_from_numpy(model, state)
-        return
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    if ema and not path.endswith(".ckpt"):
-        raise CheckpointError(f"{path}: ema=True reads the 'ema.' weights of a MindSpore .ckpt")
-    state = timm_names(read_state_dict(path, ema=ema))
-    check_state(state, model.arch)
+        _, described, state = hf.load_checked(path)
+        check_matches(described, model.arch, path)  # its config's heads, eps and activation are the model's
+    else:
+        if not path or not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path!r}")
+        if ema and not path.endswith(".ckpt"):
+            raise CheckpointError(f"{path}: ema=True reads the 'ema.' weights of a MindSpore .ckpt")
+        raw, record = read_checkpoint(path, ema=ema)
+        state = timm_names(raw)
+        check_state(state, model.arch)
+        if record is not None:
+            check_matches(arch_from_record(record, path), model.arch, path)
     params_from_numpy(model, state)
 
 

@@ -137,35 +137,44 @@ def test_the_config_is_honoured_not_the_defaults(case):
     assert {m.eps for m in pt.modules() if isinstance(m, torch.nn.LayerNorm)} == {config["layer_norm_eps"]}
 
 
-def test_pt2ms_converts_a_folder_and_the_ckpt_gives_the_same_logits(case, tmp_path):
+def test_pt2ms_converts_a_folder_and_the_ckpt_records_its_architecture(case, tmp_path):
+    """The .ckpt keeps what its tensors cannot show (heads, eps, activation): it builds the same network alone."""
     name, cls, folder = case
     ckpt = tmp_path / "model.ckpt"
     assert convert.pt2ms(folder, ckpt) == "custom"
-    arch = hf.read_folder(folder).arch
     x = images()
-    model = ms_ppt.create_model(checkpoint=folder, pp_loc_list=(), dtype="float64", custom_kernels=False)
-    ms_ppt.load_checkpoint(model, str(ckpt))  # the same tensors, through the .ckpt
-    assert model.arch == arch
+    model = ms_ppt.create_model(checkpoint=str(ckpt), pp_loc_list=(), dtype="float64", custom_kernels=False)
+    assert model.arch == hf.read_folder(folder).arch
     measure(f"{name} MindSpore via pt2ms .ckpt", model(ms.Tensor(x)).asnumpy(), hf_logits(folder, cls, x))
 
 
 def test_ms2pt_writes_a_folder_transformers_loads_with_our_logits(case, tmp_path):
-    """Ours -> hf: a model's weights written with its architecture (the folder's config), read back by
-    transformers' from_pretrained."""
+    """Ours -> hf: the .ckpt's weights and recorded architecture, read back by transformers' from_pretrained."""
     name, cls, folder = case
     ckpt, out = tmp_path / "model.ckpt", tmp_path / "hf_out"
     convert.pt2ms(folder, ckpt)
-    model = ms_ppt.create_model(checkpoint=folder, pp_loc_list=(), dtype="float64", custom_kernels=False)
+    model = ms_ppt.create_model(checkpoint=str(ckpt), pp_loc_list=(), dtype="float64", custom_kernels=False)
     names = [f"class {i}" for i in range(model.arch.num_classes)]
-    hf.write_folder(convert.read_state_dict(ckpt), model.arch, out, class_names=names)
+    assert convert.ms2pt(ckpt, out, format="hf", class_names=names) == "custom"
     x = images()
-    ours = model(ms.Tensor(x)).asnumpy()
     back = cls.from_pretrained(str(out))
     assert type(back) is cls and back.config.id2label[3] == "class 3"
-    measure(f"{name} ours -> hf folder", hf_logits(str(out), cls, x), ours)
+    measure(f"{name} ours -> hf folder", hf_logits(str(out), cls, x), model(ms.Tensor(x)).asnumpy())
     written = json.load(open(os.path.join(out, "config.json")))
     assert (written["layer_norm_eps"], written["hidden_act"], written["num_attention_heads"]) == (
         model.arch.norm_eps, model.arch.act, model.arch.num_heads)
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+
+
+def test_a_custom_file_that_records_nothing_is_refused_where_its_architecture_is_needed(tmp_path):
+    folder = save(build_hf(ViTForImageClassification), tmp_path / "vit")
+    bare = tmp_path / "bare.ckpt"
+    convert.write_state_dict(convert.read_state_dict(folder), bare)  # weights only: 4 heads and eps 1e-12 lost
+    with pytest.raises(CheckpointError, match="matches no registered model and does not record its architecture"):
+        convert.ms2pt(bare, tmp_path / "out", format="hf")
+    with pytest.raises(CheckpointError, match="does not record its architecture .*: name the model"):
+        ms_ppt.create_model(checkpoint=str(bare))
+    assert sorted(os.listdir(tmp_path)) == ["bare.ckpt", "vit"]
 
 
 def test_a_registered_name_checks_the_shapes_and_takes_the_config_values(tmp_path):
@@ -190,7 +199,7 @@ def test_a_folder_under_a_registered_name(tmp_path):
     x = images(n=1, size=224)
     measure("deit_tiny layout by name, MindSpore",
             ms_logits(x, name="deit_tiny_patch16_224", checkpoint=folder), hf_logits(folder, ViTForImageClassification, x))
-    with pytest.raises(CheckpointError, match=r"another network than the model deit_tiny_patch16_224 \(folder vs model: "
+    with pytest.raises(CheckpointError, match=r"another network than the model deit_tiny_patch16_224 \(checkpoint vs model: "
                                               r"num_heads 6 vs 3\)"):  # heads leave no trace in the shapes
         model.config.num_attention_heads = 6
         convert.load_checked(save(model, tmp_path / "six_heads"), "deit_tiny_patch16_224")
@@ -267,6 +276,7 @@ def test_an_existing_output_folder_needs_force(tmp_path, case):
 
 
 def test_the_command_line_both_ways(tmp_path):
+    """Hub folder -> .ckpt -> hub folder by `python -m convert`: transformers gives the same logits for both."""
     folder = save(build_hf(DeiTForImageClassificationWithTeacher, num_attention_heads=2), tmp_path / "deit")
     ckpt, out = tmp_path / "deit.ckpt", tmp_path / "back"
     run = lambda *args: subprocess.run([sys.executable, "-m", "convert", *map(str, args)], cwd=ROOT,  # noqa: E731
@@ -274,10 +284,10 @@ def test_the_command_line_both_ways(tmp_path):
     done = run("pt2ms", folder, ckpt)
     assert done.returncode == 0 and "(custom)" in done.stdout, done.stderr
     done = run("ms2pt", ckpt, out, "--format", "hf")
-    # a .ckpt records no heads, eps or activation: they are inferred as for any weights file (64-wide heads, 1e-6)
     assert done.returncode == 0, done.stderr
-    written = json.load(open(out / "config.json"))
-    assert written["architectures"] == ["DeiTForImageClassificationWithTeacher"] and written["model_type"] == "deit"
+    x = images()
+    cls = DeiTForImageClassificationWithTeacher
+    measure("deit CLI hf -> ckpt -> hf", hf_logits(str(out), cls, x), hf_logits(folder, cls, x))
     done = run("ms2pt", ckpt, out, "--format", "hf")
     assert done.returncode == 2 and "pass --force" in done.stderr and done.stderr.count("\n") == 1
     done = run("ms2pt", ckpt, tmp_path / "noext")
