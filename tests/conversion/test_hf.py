@@ -275,6 +275,7 @@ def test_an_existing_output_folder_needs_force(tmp_path, case):
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary folder left beside it
 
 
+@pytest.mark.slow  # two converter processes, ~14 s
 def test_the_command_line_both_ways(tmp_path):
     """Hub folder -> .ckpt -> hub folder by `python -m convert`: transformers gives the same logits for both."""
     folder = save(build_hf(DeiTForImageClassificationWithTeacher, num_attention_heads=2), tmp_path / "deit")
@@ -314,3 +315,12 @@ def test_compiled_layer_norm_honours_a_tiny_eps():
     assert norm.fused
     got = norm(ms.Tensor(x)).asnumpy()
     assert np.abs(got - want).max() < 1e-4 and np.abs(want).max() > 1
+
+
+def test_the_tools_take_a_folder_as_their_checkpoint(tmp_path):
+    from ppt_common.errors import UsageError
+    from ppt_common.options import EvalOptions, check_weights
+    folder = save(build_hf(ViTForImageClassification), tmp_path / "vit")
+    check_weights(EvalOptions(checkpoint=folder))
+    with pytest.raises(UsageError, match="neither a file nor a Hugging Face model folder"):
+        check_weights(EvalOptions(checkpoint=str(tmp_path)))
