@@ -5,8 +5,9 @@ are renamed into place, so a failure never leaves a half-written checkpoint behi
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -92,28 +93,61 @@ TRAINING_SCALARS = ("epoch", "step", "optimizer_steps", "seed", "global_batch", 
                     "step_num")
 
 
+# A file converted from a Hugging Face folder (or under a model name) records what its tensors cannot show: the
+# architecture's heads, norm eps and activation (ArchConfig's fields as JSON), in a .ckpt's entries or a
+# .safetensors file's metadata. A .pth keeps the plain state-dict layout other code loads.
+ARCH_RECORD = "arch_config"
+
+
 def _training_entry(name: str) -> bool:
-    return name.startswith(TRAINING_PREFIXES) or name in TRAINING_SCALARS
+    return name.startswith(TRAINING_PREFIXES) or name in TRAINING_SCALARS or name == ARCH_RECORD
+
+
+def _record(path, value) -> Optional[dict]:
+    if value is None:
+        return None
+    try:
+        record = json.loads(value)
+    except (TypeError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: its '{ARCH_RECORD}' entry is not a JSON object")
+    return record
 
 
 def read_state_dict(path, ema: bool = False) -> StateDict:
-    """Read .pth/.pt/.bin/.tar (torch), .safetensors or .ckpt (MindSpore) into float32 numpy arrays. A training
-    checkpoint (.ckpt) gives its weights, or with ema its EMA weights (under the weights' names)."""
+    """Read .pth/.pt/.bin/.tar (torch), .safetensors, .ckpt (MindSpore) or a Hugging Face model folder (timm's
+    names: convert.hf) into float32 numpy arrays. A training checkpoint (.ckpt) gives its weights, or with ema its
+    EMA weights (under the weights' names)."""
+    return read_checkpoint(path, ema)[0]
+
+
+def read_checkpoint(path, ema: bool = False) -> Tuple[StateDict, Optional[dict]]:
+    """read_state_dict, and the file's architecture record (ARCH_RECORD) where it has one."""
     path = os.fspath(path)
+    record = None
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
+        from convert.hf import is_hf_folder, read_folder
+        if is_hf_folder(path) and not ema:
+            return read_folder(path).state, None
+        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file or a Hugging Face model folder "
+                              "(config.json and its weights)")
     suffix = _suffix(path)
     if os.path.getsize(path) == 0:  # MindSpore would speak of 'filter_prefix', torch of a zip archive
         raise CheckpointError(f"{path}: the file is empty (0 bytes)")
     try:
         if suffix == ".safetensors":
             _need_torch(path)
+            from safetensors import safe_open
             from safetensors.torch import load_file
             raw = load_file(path)
+            with safe_open(path, "pt") as f:
+                record = (f.metadata() or {}).get(ARCH_RECORD)
         elif suffix == ".ckpt":
             raw = load_mindspore_checkpoint(path)
+            record = raw.get(ARCH_RECORD)
             if ema:
                 raw = {k[len("ema."):]: v for k, v in raw.items() if k.startswith("ema.")}
                 if not raw:
@@ -137,7 +171,7 @@ def read_state_dict(path, ema: bool = False) -> StateDict:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {first_line})") from e
     if not raw:
         raise CheckpointError(f"{path}: the checkpoint holds no tensors")
-    return {k: _to_float32(k, v) for k, v in raw.items()}
+    return {k: _to_float32(k, v) for k, v in raw.items()}, _record(path, record)
 
 
 def check_output_path(path, force: bool = False) -> str:
@@ -147,8 +181,9 @@ def check_output_path(path, force: bool = False) -> str:
     return check_output(path, force)
 
 
-def write_state_dict(state: StateDict, path, force: bool = False) -> None:
-    """Write .ckpt, .pth/.pt/.bin or .safetensors atomically; refuse to overwrite unless force."""
+def write_state_dict(state: StateDict, path, force: bool = False, record: Optional[dict] = None) -> None:
+    """Write .ckpt, .pth/.pt/.bin or .safetensors atomically; refuse to overwrite unless force. record (the
+    architecture: ARCH_RECORD) goes into a .ckpt or .safetensors file."""
     path = check_output_path(path, force)
     suffix = _suffix(path)
     if suffix != ".ckpt":
@@ -157,10 +192,12 @@ def write_state_dict(state: StateDict, path, force: bool = False) -> None:
     def write(tmp):
         if suffix == ".ckpt":
             import mindspore as ms
-            ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], tmp)
+            ms.save_checkpoint([{"name": k, "data": ms.Tensor(v)} for k, v in state.items()], tmp,
+                               append_dict={ARCH_RECORD: json.dumps(record)} if record else None)
         elif suffix == ".safetensors":
             from safetensors.numpy import save_file
-            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp)
+            save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp,
+                      metadata={"format": "pt", ARCH_RECORD: json.dumps(record)} if record else None)
         else:
             import torch
             torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, tmp)

@@ -11,11 +11,11 @@ import re
 import numpy as np
 from typing import Dict, Optional, Tuple
 
-from ppt_common.config import MODEL_CONFIGS, ArchConfig, get_arch
+from ppt_common.config import MODEL_CONFIGS, TRAINING_FLAGS, ArchConfig, get_arch
 from convert.io import CheckpointError, StateDict
 
-HEAD_DIM = 64
-HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")  # the classifier(s)  # heads are not visible in the weights; every DeiT/ViT config uses 64-wide heads
+HEAD_DIM = 64  # heads are not visible in the weights; every DeiT/ViT config uses 64-wide heads
+HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")  # the classifier(s)
 
 
 def expected_shapes(arch: ArchConfig) -> Dict[str, Tuple[int, ...]]:
@@ -156,3 +156,55 @@ def resolve_arch(state: StateDict, model: Optional[str] = None) -> Tuple[str, Ar
     if model is None:
         return inferred_name or "custom", inferred
     return model, dataclasses.replace(get_arch(model), num_classes=inferred.num_classes, img_size=inferred.img_size)
+
+
+# ---- checkpoints that describe their architecture (a Hugging Face config.json, a converted file's record) --------
+
+_DESCRIBED_VALUES = ("norm_eps", "act", "num_classes")  # what a description may change in a registered architecture
+
+
+def arch_record(arch: ArchConfig) -> dict:
+    """The architecture's fields (not timm's training flags), as a converted file records them."""
+    return {f.name: getattr(arch, f.name) for f in dataclasses.fields(ArchConfig) if f.name not in TRAINING_FLAGS}
+
+
+def arch_from_record(record: dict, source: str) -> ArchConfig:
+    try:
+        return ArchConfig(**record)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: its architecture record is not one this version reads ({e})") from None
+
+
+def registered_name(arch: ArchConfig) -> Optional[str]:
+    """The registry name of the same network up to norm eps, activation and classes (the hub's DeiT folders carry
+    1e-12 where timm's DeiT has 1e-6)."""
+    names = [n for n, a in MODEL_CONFIGS.items()
+             if dataclasses.replace(a, **{k: getattr(arch, k) for k in _DESCRIBED_VALUES}) == arch]
+    return sorted(names)[0] if names else None
+
+
+def check_matches(described: ArchConfig, target: ArchConfig, source: str, what: str = "the model",
+                  ignore: Tuple[str, ...] = ()) -> None:
+    """Refuse, naming each field, a description of another network than target (timm's training flags aside)."""
+    fields = [f.name for f in dataclasses.fields(ArchConfig) if f.name not in TRAINING_FLAGS and f.name not in ignore]
+    differ = [f"{f} {getattr(described, f)} vs {getattr(target, f)}" for f in fields
+              if getattr(described, f) != getattr(target, f)]
+    if differ:
+        raise CheckpointError(f"{source} describes another network than {what} (checkpoint vs model: "
+                              f"{'; '.join(differ)})")
+
+
+def resolve_described(state: StateDict, described: ArchConfig, model: Optional[str], source: str
+                      ) -> Tuple[str, ArchConfig]:
+    """resolve_arch + check_state for a checkpoint that describes its architecture: under a name, the shapes must
+    fit it and the description's norm eps, activation, classes and image size replace the name's; anything else that differs
+    (heads, which leave no trace in the shapes) is refused by name."""
+    if model is None:
+        check_state(state, described)
+        return registered_name(described) or "custom", described
+    named = get_arch(model)
+    kept = _DESCRIBED_VALUES + ("img_size",)  # the grid is resampled on load (convert.resolve_model)
+    check_state(state, dataclasses.replace(named, num_classes=described.num_classes, img_size=described.img_size),
+                model)
+    check_matches(described, named, source, f"the model {model}", ignore=kept)
+    return model, dataclasses.replace(named, **{k: getattr(described, k) for k in kept})

@@ -27,7 +27,7 @@ def list_models() -> List[str]:
     return sorted(MODEL_CONFIGS)
 
 
-def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False,
+def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, pretrained: bool = False,
                  ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None,
                  pp_loc_list: Optional[Sequence[int]] = None, threshold: Optional[float] = None,
                  prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
@@ -35,14 +35,15 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
                  trace: bool = False,
                  dtype="float32", num_classes: Optional[int] = None, img_size: Optional[int] = None,
                  custom_kernels: Optional[bool] = None, **training_flags) -> VisionTransformer:
-    """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt or a PyTorch .pth/.bin/.safetensors (converted in
-    memory); `pretrained=True` takes the official weights instead (downloaded once, verified and cached:
+    """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt, a PyTorch .pth/.bin/.safetensors or a Hugging
+    Face transformers folder (converted in memory; a folder's config.json is honoured, and with no name gives the
+    architecture); `pretrained=True` takes the official weights instead (downloaded once, verified and cached:
     convert.hub). PPT settings come as `ppt_config=PPTConfig(...)` or as its fields (r, pp_loc_list, threshold,
     prop_attn, trace_source, method; unset ones take the paper's defaults); r=0 or an empty pp_loc_list gives the
     dense model. As timm: num_classes other than the checkpoint's puts a new head on (initialised as timm does, the
     rest loaded; 0: no head, the model returns its pooled features), and img_size other than the name's resamples
-    the checkpoint's position embedding (bicubic, antialiased, as timm's loader). training_flags are timm's drop rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate,
-    drop_path_rate). custom_kernels (default: on for the CPU backend) uses ms_ppt's compiled CPU kernels; turn it
+    the checkpoint's position embedding (bicubic, antialiased, as timm's loader). training_flags are timm's drop
+    rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate). custom_kernels (default: on for the CPU backend) uses ms_ppt's compiled CPU kernels; turn it
     off for graphs meant to leave this machine (MindIR export)."""
     # the settings are checked before any slow checkpoint reading
     ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
@@ -64,13 +65,20 @@ def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> N
     """Load a checkpoint of any supported format into a built model, as strictly as create_model does: the file
     must exist and hold every parameter once, with the right shape and finite values. With ema, the 'ema.'
     copies of the parameters (a mindcv EMA checkpoint) are loaded instead."""
-    from convert import CheckpointError, check_state, read_state_dict, timm_names
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    if ema and not path.endswith(".ckpt"):
-        raise CheckpointError(f"{path}: ema=True reads the 'ema.' weights of a MindSpore .ckpt")
-    state = timm_names(read_state_dict(path, ema=ema))
-    check_state(state, model.arch)
+    from convert import CheckpointError, arch_from_record, check_matches, check_state, hf, read_checkpoint, timm_names
+    if hf.is_hf_folder(path) and not ema:
+        _, described, state = hf.load_checked(path)
+        check_matches(described, model.arch, path)  # its config's heads, eps and activation are the model's
+    else:
+        if not path or not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path!r}")
+        if ema and not path.endswith(".ckpt"):
+            raise CheckpointError(f"{path}: ema=True reads the 'ema.' weights of a MindSpore .ckpt")
+        raw, record = read_checkpoint(path, ema=ema)
+        state = timm_names(raw)
+        check_state(state, model.arch)
+        if record is not None:
+            check_matches(arch_from_record(record, path), model.arch, path)
     params_from_numpy(model, state)
 
 

@@ -16,7 +16,7 @@ from ppt_common import evaluation as ev
 from ppt_common.distributed import World, gather_objects
 from ppt_common.files import atomic_write
 from ppt_common.imagenet import ImageError, NUM_CLASSES, check_images, find_images
-from ppt_common.options import check_choice
+from ppt_common.options import check_choice, is_checkpoint
 from ppt_common.training import (Recipe, TrainOptions, capped_r, describe_lr_schedule, drop_path_draws, epoch_lr,
                                  rank_steps, sample_seed, scaled_lr, step_rng)
 from ppt_common.errors import TrainingError
@@ -72,7 +72,7 @@ def check_args(args: TrainOptions) -> None:
         raise ev.UsageError("--resume and --finetune name two starting points: give one")
     for flag in ("resume", "finetune"):
         path = getattr(args, flag)
-        if path and not os.path.isfile(path):
+        if path and not is_checkpoint(path):
             raise ev.UsageError(f"--{flag}: checkpoint not found: {path}")
     if (args.resume or args.finetune) and args.pretrained:
         raise ev.UsageError("--pretrained and a checkpoint name two sources of weights: give one")

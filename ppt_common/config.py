@@ -235,7 +235,10 @@ def get_arch(name: str) -> ArchConfig:
 def model_arch(name: str, img_size: Optional[int] = None) -> ArchConfig:
     """The registered architecture, at another image size if asked (a multiple of its patch size; the position
     embedding is resampled on load, and the token schedule and MACs follow the new token count)."""
-    arch = get_arch(name)
+    return at_image_size(get_arch(name), img_size, name)
+
+
+def at_image_size(arch: ArchConfig, img_size: Optional[int], name: str) -> ArchConfig:
     if img_size is None or img_size == arch.img_size:
         return arch
     if isinstance(img_size, bool) or not isinstance(img_size, numbers.Integral) or img_size <= 0:

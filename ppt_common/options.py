@@ -135,9 +135,15 @@ def check_weights(options: EvalOptions) -> None:
     """One source of weights, and a local one that exists."""
     if options.checkpoint and options.pretrained:
         raise UsageError("--checkpoint and --pretrained name two sources of weights: give one")
-    if options.checkpoint and not os.path.isfile(options.checkpoint):
+    if options.checkpoint and not is_checkpoint(options.checkpoint):
         raise UsageError(f"checkpoint not found: {options.checkpoint}" if not os.path.exists(options.checkpoint)
-                         else f"checkpoint is not a file: {options.checkpoint}")
+                         else f"checkpoint is neither a file nor a Hugging Face model folder (with config.json): "
+                              f"{options.checkpoint}")
+
+
+def is_checkpoint(path: str) -> bool:
+    """A file, or a Hugging Face model folder (convert.hf reads it)."""
+    return os.path.isfile(path) or os.path.isfile(os.path.join(path, "config.json"))
 
 
 def check_args(options: EvalOptions) -> None:

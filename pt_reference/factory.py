@@ -31,7 +31,7 @@ def build_timm_model(arch: ArchConfig) -> VisionTransformer:
                        attn_drop_rate=arch.attn_drop_rate, drop_path_rate=arch.drop_path_rate)
 
 
-def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool = False,
+def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, pretrained: bool = False,
                  ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None,
                  pp_loc_list: Optional[Sequence[int]] = None, threshold: Optional[float] = None,
                  prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
