@@ -2,13 +2,14 @@
 import dataclasses
 
 from ppt_common.config import TRAINING_FLAGS, ArchConfig, get_arch
-from convert.io import CheckpointError, check_output_path, read_state_dict, write_state_dict
+from convert.io import CheckpointError, check_output_path, read_class_names, read_state_dict, write_state_dict
 from convert.mapping import check_state, expected_shapes, infer_arch, resolve_arch, timm_names
 
 
-def load_checked(path, model=None):
-    """Read a checkpoint of any supported format and check it strictly; returns (name, arch, state)."""
-    state = timm_names(read_state_dict(path))
+def load_checked(path, model=None, ema=False):
+    """Read a checkpoint of any supported format (with ema: a training checkpoint's EMA weights) and check it
+    strictly; returns (name, arch, state)."""
+    state = timm_names(read_state_dict(path, ema=ema))
     name, arch = resolve_arch(state, model)
     check_state(state, arch, model)
     return name, arch, state
@@ -48,15 +49,16 @@ def pt2ms(src, dst, model=None, force=False):
     return name
 
 
-def ms2pt(src, dst, model=None, force=False):
-    """MindSpore .ckpt (or any supported) -> .pth or .safetensors; returns the model name."""
+def ms2pt(src, dst, model=None, force=False, ema=False):
+    """MindSpore .ckpt (or any supported) -> .pth or .safetensors; with ema, a training checkpoint's EMA weights;
+    returns the model name."""
     if str(dst).lower().endswith(".ckpt"):
         raise CheckpointError(f"{dst}: ms2pt writes a .pth or .safetensors file")
     check_output_path(dst, force)
-    name, _, state = load_checked(src, model)
+    name, _, state = load_checked(src, model, ema=ema)
     write_state_dict(state, dst, force=force)
     return name
 
 
-__all__ = ["CheckpointError", "read_state_dict", "write_state_dict", "check_state", "expected_shapes",
-           "infer_arch", "resolve_arch", "timm_names", "load_checked", "resolve_model", "pt2ms", "ms2pt"]
+__all__ = ["CheckpointError", "read_class_names", "read_state_dict", "write_state_dict", "check_state",
+           "expected_shapes", "infer_arch", "resolve_arch", "timm_names", "load_checked", "resolve_model", "pt2ms", "ms2pt"]

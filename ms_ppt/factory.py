@@ -60,11 +60,9 @@ def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> N
     """Load a checkpoint of any supported format into a built model, as strictly as create_model does: the file
     must exist and hold every parameter once, with the right shape and finite values. With ema, the 'ema.'
     copies of the parameters (a mindcv EMA checkpoint) are loaded instead."""
-    from convert import CheckpointError, check_state, read_state_dict, timm_names
+    from convert import check_state, read_state_dict, timm_names
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path!r}")
-    if ema and not path.endswith(".ckpt"):
-        raise CheckpointError(f"{path}: ema=True reads the 'ema.' weights of a MindSpore .ckpt")
     state = timm_names(read_state_dict(path, ema=ema))
     check_state(state, model.arch)
     params_from_numpy(model, state)
