@@ -156,7 +156,7 @@ def print_summary(report: dict, out=None) -> None:
     rule = (f"threshold={c['threshold']:g}" if c.get("method", DEFAULT_METHOD) == DEFAULT_METHOD
             else f"method={c['method']}")
     print(f"{report['framework']} | {c['model']} | r={c['r_tokens']} at {c['pp_loc_list']}{capped} "
-          f"{rule} prop_attn={c['prop_attn']} | {c['dtype']}", file=out)
+          f"{rule} prop_attn={c['prop_attn']} | {c['dtype']}" + (" | EMA weights" if c.get("ema") else ""), file=out)
     print(f"  images      {report['num_images']}" + (f"  ({len(report['skipped_images'])} unreadable, skipped)"
                                                       if report["skipped_images"] else ""), file=out)
     if report.get("classes") is not None:
