@@ -256,11 +256,11 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
                             recipe=json.dumps(schedule(args)))
                 T.save_training_checkpoint(os.path.join(out, CHECKPOINT), model, optimizer, ema, meta)
                 atomic_write(os.path.join(out, LOG), json_lines_writer(log_rows + [dict(trained, notes=notes)]))
-            weights = {"": {p.name: p.asnumpy() for p in model.get_parameters()}}
+            states = {"": {p.name: p.asnumpy() for p in model.get_parameters()}}
             if ema is not None:  # as DeiT with --model-ema: the model's and the EMA's accuracy, each epoch
-                weights["_ema"] = {p.name[len(T.EMA_PREFIX) + 1:]: p.asnumpy() for p in ema.ema}
+                states["_ema"] = {p.name[len(T.EMA_PREFIX) + 1:]: p.asnumpy() for p in ema.ema}
             row = dict(trained)
-            for suffix, state in weights.items():
+            for suffix, state in states.items():
                 params_from_numpy(eval_model, state)
                 result = ev.evaluate_items(val_items, lambda x: ms_ppt.run_with_trace(eval_model, x)[:2], preprocess,
                                            args.batch_size, args.num_workers, "skip", args.quiet,
