@@ -1,4 +1,5 @@
-"""python -m convert pt2ms SRC DST [--model NAME] [--force] | ms2pt SRC DST [--model NAME] [--format hf] [--force]
+"""python -m convert pt2ms SRC DST [--model NAME] [--force]
+                 | ms2pt SRC DST [--model NAME] [--format hf] [--ema] [--force]
 
 SRC may be a Hugging Face transformers model folder (config.json and its weights)."""
 import argparse
@@ -20,6 +21,8 @@ def main(argv=None) -> int:
             p.add_argument("--format", choices=("pth", "safetensors", "hf"), default=None,
                            help="pth or safetensors (default: from DST's suffix), or hf: DST is a folder that "
                                 "transformers' from_pretrained loads (config.json + model.safetensors)")
+            p.add_argument("--ema", action="store_true",
+                           help="the EMA weights of a train_ms.py checkpoint instead of its weights")
     args = parser.parse_args(argv)
     from ppt_cli import run_tool
     return run_tool(lambda: run(args), f"{args.dst} was not written")
@@ -31,7 +34,8 @@ def run(args) -> None:
     if args.direction == "pt2ms":
         name = convert.pt2ms(args.src, args.dst, model=args.model, force=args.force)
     else:
-        name = convert.ms2pt(args.src, args.dst, model=args.model, force=args.force, format=args.format)
+        name = convert.ms2pt(args.src, args.dst, model=args.model, force=args.force, format=args.format,
+                            ema=args.ema)
     print(f"converted {args.src} -> {args.dst} ({name}) in {time.perf_counter() - start:.2f} s")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def _memory_available() -> Optional[int]:
     return None
 
 
-def load_mindspore_checkpoint(path: str) -> dict:
+def load_mindspore_checkpoint(path: str, **kwargs) -> dict:
     """mindspore.load_checkpoint, with its memory check measuring what can really be allocated.
 
     MindSpore 2.10 refuses a .ckpt larger than *free* memory (SC_AVPHYS_PAGES), which leaves out the page cache:
@@ -77,10 +77,10 @@ def load_mindspore_checkpoint(path: str) -> dict:
     from mindspore.train import serialization
     free_memory = getattr(serialization, "_get_available_memory", None)
     if free_memory is None or _memory_available() is None:
-        return ms.load_checkpoint(path)
+        return ms.load_checkpoint(path, **kwargs)
     serialization._get_available_memory = _memory_available
     try:
-        return ms.load_checkpoint(path)
+        return ms.load_checkpoint(path, **kwargs)
     finally:
         serialization._get_available_memory = free_memory
 
@@ -90,7 +90,8 @@ def load_mindspore_checkpoint(path: str) -> dict:
 TRAINING_PREFIXES = ("ema.", "adam_m.", "adam_v.")
 TRAINING_SCALARS = ("epoch", "step", "optimizer_steps", "seed", "global_batch", "model_name", "recipe",
                     "global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense", "epoch_num",
-                    "step_num")
+                    "step_num", "class_names")
+CLASS_NAMES = "class_names"  # a training checkpoint's classes (own datasets): a JSON list of the folder names
 
 
 # A file converted from a Hugging Face folder (or under a model name) records what its tensors cannot show: the
@@ -115,6 +116,27 @@ def _record(path, value) -> Optional[dict]:
     return record
 
 
+def read_class_names(path) -> Optional[List[str]]:
+    """The class names a training checkpoint stores (its label order), or None: a checkpoint of ImageNet-1k, or any
+    file that is not a MindSpore .ckpt (no path: None)."""
+    if not path or _suffix(path) != ".ckpt" or not os.path.isfile(path):
+        return None
+    try:
+        raw = load_mindspore_checkpoint(os.fspath(path), choice_func=lambda name: name == CLASS_NAMES)
+    except Exception:  # unreadable: reading its weights says why
+        return None
+    value = raw.get(CLASS_NAMES)
+    if value is None:
+        return None
+    try:
+        names = json.loads(value)
+    except (TypeError, ValueError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(f"{path}: its '{CLASS_NAMES}' entry is not a JSON list of names")
+    return names
+
+
 def read_state_dict(path, ema: bool = False) -> StateDict:
     """Read .pth/.pt/.bin/.tar (torch), .safetensors, .ckpt (MindSpore) or a Hugging Face model folder (timm's
     names: convert.hf) into float32 numpy arrays. A training checkpoint (.ckpt) gives its weights, or with ema its
@@ -137,6 +159,9 @@ def read_checkpoint(path, ema: bool = False) -> Tuple[StateDict, Optional[dict]]
     suffix = _suffix(path)
     if os.path.getsize(path) == 0:  # MindSpore would speak of 'filter_prefix', torch of a zip archive
         raise CheckpointError(f"{path}: the file is empty (0 bytes)")
+    if ema and suffix != ".ckpt":
+        raise CheckpointError(f"{path}: holds no EMA weights (they are the 'ema.' entries of a MindSpore training "
+                              "checkpoint, .ckpt)")
     try:
         if suffix == ".safetensors":
             _need_torch(path)
@@ -151,7 +176,8 @@ def read_checkpoint(path, ema: bool = False) -> Tuple[StateDict, Optional[dict]]
             if ema:
                 raw = {k[len("ema."):]: v for k, v in raw.items() if k.startswith("ema.")}
                 if not raw:
-                    raise CheckpointError(f"{path}: holds no EMA weights ('ema.' entries)")
+                    raise CheckpointError(f"{path}: holds no EMA weights ('ema.' entries: train_ms.py writes them "
+                                          "unless --no-model-ema)")
             weights = {k: v.asnumpy() for k, v in raw.items() if not _training_entry(k)}
             if raw and not weights:
                 raise CheckpointError(f"{path}: holds only training state ({', '.join(sorted(raw)[:3])}, ...), no "

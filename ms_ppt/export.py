@@ -25,6 +25,7 @@ class ExportOptions(ModelOptions):
     force: bool = False
     verify: bool = True  # reload the file and compare its logits with the live cell
     device: str = "CPU"
+    ema: bool = False  # the EMA weights of a train_ms.py checkpoint (its 'ema.' entries)
 
 
 def export_mindir(options: ExportOptions = None, **kwargs) -> dict:
@@ -40,12 +41,15 @@ def export_mindir(options: ExportOptions = None, **kwargs) -> dict:
         raise UsageError("--output names the .mindir file to write")
     check_output(args.output, args.force, suffix=".mindir", option="--output")
     check_weights(args)
+    if args.ema and not args.checkpoint:
+        raise UsageError("--ema exports the EMA weights of a train_ms.py checkpoint: name it with --checkpoint")
     cfg = ppt_config(args)
     from ms_ppt.context import set_context
     from ms_ppt.factory import create_model
     set_context("graph", args.device)
     model = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, ppt_config=cfg,
-                         dtype=args.dtype, img_size=args.img_size, custom_kernels=False)  # portable graph: no host-compiled .so inside
+                         dtype=args.dtype, img_size=args.img_size, ema=args.ema,
+                         custom_kernels=False)  # portable graph: no host-compiled .so inside
     seconds = export(model, args.batch_size, args.output)
     size = model.arch.img_size
     return {"output": args.output, "config": cfg, "input_shape": [args.batch_size, 3, size, size],

@@ -34,6 +34,7 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
                  method: Optional[str] = None,
                  trace: bool = False,
                  dtype="float32", num_classes: Optional[int] = None, img_size: Optional[int] = None,
+                 ema: bool = False,
                  custom_kernels: Optional[bool] = None, **training_flags) -> VisionTransformer:
     """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt, a PyTorch .pth/.bin/.safetensors or a Hugging
     Face transformers folder (converted in memory; a folder's config.json is honoured, and with no name gives the
@@ -42,7 +43,8 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
     prop_attn, trace_source, method; unset ones take the paper's defaults); r=0 or an empty pp_loc_list gives the
     dense model. As timm: num_classes other than the checkpoint's puts a new head on (initialised as timm does, the
     rest loaded; 0: no head, the model returns its pooled features), and img_size other than the name's resamples
-    the checkpoint's position embedding (bicubic, antialiased, as timm's loader). training_flags are timm's drop
+    the checkpoint's position embedding (bicubic, antialiased, as timm's loader); ema=True loads a training
+    checkpoint's EMA weights. training_flags are timm's drop
     rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate). custom_kernels (default: on for the CPU backend) uses ms_ppt's compiled CPU kernels; turn it
     off for graphs meant to leave this machine (MindIR export)."""
     # the settings are checked before any slow checkpoint reading
@@ -50,7 +52,7 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
                                          prop_attn=prop_attn, trace_source=trace_source, method=method)
     dtype = resolve_dtype(dtype)
     from convert import new_head, resolve_model
-    arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, **training_flags)
+    arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, ema, **training_flags)
     model = VisionTransformer(arch, ppt_config, trace=trace, custom_kernels=custom_kernels)
     if state is not None:
         if new_head(arch, state):  # the model's own initialisation
@@ -65,15 +67,13 @@ def load_checkpoint(model: VisionTransformer, path: str, ema: bool = False) -> N
     """Load a checkpoint of any supported format into a built model, as strictly as create_model does: the file
     must exist and hold every parameter once, with the right shape and finite values. With ema, the 'ema.'
     copies of the parameters (a mindcv EMA checkpoint) are loaded instead."""
-    from convert import CheckpointError, arch_from_record, check_matches, check_state, hf, read_checkpoint, timm_names
+    from convert import arch_from_record, check_matches, check_state, hf, read_checkpoint, timm_names
     if hf.is_hf_folder(path) and not ema:
         _, described, state = hf.load_checked(path)
         check_matches(described, model.arch, path)  # its config's heads, eps and activation are the model's
     else:
         if not path or not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint not found: {path!r}")
-        if ema and not path.endswith(".ckpt"):
-            raise CheckpointError(f"{path}: ema=True reads the 'ema.' weights of a MindSpore .ckpt")
         raw, record = read_checkpoint(path, ema=ema)
         state = timm_names(raw)
         check_state(state, model.arch)

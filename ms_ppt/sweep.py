@@ -96,7 +96,7 @@ def run_sweep(options: SweepOptions = None, **kwargs) -> dict:
         raise ev.UsageError(str(e)) from None
     from convert.hub import cached_weights
     ev.use_cached_weights_for_demo(args, cached_weights)  # as eval_ms.py: the demo takes cached official weights
-    items = ev.load_items(args)
+    items, classes = ev.load_items(args)
     config = {"model": args.model, "img_size": args.img_size, "checkpoint": args.checkpoint,
               "pretrained": args.pretrained,
               "data_path": args.data_path, "batch_size": ev.batch_size_for(len(items), args.batch_size),
@@ -110,7 +110,8 @@ def run_sweep(options: SweepOptions = None, **kwargs) -> dict:
     from ms_ppt.vision_transformer import params_from_numpy
     first = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, r=0,
                          img_size=args.img_size)
-    ev.check_imagenet_head(first.arch.num_classes)
+    from convert import read_class_names
+    ev.check_classes(first.arch.num_classes, classes, read_class_names(args.checkpoint))
     weights = {p.name: p.asnumpy() for p in first.get_parameters()}
     config["weights_sha256"] = table.weights_digest(weights)  # the model itself, wherever its file lives
     table.check_same_run(done_config, config, json_path)  # before any image is decoded

@@ -15,7 +15,8 @@ import numpy as np
 from ppt_common import evaluation as ev
 from ppt_common.distributed import World, gather_objects
 from ppt_common.files import atomic_write
-from ppt_common.imagenet import ImageError, NUM_CLASSES, check_images, find_images
+from ppt_common.datasets import Classes, find_images, same_classes
+from ppt_common.imagenet import ImageError, NUM_CLASSES, check_images
 from ppt_common.options import check_choice, is_checkpoint
 from ppt_common.training import (Recipe, TrainOptions, capped_r, describe_lr_schedule, drop_path_draws, epoch_lr,
                                  rank_steps, sample_seed, scaled_lr, step_rng)
@@ -33,11 +34,24 @@ def data_folders(args) -> Tuple[str, str]:
     return train, val
 
 
-def list_images(folder: str, what: str) -> List[Tuple[str, int]]:
+def list_images(folder: str, what: str) -> Tuple[List[Tuple[str, int]], Classes]:
     try:
         return find_images(folder)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise ev.UsageError(f"{what} data: {e}") from None
+
+
+def head_size(classes: Classes, num_classes: Optional[int]) -> int:
+    """The head's classes: the data's (ImageNet folders: the 1000 standard labels), or --num-classes, which must
+    cover every label."""
+    if num_classes is None:
+        return NUM_CLASSES if classes.imagenet else len(classes)
+    if classes.imagenet and num_classes != NUM_CLASSES:
+        raise ev.UsageError(f"--num-classes {num_classes}: the data's folders are ImageNet WordNet ids, labelled by "
+                            f"their ImageNet-1k index, which needs a head of {NUM_CLASSES}")
+    if num_classes < len(classes):
+        raise ev.UsageError(f"--num-classes {num_classes} is fewer than the data's {classes.summary()}")
+    return num_classes
 
 
 def check_training_images(items, on_error: str, num_workers: int):
@@ -125,7 +139,10 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     check_args(args)
     cfg = ev.ppt_config(args)
     train_dir, val_dir = data_folders(args)
-    train_items, val_items = list_images(train_dir, "training"), list_images(val_dir, "validation")
+    (train_items, classes), (val_items, val_classes) = (list_images(train_dir, "training"),
+                                                        list_images(val_dir, "validation"))
+    same_classes([(train_dir, classes), (val_dir, val_classes)], "training and validation")
+    num_classes = head_size(classes, args.num_classes)
     if args.limit:
         train_items, val_items = train_items[:args.limit], val_items[:args.limit]
     train_items, skipped_training = check_training_images(train_items, args.on_error, args.num_workers)
@@ -146,7 +163,9 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     ms.set_seed(args.seed)
 
     import ms_ppt
-    from convert import CheckpointError
+    from convert import CheckpointError, read_class_names
+    from convert.io import CLASS_NAMES
+    from ppt_common.datasets import summarize
     from ms_ppt import training as T
     from ms_ppt.data import TrainLoader, mindspore_preprocess, train_transform
     from ms_ppt.vision_transformer import params_from_numpy
@@ -154,16 +173,19 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     try:
         model = ms_ppt.create_model(args.model, checkpoint=weights, pretrained=args.pretrained, ppt_config=cfg,
                                     dtype=args.dtype, img_size=args.img_size, drop_path_rate=args.drop_path,
-                                    drop_rate=args.drop)
-    except CheckpointError as e:
+                                    drop_rate=args.drop, num_classes=num_classes)
+    except (CheckpointError, ValueError) as e:
         raise ev.UsageError(str(e)) from None
-    if model.arch.num_classes != NUM_CLASSES:
-        raise ev.UsageError(f"the model's head has {model.arch.num_classes} classes; training uses ImageNet-1k "
-                            f"labels ({NUM_CLASSES})")
+    stored = read_class_names(weights)
+    if stored is not None and not classes.imagenet and tuple(stored) != classes.names and args.resume:
+        raise ev.UsageError(f"--resume {args.resume}: {summarize(stored, 'checkpoint classes')}; "
+                            f"{classes.summary('data classes')} (--finetune starts a new run from its weights)")
     optimizer = T.build_optimizer(model, tuple(args.opt_betas), args.opt_eps, args.weight_decay)
     ema = T.ModelEma(model.trainable_params(), args.model_ema_decay) if args.model_ema else None
     global_batch = args.batch_size * world.size
     identity = {"model_name": args.model, "seed": args.seed, "global_batch": global_batch}
+    if not classes.imagenet:  # a dataset of its own: its class names, in label order, travel with the weights
+        identity[CLASS_NAMES] = json.dumps(list(classes.names))
     start_epoch, log_rows = 0, []
     if args.resume:
         try:
@@ -195,13 +217,14 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     loss_scale = args.loss_scale if args.loss_scale else (1.0 if args.amp_level == "O0" else 1024.0)
     step = T.TrainStep(T.LossCell(network, T.build_loss(args.smoothing)), optimizer, loss_scale, args.clip_grad,
                        world.size)
-    eval_model = ms_ppt.create_model(args.model, ppt_config=cfg, trace=True, dtype=args.dtype, img_size=args.img_size)
+    eval_model = ms_ppt.create_model(args.model, ppt_config=cfg, trace=True, dtype=args.dtype, img_size=args.img_size,
+                                     num_classes=num_classes)
 
     mixup = None
     if args.mixup > 0 or args.cutmix > 0:
         from mindcv.data.mixup import Mixup
         mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                      switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=0.0, num_classes=NUM_CLASSES)
+                      switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=0.0, num_classes=num_classes)
     transform = train_transform(args.model, args.aa, args.reprob, args.train_interpolation, args.img_size)
     loader = TrainLoader(transform, args.num_workers)
     peak = scaled_lr(args.lr, global_batch)
@@ -210,13 +233,14 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
     preprocess = mindspore_preprocess(args.model, args.img_size)
     if world.is_main:
         print(f"fine-tuning {args.model} (r {cfg.r} at blocks {list(cfg.pp_loc_list)}, threshold {cfg.threshold}): "
-              f"{len(train_items)} training and {len(val_items)} validation images, global batch {global_batch} "
+              f"{len(train_items)} training and {len(val_items)} validation images, {classes.summary()}, head "
+              f"{num_classes}, global batch {global_batch} "
               f"({world.size} x {args.batch_size}), epochs {start_epoch}..{args.epochs - 1}\n{schedule_text}",
               file=sys.stderr)
         for note in filter(None, (skipped_training, capped, lr_warning)):
             print(f"warning: {note}", file=sys.stderr)
     notes = [note for note in (skipped_training, capped, lr_warning) if note]
-    run = EpochRunner(args, world, model, step, optimizer, ema, mixup, train_items, global_batch)
+    run = EpochRunner(args, world, model, step, optimizer, ema, mixup, train_items, global_batch, num_classes)
     row = log_rows[-1] if log_rows else {}
     try:
         for epoch in range(start_epoch, args.epochs):
@@ -232,16 +256,26 @@ def train(options: TrainOptions = None, **kwargs) -> dict:
                             recipe=json.dumps(schedule(args)))
                 T.save_training_checkpoint(os.path.join(out, CHECKPOINT), model, optimizer, ema, meta)
                 atomic_write(os.path.join(out, LOG), json_lines_writer(log_rows + [dict(trained, notes=notes)]))
-            params_from_numpy(eval_model, {p.name: p.asnumpy() for p in model.get_parameters()})
-            result = ev.evaluate_items(val_items, lambda x: ms_ppt.run_with_trace(eval_model, x)[:2], preprocess,
-                                       args.batch_size, args.num_workers, "skip", args.quiet, f"val {epoch}", world,
-                                       fixed_batch=args.mode == "graph")
-            metrics = result.metrics.result() if result.metrics.num_images else dict.fromkeys(
-                ("loss", "top1", "top5", "num_images"))
-            row = {**trained, "test_loss": metrics["loss"], "test_acc1": metrics["top1"],
-                   "test_acc5": metrics["top5"], "test_images": result.metrics.num_images,
-                   "test_skipped": len(result.skipped),
-                   "n_parameters": int(sum(np.prod(p.shape) for p in model.trainable_params())), "notes": notes}
+            states = {"": {p.name: p.asnumpy() for p in model.get_parameters()}}
+            if ema is not None:  # as DeiT with --model-ema: the model's and the EMA's accuracy, each epoch
+                states["_ema"] = {p.name[len(T.EMA_PREFIX) + 1:]: p.asnumpy() for p in ema.ema}
+            row = dict(trained)
+            for suffix, state in states.items():
+                params_from_numpy(eval_model, state)
+                result = ev.evaluate_items(val_items, lambda x: ms_ppt.run_with_trace(eval_model, x)[:2], preprocess,
+                                           args.batch_size, args.num_workers, "skip", args.quiet,
+                                           f"val{suffix.replace('_', ' ')} {epoch}", world,
+                                           fixed_batch=args.mode == "graph")
+                metrics = result.metrics.result() if result.metrics.num_images else dict.fromkeys(
+                    ("loss", "top1", "top5", "num_images"))
+                row.update({f"test_loss{suffix}": metrics["loss"], f"test_acc1{suffix}": metrics["top1"],
+                            f"test_acc5{suffix}": metrics["top5"]})
+                if world.is_main and metrics["top1"] is not None:
+                    print(f"Accuracy of the {'model EMA' if suffix else 'network'} on {result.metrics.num_images} "
+                          f"test images: {metrics['top1']:.1f}%", file=sys.stderr)
+            row.update({"test_images": result.metrics.num_images, "test_skipped": len(result.skipped),
+                        "n_parameters": int(sum(np.prod(p.shape) for p in model.trainable_params())),
+                        "notes": notes})
             log_rows.append(row)
             if world.is_main:
                 print(json.dumps(row), file=sys.stderr if args.quiet else sys.stdout)
@@ -256,9 +290,10 @@ class EpochRunner:
     """One epoch of training steps on this rank: the epoch's addressed draws (order, augmentation seeds, mixup,
     drop path), the compiled step, EMA, a progress bar with loss, lr and images/s."""
 
-    def __init__(self, args, world: World, model, step, optimizer, ema, mixup, train_items, global_batch: int):
-        self.args, self.world, self.step, self.optimizer, self.ema, self.mixup = args, world, step, optimizer, ema, mixup
-        self.items, self.global_batch = train_items, global_batch
+    def __init__(self, args, world: World, model, step, optimizer, ema, mixup, train_items, global_batch: int,
+                 num_classes: int = NUM_CLASSES):
+        self.args, self.world, self.step, self.optimizer, self.ema = args, world, step, optimizer, ema
+        self.mixup, self.items, self.global_batch, self.num_classes = mixup, train_items, global_batch, num_classes
         self.depth, self.dtype = model.arch.depth, model.cls_token.dtype
 
     def train_one_epoch(self, epoch: int, lr: float, loader) -> Tuple[float, int, float]:
@@ -286,13 +321,13 @@ class EpochRunner:
             for s, loaded in enumerate(loader.batches(jobs)):
                 indices, positions = steps[s]
                 images, labels = loaded[:len(indices)], np.array([self.items[i][1] for i in indices])
-                targets = one_hot(labels, NUM_CLASSES)
+                targets = one_hot(labels, self.num_classes)
                 if self.mixup is not None:
                     np.random.seed(int(step_rng(seed, epoch, s, 2).integers(2 ** 31)))  # mindcv's Mixup draws here
                     mirror_images, mirror_labels = (loaded[len(indices):], np.array(
                         [self.items[i][1] for i in mirror_steps[s][0]])) if mirror_steps else (images, labels)
                     images, targets = mix_with_mirror(self.mixup, images, labels, mirror_images, mirror_labels,
-                                                      NUM_CLASSES)
+                                                      self.num_classes)
                 draws = None
                 if args.drop_path > 0:
                     draws = ms.Tensor(drop_path_draws(seed, epoch, s, self.depth, positions, self.global_batch),

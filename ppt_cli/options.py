@@ -99,7 +99,7 @@ def add_mode_arg(p: argparse.ArgumentParser, default: str = "graph") -> None:
 
 
 def prepare(args: argparse.Namespace, cached_weights):
-    """(EvalOptions, PPTConfig, [(path, label)]) of an evaluation-style tool's arguments: checked, the images
+    """(EvalOptions, PPTConfig, [(path, label)], Classes) of an evaluation-style tool's arguments: checked, the images
     listed, and the demo's cached official weights chosen (ppt_common.evaluation.prepare)."""
     eval_options = to_options(args, evaluation.EvalOptions)
     return (eval_options, *evaluation.prepare(eval_options, cached_weights))

@@ -9,7 +9,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ppt_common.config import DEMO_DATA, data_config, model_arch
-from ppt_common.imagenet import ImageError, find_images, preprocess_pil
+from ppt_common.datasets import Classes, find_images, same_classes
+from ppt_common.imagenet import ImageError, preprocess_pil
 from ppt_common.options import EvalOptions, UsageError
 
 
@@ -17,13 +18,15 @@ def is_demo(options: EvalOptions) -> bool:
     return options.data_path is None
 
 
-def load_items(options: EvalOptions) -> List[Tuple[str, int]]:
+def load_items(options: EvalOptions) -> Tuple[List[Tuple[str, int]], Classes]:
     """The images of every --data-path, each file once (a folder given twice, or a root and its val/, would
-    otherwise count its images twice)."""
+    otherwise count its images twice), and their classes (every folder must name the same ones)."""
     try:
-        found = [it for path in (options.data_path or [DEMO_DATA]) for it in find_images(path, split="val")]
+        listed = [(path, find_images(path, split="val")) for path in (options.data_path or [DEMO_DATA])]
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise UsageError(str(e)) from None
+    classes = same_classes([(path, classes) for path, (_, classes) in listed])
+    found = [it for _, (items, _) in listed for it in items]
     items, seen = [], set()
     for path, label in found:
         real = os.path.realpath(path)
@@ -33,7 +36,7 @@ def load_items(options: EvalOptions) -> List[Tuple[str, int]]:
     if len(items) < len(found):
         print(f"note: {len(found) - len(items)} images reached through more than one --data-path are counted once",
               file=sys.stderr)
-    return items[:options.limit] if options.limit else items
+    return (items[:options.limit] if options.limit else items), classes
 
 
 def iter_batches(items: Sequence[Tuple[str, int]], batch_size: int, preprocess: Callable[[str], np.ndarray],

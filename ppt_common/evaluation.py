@@ -13,25 +13,25 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ppt_common.config import PPTConfig
+from ppt_common.datasets import Classes, check_classes
 from ppt_common.data import is_demo, iter_batches, load_items, pil_preprocess
 from ppt_common.distributed import SINGLE, World, gather_objects, shard
-from ppt_common.options import (EvalOptions, UsageError, check_args, check_imagenet_head, check_weights, ppt_config,
-                                predictions_path)
+from ppt_common.options import EvalOptions, UsageError, check_args, check_weights, ppt_config, predictions_path
 from ppt_common.report import Metrics, build_report, finish, print_summary, write_outputs
 
-__all__ = ["EvalOptions", "Evaluation", "Metrics", "UsageError", "batch_size_for", "build_report", "check_args",
-           "check_imagenet_head", "check_weights", "evaluate_items", "finish", "is_demo", "iter_batches", "load_items",
+__all__ = ["Classes", "EvalOptions", "Evaluation", "Metrics", "UsageError", "batch_size_for", "build_report",
+           "check_args", "check_classes", "check_weights", "evaluate_items", "finish", "is_demo", "iter_batches", "load_items",
            "num_batches", "pad_batch", "pil_preprocess", "ppt_config", "predictions_path", "prepare", "print_summary",
            "progress", "score_batch", "time_batches", "write_outputs"]
 
 
 def prepare(options: EvalOptions, cached_weights: Callable[[str], Optional[str]]
-            ) -> Tuple[PPTConfig, List[Tuple[str, int]]]:
-    """Validate the options and list the images: (PPT config, [(path, label)]). `cached_weights(model)` is
-    convert.hub.cached_weights, passed in by the tools (the core imports no other package)."""
+            ) -> Tuple[PPTConfig, List[Tuple[str, int]], Classes]:
+    """Validate the options and list the images: (PPT config, [(path, label)], their classes). `cached_weights(model)`
+    is convert.hub.cached_weights, passed in by the tools (the core imports no other package)."""
     check_args(options)
     use_cached_weights_for_demo(options, cached_weights)
-    return ppt_config(options), load_items(options)
+    return (ppt_config(options), *load_items(options))
 
 
 def use_cached_weights_for_demo(options: EvalOptions, cached_weights: Callable[[str], Optional[str]]) -> None:

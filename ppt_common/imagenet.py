@@ -1,4 +1,5 @@
-"""ImageNet folders, labels by WordNet id, and the timm/DeiT eval transform on PIL images in NumPy.
+"""ImageNet's classes by WordNet id, image checks, and the timm/DeiT eval transform on PIL images in NumPy
+(folders of images are listed by ppt_common.datasets).
 
 `preprocess_pil` is bit-identical to torchvision's Resize(256, bicubic) + CenterCrop(224) + ToTensor + Normalize
 (tested), so both frameworks can be fed the very same arrays.
@@ -35,50 +36,6 @@ def wnid_to_label() -> dict:
 
 def class_names() -> List[str]:
     return [name.split(",")[0] for _, name in load_synsets()]
-
-
-SPLITS = ("train", "val")
-
-
-def image_root(data_path: str, split: Optional[str] = None) -> str:
-    """The folder whose class folders hold the images: `data_path` as named, or, given a split, an ImageNet root's
-    `data_path/split` when there is one (evaluation's --data-path ROOT reads ROOT/val)."""
-    if not os.path.exists(data_path):
-        raise FileNotFoundError(f"data path does not exist: {data_path}")
-    if not os.path.isdir(data_path):
-        raise NotADirectoryError(f"data path is not a folder: {data_path}")
-    if split and os.path.isdir(os.path.join(data_path, split)):
-        return os.path.join(data_path, split)
-    return data_path
-
-
-def find_images(data_path: str, split: Optional[str] = None, limit: Optional[int] = None) -> List[Tuple[str, int]]:
-    """(path, label) for the images of a folder of WordNet-id class folders: `data_path` as named, or with a split
-    an ImageNet root's `data_path/split` (image_root). The only image lister: every tool reads its images here.
-
-    Labels are the standard 1000-class indices of the folder names, whichever classes are present.
-    """
-    root = image_root(data_path, split)
-    labels = wnid_to_label()
-    folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not folders:
-        raise ValueError(f"{root}: no class folders (expected ImageNet layout: val/<wnid>/*.JPEG or <wnid>/*.JPEG)")
-    splits = [d for d in folders if d in SPLITS]
-    if splits:  # a root named where its class folders were expected: say which folder to name
-        raise ValueError(f"{root} holds {' and '.join(d + '/' for d in splits)} rather than class folders: name "
-                         f"{os.path.join(root, splits[0])} itself")
-    unknown = [d for d in folders if d not in labels]
-    if unknown:
-        raise ValueError(f"{root}: folder names are not ImageNet WordNet ids: {', '.join(unknown[:5])}"
-                         + (" ..." if len(unknown) > 5 else ""))
-    items = []
-    for d in folders:
-        for fname in sorted(os.listdir(os.path.join(root, d))):
-            if fname.lower().endswith(IMAGE_EXTENSIONS):
-                items.append((os.path.join(root, d, fname), labels[d]))
-    if not items:
-        raise ValueError(f"{root}: class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return items[:limit] if limit else items
 
 
 def unreadable(path: str) -> Optional[str]:

@@ -17,7 +17,6 @@ from typing import Callable, Optional, Sequence
 from ppt_common.config import (DEFAULT_METHOD, DEFAULT_PP_LOC_LIST, DEFAULT_R, DEFAULT_THRESHOLD, DEMO_MODEL,
                                METHODS, MODEL_CONFIGS, PPTConfig, model_arch)
 from ppt_common.files import OutputError, check_outputs
-from ppt_common.imagenet import NUM_CLASSES
 from ppt_common.errors import UsageError
 
 
@@ -166,13 +165,6 @@ def predictions_path(options: EvalOptions) -> Optional[str]:
     """--save-predictions with the .npz suffix that np.savez would add."""
     path = options.save_predictions
     return path if path is None or path.endswith(".npz") else path + ".npz"
-
-
-def check_imagenet_head(num_classes: int) -> None:
-    """Labels are ImageNet-1k indices: refuse, before any image is read, a head that cannot be scored on them."""
-    if num_classes != NUM_CLASSES:
-        raise UsageError(f"the model's head has {num_classes} classes, but evaluation scores ImageNet-1k labels "
-                         f"({NUM_CLASSES} classes): use a checkpoint with an ImageNet-1k head")
 
 
 def ppt_config(options: ModelOptions) -> PPTConfig:

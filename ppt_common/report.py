@@ -9,6 +9,7 @@ import numpy as np
 
 from ppt_common.config import DEFAULT_METHOD, DEMO_DATA, SINGLE_RULE_METHODS, arch_schedule, data_config
 from ppt_common.data import is_demo
+from ppt_common.datasets import Classes
 from ppt_common.distributed import SINGLE, World
 from ppt_common.files import json_writer, write_all
 from ppt_common.macs import gmacs
@@ -54,6 +55,13 @@ class Metrics:
                 "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
                 "num_images": int(len(labels))}
 
+    def per_class(self, classes: Classes) -> List[dict]:
+        """Top-1 of each class present: [{"class", "images", "top1"}] in label order."""
+        logits, labels = np.concatenate(self.logits), np.concatenate(self.labels)
+        hits = np.argmax(logits, 1) == labels
+        return [{"class": classes.names[c], "images": int((labels == c).sum()),
+                 "top1": 100.0 * float(hits[labels == c].mean())} for c in np.unique(labels)]
+
     def policy_matrix(self, num_pp: int) -> np.ndarray:
         if num_pp == 0:
             return np.zeros((sum(len(lb) for lb in self.labels), 0), dtype=np.int8)
@@ -76,7 +84,7 @@ def write_outputs(options: EvalOptions, report: dict, metrics: Metrics, policies
 
 def build_report(options: EvalOptions, framework: str, metrics: Metrics, policies: np.ndarray, pp_blocks: List[int],
                  seconds_per_batch: float, skipped: List[str], extra_config: dict,
-                 end_to_end_seconds: float = float("nan")) -> dict:
+                 end_to_end_seconds: float = float("nan"), classes: Optional[Classes] = None) -> dict:
     arch = options.arch()
     cfg = ppt_config(options)
     result = metrics.result()
@@ -108,18 +116,21 @@ def build_report(options: EvalOptions, framework: str, metrics: Metrics, policie
             "data_config": dataclasses.asdict(data_config(options.model)), **extra_config,
         },
     }
+    if classes is not None and not classes.imagenet:  # a dataset of its own: its classes by name
+        report["classes"] = list(classes.names)
+        report["per_class"] = metrics.per_class(classes)
     return report
 
 
 def finish(options: EvalOptions, framework: str, metrics: Metrics, pp_blocks: List[int], seconds_per_batch: float,
            skipped: List[str], extra_config: dict, world: World = SINGLE,
-           end_to_end_seconds: float = float("nan")) -> dict:
+           end_to_end_seconds: float = float("nan"), classes: Optional[Classes] = None) -> dict:
     """Build the report, print it, then write the requested outputs: a late write error never loses the
     summary, and it is an error (UsageError) that says nothing was written. In a data-parallel job only rank 0
     prints and writes."""
     policies = metrics.policy_matrix(len(pp_blocks))
     report = build_report(options, framework, metrics, policies, pp_blocks, seconds_per_batch, skipped,
-                          {**extra_config, "world_size": world.size}, end_to_end_seconds)
+                          {**extra_config, "world_size": world.size}, end_to_end_seconds, classes)
     if not world.is_main:
         return report
     print_summary(report)
@@ -145,9 +156,15 @@ def print_summary(report: dict, out=None) -> None:
     rule = (f"threshold={c['threshold']:g}" if c.get("method", DEFAULT_METHOD) == DEFAULT_METHOD
             else f"method={c['method']}")
     print(f"{report['framework']} | {c['model']} | r={c['r_tokens']} at {c['pp_loc_list']}{capped} "
-          f"{rule} prop_attn={c['prop_attn']} | {c['dtype']}", file=out)
+          f"{rule} prop_attn={c['prop_attn']} | {c['dtype']}" + (" | EMA weights" if c.get("ema") else ""), file=out)
     print(f"  images      {report['num_images']}" + (f"  ({len(report['skipped_images'])} unreadable, skipped)"
                                                       if report["skipped_images"] else ""), file=out)
+    if report.get("classes") is not None:
+        from ppt_common.datasets import summarize
+        print(f"  {summarize(report['classes'])}", file=out)
+        width = max(len(row["class"]) for row in report["per_class"])
+        for row in report["per_class"]:
+            print(f"    {row['class']:<{width}}  top-1 {row['top1']:6.2f} % of {row['images']} images", file=out)
     print(f"  top-1       {report['top1']:.2f} %", file=out)
     print(f"  top-5       {report['top5']:.2f} %", file=out)
     print(f"  loss        {report['loss']:.4f}", file=out)

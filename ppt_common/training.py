@@ -64,6 +64,7 @@ class TrainOptions(ModelOptions):
     train_path: Optional[str] = None  # instead of DATA_PATH/train
     val_path: Optional[str] = None  # instead of DATA_PATH/val
     output_dir: Optional[str] = None  # checkpoint.ckpt and log.txt, rewritten atomically after every epoch
+    num_classes: Optional[int] = option(None, positive)  # the head; default: the data's classes (ImageNet: 1000)
     force: bool = False
     epochs: int = option(RECIPE.epochs, positive)
     batch_size: int = option(RECIPE.batch_size, positive)  # per process

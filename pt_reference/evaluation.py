@@ -3,6 +3,7 @@ over the framework-free loop in ppt_common.evaluation."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 
@@ -24,7 +25,7 @@ def evaluate(options: PTEvalOptions = None, **kwargs) -> dict:
     options = PTEvalOptions.of(options, **kwargs)
     check_choice("preprocess", options.preprocess, ("pil",))
     from convert.hub import cached_weights
-    cfg, items = ev.prepare(options, cached_weights)
+    cfg, items, classes = ev.prepare(options, cached_weights)
     import torch
     from pt_reference.distributed import torch_world
     from pt_reference.factory import create_model, run_with_trace
@@ -35,7 +36,10 @@ def evaluate(options: PTEvalOptions = None, **kwargs) -> dict:
     torch.backends.cudnn.allow_tf32 = False
     model = create_model(options.model, checkpoint=options.checkpoint, pretrained=options.pretrained,
                          ppt_config=cfg, trace=True, dtype=options.dtype, img_size=options.img_size)
-    ev.check_imagenet_head(model.num_classes)
+    from convert import read_class_names
+    note = ev.check_classes(model.num_classes, classes, read_class_names(options.checkpoint))
+    if note and world.is_main:
+        print(f"note: {note}", file=sys.stderr)
     model = model.to(options.device)
     result = ev.evaluate_items(items, lambda images: run_with_trace(model, images)[:2],
                                ev.pil_preprocess(options.model, options.img_size), options.batch_size, options.num_workers,
@@ -57,4 +61,4 @@ def evaluate(options: PTEvalOptions = None, **kwargs) -> dict:
         seconds = ev.time_batches(run, options.throughput_runs)
     return ev.finish(options, "pytorch", result.metrics, reducing_blocks(options.arch(), cfg), seconds,
                      result.skipped, {"preprocess": "pil", "device": options.device,
-                                      "threads": torch.get_num_threads()}, world, result.seconds)
+                                      "threads": torch.get_num_threads()}, world, result.seconds, classes)

@@ -37,7 +37,7 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
                  prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
                  method: Optional[str] = None,
                  trace: bool = False,
-                 dtype="float32", num_classes: Optional[int] = None, img_size: Optional[int] = None,
+                 dtype="float32", num_classes: Optional[int] = None, img_size: Optional[int] = None, ema: bool = False,
                  **training_flags) -> VisionTransformer:
     """The reference twin of ms_ppt.create_model (same arguments, same checkpoints)."""
     if dtype not in SUPPORTED_DTYPES:
@@ -45,7 +45,7 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
     ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
                                          prop_attn=prop_attn, trace_source=trace_source, method=method)
     from convert import new_head, resolve_model
-    arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, **training_flags)
+    arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, ema, **training_flags)
     model = build_timm_model(arch)
     if state is not None:
         tensors = {k: torch.from_numpy(v) for k, v in state.items()}

@@ -19,6 +19,8 @@ def build_parser():
     parser.add_argument("--preprocess", choices=["mindspore", "pil"], default="mindspore",
                         help="mindspore: mindcv's pipeline; pil: bit-identical to timm/torchvision (for parity)")
     parser.add_argument("--device", "--device_target", dest="device", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    parser.add_argument("--ema", action="store_true",
+                        help="the EMA weights of a train_ms.py checkpoint (--checkpoint) instead of its weights")
     return parser
 
 

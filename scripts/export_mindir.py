@@ -27,6 +27,8 @@ def parse(argv):
     p.add_argument("--verify", type=options.str2bool, nargs="?", const=True, default=True,
                    help="reload the file and compare its logits with the live cell (default true)")
     p.add_argument("--device", default="CPU", choices=["CPU", "GPU", "Ascend"])
+    p.add_argument("--ema", action="store_true",
+                   help="export the EMA weights of a train_ms.py checkpoint (--checkpoint) instead of its weights")
     return p.parse_args(argv)
 
 
@@ -44,6 +46,8 @@ def run(args) -> int:
           f"{done['seconds']:.1f} s")
     if not args.checkpoint:
         print("note: random weights (no --checkpoint)")
+    elif args.ema:
+        print(f"the EMA weights of {args.checkpoint}")
     if done["max_logit_diff"] is not None:
         print("reloaded with mindspore.load + nn.GraphCell: max |logit difference| vs the live cell "
               f"{done['max_logit_diff']:.3g}")

@@ -13,6 +13,7 @@ import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
+from convert import read_class_names
 from convert.hub import cached_weights
 from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    eval_options, cfg, items = options.prepare(args, cached_weights)
+    eval_options, cfg, items, classes = options.prepare(args, cached_weights)
     if args.dtype == "float16":
         raise ev.UsageError("parity runs in float32 or float64")
     import torch
@@ -40,7 +41,7 @@ def run(args) -> int:
     torch.manual_seed(0)
     pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=eval_options.pretrained,
                                    ppt_config=cfg, trace=True, dtype=args.dtype)
-    ev.check_imagenet_head(pt.num_classes)
+    ev.check_classes(pt.num_classes, classes, read_class_names(args.checkpoint))
     state = {k: v.float().numpy() for k, v in pt.state_dict().items()}  # the MindSpore weights come from these
     msm = ms_ppt.create_model(args.model, num_classes=pt.num_classes, ppt_config=cfg, trace=True,
                               dtype=args.dtype)

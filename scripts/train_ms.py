@@ -7,7 +7,8 @@
     python scripts/train_ms.py ... --resume out/ppt_deit_s/checkpoint.ckpt   # continue exactly where it stopped
 
 --resume takes official weights (.pth, timm .bin/.safetensors, .ckpt) to start a fine-tune, or this script's
-checkpoint.ckpt to continue one; --finetune takes weights only. docs/training.md explains each default.
+checkpoint.ckpt to continue one; --finetune takes weights only. Any folder of class folders trains (ImageFolder:
+the classes are the sorted folder names, stored in the checkpoint). docs/training.md explains each default.
 """
 import argparse
 import os
@@ -35,6 +36,9 @@ def build_parser():
     p.add_argument("--train-path", dest="train_path", default=None, help="training class folders (instead of "
                                                                          "DATA_PATH/train)")
     p.add_argument("--val-path", dest="val_path", default=None, help="validation class folders (DATA_PATH/val)")
+    p.add_argument("--num-classes", "--num_classes", dest="num_classes", type=int, default=None,
+                   help="the head's size (default: the data's classes, the sorted class folders; ImageNet's "
+                        "WordNet-id folders: 1000)")
     p.add_argument("--output_dir", "--output-dir", dest="output_dir", default=None,
                    help="checkpoint.ckpt and log.txt, rewritten atomically after every epoch")
     p.add_argument("--force", action="store_true", help="overwrite an earlier run in --output_dir")

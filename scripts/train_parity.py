@@ -14,11 +14,11 @@ import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
+from convert import read_class_names
 from convert.hub import cached_weights
 from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
 from ppt_common.files import atomic_write, json_writer
-from ppt_common.imagenet import NUM_CLASSES
 from ppt_common.parity import DEFAULT_BOUNDS, compare_runs, worst_relative_gap
 from ppt_common.training import RECIPE
 
@@ -38,7 +38,7 @@ def build_parser():
 
 
 def validate(args) -> dict:
-    eval_options, cfg, items = options.prepare(args, cached_weights)
+    eval_options, cfg, items, classes = options.prepare(args, cached_weights)
     if args.dtype == "float16":
         raise ev.UsageError("training parity runs in float32 or float64")
     import dataclasses
@@ -55,9 +55,10 @@ def validate(args) -> dict:
                                                  ev.pil_preprocess(args.model), args.num_workers, "fail", []))
     np_dtype = np.float64 if args.dtype == "float64" else np.float32
     images = images.astype(np_dtype)
-    targets = np.eye(NUM_CLASSES, dtype=np_dtype)[labels]
     pt = pt_reference.create_model(args.model, checkpoint=args.checkpoint, pretrained=eval_options.pretrained,
                                    ppt_config=cfg, trace=True, dtype=args.dtype)
+    ev.check_classes(pt.num_classes, classes, read_class_names(args.checkpoint))
+    targets = np.eye(pt.num_classes, dtype=np_dtype)[labels]
     if args.mixed_threshold and cfg.pp_loc_list:
         pt_reference.run_with_trace(pt, images)
         variance = np.sort(pt.ppt_trace[0].variance)

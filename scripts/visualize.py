@@ -31,7 +31,18 @@ def traces_for(args, cfg, images):
         ms.set_seed(0)
     model = library.create_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained, ppt_config=cfg,
                                  trace=True, dtype=args.dtype, img_size=args.img_size)
-    return library.run_with_trace(model, images)[1]
+    logits, traces = library.run_with_trace(model, images)[:2]
+    return np.asarray(logits), traces
+
+
+def class_names(checkpoint, num_classes: int):
+    """The names of the model's outputs: a train_ms.py checkpoint's classes, ImageNet's for a 1000-class head."""
+    from convert import read_class_names
+    from ppt_common.imagenet import NUM_CLASSES, class_names as imagenet_names
+    names = read_class_names(checkpoint)
+    if names is None and num_classes == NUM_CLASSES:
+        names = imagenet_names()
+    return [names[i] if names and i < len(names) else f"class {i}" for i in range(num_classes)]
 
 
 def main(argv=None) -> int:
@@ -60,12 +71,17 @@ def run(args) -> int:
     arch, data = model_arch(args.model, args.img_size), data_config(args.model)
     preprocess = ev.pil_preprocess(args.model, args.img_size)
     images = np.stack([preprocess(path) for path in args.images])
-    traces = traces_for(args, cfg, images)
+    logits, traces = traces_for(args, cfg, images)
     figure = render_figure(images, traces, arch.patch_size, args.scale,
                            labels=[os.path.basename(path) for path in args.images], mean=data.mean, std=data.std)
     atomic_write(args.output, lambda tmp: figure.save(tmp, format="PNG"))
     print(f"wrote {args.output} ({figure.width}x{figure.height}); policies per PP block: "
           + ", ".join(f"block {t.block}: {POLICY_NAMES[int(v)]}" for t in traces for v in t.policy[:1]))
+    names = class_names(args.checkpoint, logits.shape[1])
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    for path, row in zip(args.images, probs):
+        print(f"  {os.path.basename(path)}: predicted {names[int(row.argmax())]} ({100 * row.max():.1f} %)")
     return 0
 
 

@@ -79,7 +79,8 @@ def rng():
 def real_images():
     """The 270 shared ImageNet photos, preprocessed once (float32 [N,3,224,224]) with labels."""
     need_shared_data()
-    from ppt_common.imagenet import find_images, preprocess_pil
-    items = find_images(IMAGENET_SAMPLE, split="val") + find_images(FOOLBOX, split="val")
+    from ppt_common.datasets import find_images
+    from ppt_common.imagenet import preprocess_pil
+    items = find_images(IMAGENET_SAMPLE, split="val")[0] + find_images(FOOLBOX, split="val")[0]
     x = np.stack([preprocess_pil(p) for p, _ in items])
     return x, np.array([lbl for _, lbl in items]), [p for p, _ in items]

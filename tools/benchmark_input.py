@@ -24,7 +24,8 @@ import numpy as np
 from ppt_cli import run_tool
 from ppt_common import evaluation as ev
 from ppt_common.config import data_config, get_arch
-from ppt_common.imagenet import default_crop_pct, image_root, wnid_to_label
+from ppt_common.datasets import image_root
+from ppt_common.imagenet import default_crop_pct, wnid_to_label
 
 
 def threaded(preprocess, items, args):
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
 
 
 def measure(args) -> int:
-    items = ev.load_items(ev.EvalOptions(data_path=args.data_path))
+    items, _ = ev.load_items(ev.EvalOptions(data_path=args.data_path))
     from ms_ppt.data import mindspore_preprocess
     pipelines = {"pil": threaded(ev.pil_preprocess(args.model), items, args),
                  "mindspore": threaded(mindspore_preprocess(args.model), items, args),

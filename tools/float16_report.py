@@ -12,6 +12,7 @@ import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
+from convert import read_class_names
 from convert.hub import cached_weights
 from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
@@ -29,14 +30,14 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    eval_options, cfg, items = options.prepare(args, cached_weights)
+    eval_options, cfg, items, classes = options.prepare(args, cached_weights)
     import ms_ppt
     from ms_ppt.vision_transformer import params_from_numpy
     from ms_ppt.context import set_context
     set_context(args.mode)
     fp32 = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=eval_options.pretrained, ppt_config=cfg,
                                trace=True)
-    ev.check_imagenet_head(fp32.arch.num_classes)
+    ev.check_classes(fp32.arch.num_classes, classes, read_class_names(args.checkpoint))
     fp16 = ms_ppt.create_model(args.model, num_classes=fp32.arch.num_classes, ppt_config=cfg, trace=True,
                                dtype="float16")
     params_from_numpy(fp16, {p.name: p.asnumpy() for p in fp32.get_parameters()})

@@ -12,6 +12,7 @@ import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 import numpy as np
 
+from convert import read_class_names
 from convert.hub import cached_weights
 from ppt_cli import options, run_tool
 from ppt_common import evaluation as ev
@@ -27,13 +28,13 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    eval_options, cfg, items = options.prepare(args, cached_weights)
+    eval_options, cfg, items, classes = options.prepare(args, cached_weights)
     import ms_ppt
     from ms_ppt.context import set_context
     set_context(args.mode)
     model = ms_ppt.create_model(args.model, checkpoint=args.checkpoint, pretrained=eval_options.pretrained,
                                 ppt_config=cfg, trace=True, dtype=args.dtype)
-    ev.check_imagenet_head(model.arch.num_classes)
+    ev.check_classes(model.arch.num_classes, classes, read_class_names(args.checkpoint))
     pipelines = {"pil": ev.pil_preprocess(args.model), "mindspore": mindspore_preprocess(args.model)}
     std = np.array(data_config(args.model).std, np.float32)[:, None, None]
     diffs, results = [], {k: {"logits": [], "traces": []} for k in pipelines}

@@ -217,8 +217,8 @@ def test_a_folder_holding_only_a_log_is_not_overwritten(tmp_path):
 def photo_folder(folder, source, count, bad=()):
     """`count` shared photos copied into class folders under `folder`, plus bad files named 0_<name> (sorted
     first) with the given bytes: (name, bytes) pairs."""
-    from ppt_common.imagenet import find_images
-    items = find_images(source, split="val")[:count]
+    from ppt_common.datasets import find_images
+    items = find_images(source, split="val")[0][:count]
     for path, _ in items:
         (folder / os.path.basename(os.path.dirname(path))).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, folder / os.path.basename(os.path.dirname(path)))

@@ -51,8 +51,8 @@ def run(*args):
 def test_script_writes_identical_png_for_mindspore_and_pytorch(tmp_path):
     need_shared_data()
     from PIL import Image
-    from ppt_common.imagenet import find_images
-    images = [p for p, _ in find_images(IMAGENET_SAMPLE, split="val")[::60]]
+    from ppt_common.datasets import find_images
+    images = [p for p, _ in find_images(IMAGENET_SAMPLE, split="val")[0][::60]]
     common = ["--checkpoint", DEIT_TINY, "--images", *images, "--dtype", "float64"]
     r_ms = run(*common, "--output", tmp_path / "ms.png")
     r_pt = run(*common, "--framework", "pt", "--output", tmp_path / "pt.png")

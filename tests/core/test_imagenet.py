@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from conftest import FOOLBOX, IMAGENET_SAMPLE, need_shared_data
-from ppt_common.imagenet import ImageError, find_images, load_synsets, preprocess_pil
+from ppt_common.datasets import find_images
+from ppt_common.imagenet import ImageError, load_synsets, preprocess_pil
 
 
 def test_synsets_are_the_standard_sorted_1000():
@@ -16,9 +17,10 @@ def test_partial_class_folders_keep_standard_labels(tmp_path):
     for wnid in ("n01443537", "n15075141"):  # goldfish (1) and toilet tissue (999)
         (tmp_path / "val" / wnid).mkdir(parents=True)
         Image.new("RGB", (40, 30), "red").save(tmp_path / "val" / wnid / "a.png")
-    items = find_images(str(tmp_path), split="val")  # an ImageNet root, as evaluation reads it
+    items, classes = find_images(str(tmp_path), split="val")  # an ImageNet root, as evaluation reads it
     assert [lbl for _, lbl in items] == [1, 999]
-    assert find_images(str(tmp_path / "val")) == items
+    assert classes.imagenet and len(classes) == 1000 and classes.readable()[999] == "toilet tissue"
+    assert find_images(str(tmp_path / "val")) == (items, classes)
 
 
 def test_a_folder_is_read_as_named_unless_a_split_is_asked_for(tmp_path):
@@ -30,8 +32,8 @@ def test_a_folder_is_read_as_named_unless_a_split_is_asked_for(tmp_path):
         Image.new("RGB", (40, 30), "red").save(tmp_path / split / wnid / "a.png")
     with pytest.raises(ValueError, match=f"holds train/ and val/ rather than class folders: name {tmp_path}/train"):
         find_images(str(tmp_path))
-    assert [lbl for _, lbl in find_images(str(tmp_path), split="val")] == [999]
-    assert [lbl for _, lbl in find_images(str(tmp_path), split="train")] == [1]
+    assert [lbl for _, lbl in find_images(str(tmp_path), split="val")[0]] == [999]
+    assert [lbl for _, lbl in find_images(str(tmp_path), split="train")[0]] == [1]
 
 
 def test_bad_folders_are_clear_errors(tmp_path):
@@ -40,7 +42,7 @@ def test_bad_folders_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="no class folders"):
         find_images(str(tmp_path))
     (tmp_path / "cats").mkdir()
-    with pytest.raises(ValueError, match="not ImageNet WordNet ids: cats"):
+    with pytest.raises(ValueError, match="class folder cats/ holds no images"):
         find_images(str(tmp_path))
 
 
@@ -68,7 +70,7 @@ def test_pil_preprocessing_is_bit_identical_to_timm_eval_transform():
     cfg = resolve_data_config({}, model=build_timm_model(get_arch("deit_tiny_patch16_224")))
     cfg.update(interpolation="bicubic", crop_pct=0.875)
     transform = create_transform(**cfg)
-    items = find_images(IMAGENET_SAMPLE, split="val")[::25] + find_images(FOOLBOX, split="val")[:2]
+    items = find_images(IMAGENET_SAMPLE, split="val")[0][::25] + find_images(FOOLBOX, split="val")[0][:2]
     for path, _ in items:
         with Image.open(path) as img:
             expected = transform(img.convert("RGB")).numpy()
@@ -87,7 +89,7 @@ def test_each_model_is_preprocessed_as_timm_prepares_it():
     transform = create_transform(input_size=(3, 224, 224), interpolation="bicubic", mean=OPENAI_CLIP_MEAN,
                                  std=OPENAI_CLIP_STD, crop_pct=0.95)
     preprocess = pil_preprocess("vit_base_patch16_clip_224")
-    for path, _ in find_images(FOOLBOX, split="val")[:3]:
+    for path, _ in find_images(FOOLBOX, split="val")[0][:3]:
         with Image.open(path) as img:
             expected = transform(img.convert("RGB")).numpy()
         np.testing.assert_array_equal(preprocess(path), expected, err_msg=path)
