@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import mindspore as ms
 
+from ppt_common.schedule import config_from_settings
 from ppt_common.config import MODEL_CONFIGS, PPTConfig, RSpec
 from ppt_common.trace import BlockTrace
 from ms_ppt.ppt import trace_record
@@ -31,19 +32,20 @@ def create_model(name: str, checkpoint: Optional[str] = None, pretrained: bool =
                  ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None,
                  pp_loc_list: Optional[Sequence[int]] = None, threshold: Optional[float] = None,
                  prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
-                 method: Optional[str] = None,
+                 method: Optional[str] = None, schedule=None,
                  trace: bool = False,
                  dtype="float32", num_classes: Optional[int] = None, custom_kernels: Optional[bool] = None,
                  **training_flags) -> VisionTransformer:
     """A DeiT/ViT with PPT. `checkpoint` may be a MindSpore .ckpt or a PyTorch .pth/.bin/.safetensors (converted in
     memory); `pretrained=True` takes the official weights instead (downloaded once, verified and cached:
     convert.hub). PPT settings come as `ppt_config=PPTConfig(...)` or as its fields (r, pp_loc_list, threshold,
-    prop_attn, trace_source, method; unset ones take the paper's defaults); r=0 or an empty pp_loc_list gives the
-    dense model. training_flags are timm's drop rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate,
+    prop_attn, trace_source, method; unset ones take the paper's defaults), or as `schedule`, a schedule file or
+    dict (ppt_common.schedule: r and threshold per block; not with r, pp_loc_list or threshold); r=0 or an empty
+    pp_loc_list gives the dense model. training_flags are timm's drop rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate,
     drop_path_rate). custom_kernels (default: on for the CPU backend) uses ms_ppt's compiled CPU kernels; turn it
     off for graphs meant to leave this machine (MindIR export)."""
     # the settings are checked before any slow checkpoint reading
-    ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
+    ppt_config = config_from_settings(name, schedule, ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
                                          prop_attn=prop_attn, trace_source=trace_source, method=method)
     dtype = resolve_dtype(dtype)
     from convert import resolve_model

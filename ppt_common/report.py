@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -106,6 +107,7 @@ def build_report(options: EvalOptions, framework: str, metrics: Metrics, policie
             "threshold": cfg.threshold if not cfg.per_block_threshold else list(cfg.threshold), "method": cfg.method, "prop_attn": cfg.prop_attn, "batch_size": options.batch_size,
             "dtype": options.dtype, "limit": options.limit, "timing_batch_size": timing_batch,
             "data_config": dataclasses.asdict(data_config(options.model)), **extra_config,
+            **({"schedule": os.path.abspath(options.schedule)} if getattr(options, "schedule", None) else {}),
         },
     }
     return report
