@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import mindspore as ms
 
+from ppt_common.schedule import config_from_settings
 from ppt_common.config import MODEL_CONFIGS, PPTConfig, RSpec
 from ppt_common.trace import BlockTrace
 from ms_ppt.ppt import trace_record
@@ -31,7 +32,7 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
                  ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None,
                  pp_loc_list: Optional[Sequence[int]] = None, threshold: Optional[float] = None,
                  prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
-                 method: Optional[str] = None,
+                 method: Optional[str] = None, schedule=None,
                  trace: bool = False,
                  dtype="float32", num_classes: Optional[int] = None, img_size: Optional[int] = None,
                  ema: bool = False,
@@ -40,16 +41,18 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
     Face transformers folder (converted in memory; a folder's config.json is honoured, and with no name gives the
     architecture); `pretrained=True` takes the official weights instead (downloaded once, verified and cached:
     convert.hub). PPT settings come as `ppt_config=PPTConfig(...)` or as its fields (r, pp_loc_list, threshold,
-    prop_attn, trace_source, method; unset ones take the paper's defaults); r=0 or an empty pp_loc_list gives the
-    dense model. As timm: num_classes other than the checkpoint's puts a new head on (initialised as timm does, the
-    rest loaded; 0: no head, the model returns its pooled features), and img_size other than the name's resamples
-    the checkpoint's position embedding (bicubic, antialiased, as timm's loader); ema=True loads a training
-    checkpoint's EMA weights. training_flags are timm's drop
-    rates (drop_rate, pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate). custom_kernels (default: on for the CPU backend) uses ms_ppt's compiled CPU kernels; turn it
-    off for graphs meant to leave this machine (MindIR export)."""
+    prop_attn, trace_source, method; unset ones take the paper's defaults), or as `schedule`, a schedule file or
+    dict (ppt_common.schedule: r and threshold per block; not with r, pp_loc_list or threshold); r=0 or an empty
+    pp_loc_list gives the dense model. As timm: num_classes other than the checkpoint's puts a new head on
+    (initialised as timm does, the rest loaded; 0: no head, the model returns its pooled features), and img_size
+    other than the name's resamples the checkpoint's position embedding (bicubic, antialiased, as timm's loader);
+    ema=True loads a training checkpoint's EMA weights. training_flags are timm's drop rates (drop_rate,
+    pos_drop_rate, proj_drop_rate, attn_drop_rate, drop_path_rate). custom_kernels (default: on for the CPU
+    backend) uses ms_ppt's compiled CPU kernels; turn it off for graphs meant to leave this machine (MindIR
+    export)."""
     # the settings are checked before any slow checkpoint reading
-    ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
-                                         prop_attn=prop_attn, trace_source=trace_source, method=method)
+    ppt_config = config_from_settings(name, schedule, ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
+                                      prop_attn=prop_attn, trace_source=trace_source, method=method)
     dtype = resolve_dtype(dtype)
     from convert import new_head, resolve_model
     arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, ema, **training_flags)

@@ -28,7 +28,7 @@ class TokenReduction(nn.Cell):
     ppt.reduce_tokens as graph ops, or, for PPT's policies in float32 on CPU, one compiled kernel
     (kernels/ppt_reduce_cpu.cc) taking the same decisions in one op instead of ~75, for only the policy each image
     takes. The graph ops stay the reference: float64, float16, other backends, MindIR export and the single-rule
-    methods (prune_fuse, decouple_merge) use them. `threshold` is PPTConfig.policy_threshold."""
+    methods (prune_fuse, decouple_merge) use them. `threshold` is PPTConfig.policy_threshold_at(this block)."""
 
     def __init__(self, r: int, threshold: float, num_prefix_tokens: int = 1, method: str = "ppt",
                  kernels: Kernels = GRAPH_OPS):
@@ -87,7 +87,7 @@ class Block(nn.Cell):
         self.drop_path1 = DropPath(drop_path)
         self.drop_path2 = DropPath(drop_path)
         if self.reduces:
-            self.reduction = TokenReduction(plan.r, ppt_cfg.policy_threshold, arch.num_prefix_tokens, ppt_cfg.method,
+            self.reduction = TokenReduction(plan.r, ppt_cfg.policy_threshold_at(plan.index), arch.num_prefix_tokens, ppt_cfg.method,
                                             kernels)
 
     def branch1(self, x, draws):

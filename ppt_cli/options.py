@@ -37,22 +37,52 @@ def add_img_size_arg(p: argparse.ArgumentParser) -> None:
                         "follow the new token count (default: the model's own)")
 
 
+SCHEDULE_REPLACES = "--r_tokens, --target-gmacs, --pp_loc_list, --threshold and --dense"
+
+
+def _refuse_beside_schedule(parser, namespace, option: str) -> None:
+    """--schedule and the settings it replaces, in either order (an option's default is not 'given')."""
+    given = vars(namespace).setdefault("_ppt_settings_given", [])
+    if option == "--schedule" and given:
+        parser.error(f"--schedule sets r, the PP blocks and the thresholds: give it without {given[0]}")
+    if option != "--schedule":
+        if getattr(namespace, "schedule", None) is not None:
+            parser.error(f"--schedule sets r, the PP blocks and the thresholds: give it without {option}")
+        given.append(option)
+
+
+class _Store(argparse._StoreAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        _refuse_beside_schedule(parser, namespace, self.option_strings[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _StoreTrue(argparse._StoreTrueAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        _refuse_beside_schedule(parser, namespace, self.option_strings[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_ppt_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--r_tokens", "--r-tokens", dest="r_tokens", type=int, nargs="+", default=None,
+    p.add_argument("--schedule", action=_Store, default=None, metavar="FILE",
+                   help=f"a schedule file (scripts/search_schedule.py): the blocks that reduce, with r and the "
+                        f"threshold at each; replaces {SCHEDULE_REPLACES}")
+    p.add_argument("--r_tokens", "--r-tokens", dest="r_tokens", type=int, nargs="+", default=None, action=_Store,
                    help=f"tokens removed per PP block: one value, or one per PP block (0 = dense; default {DEFAULT_R})")
-    p.add_argument("--target-gmacs", "--target_gmacs", dest="target_gmacs", type=float, default=None,
+    p.add_argument("--target-gmacs", "--target_gmacs", dest="target_gmacs", type=float, default=None, action=_Store,
                    help="choose r instead: the same r at every PP block, the one whose MACs per image (the paper's "
                         "'GFLOPs') are nearest to this many billions; ties go to the smaller r")
     p.add_argument("--pp_loc_list", "--pp-loc-list", dest="pp_loc_list", type=int, nargs="*",
-                   default=list(DEFAULT_PP_LOC_LIST), help="0-based indices of the PP blocks")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="policy threshold on score variance")
+                   default=list(DEFAULT_PP_LOC_LIST), action=_Store, help="0-based indices of the PP blocks")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, action=_Store,
+                   help="policy threshold on score variance")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
                    help="the reduction of every PP block: ppt (the authors' adaptive choice, by --threshold), prune "
                         "or pool alone, prune_fuse (EViT: the r dropped tokens fused into one extra token) or "
                         "decouple_merge (2211.11315: the 2r least attentive tokens merged pairwise by similarity)")
     p.add_argument("--prop_attn", "--prop-attn", dest="prop_attn", type=str2bool, nargs="?", const=True,
                    default=True, help="proportional attention (default true; '--prop_attn false' to disable)")
-    p.add_argument("--dense", action="store_true", help="evaluate without PPT (same as --r_tokens 0)")
+    p.add_argument("--dense", action=_StoreTrue, help="evaluate without PPT (same as --r_tokens 0)")
 
 
 def build_parser(framework: str, json_output: bool = True, predictions: bool = True) -> argparse.ArgumentParser:

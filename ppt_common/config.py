@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 RSpec = Union[int, Sequence[int], Tuple[int, float]]
+ThresholdSpec = Union[float, Sequence[float]]  # one threshold for every PP block, or one per PP block
 
 
 ACTIVATIONS = ("gelu", "quick_gelu")  # exact (erf) GELU; CLIP's x * sigmoid(1.702 x)
@@ -290,13 +291,35 @@ def _r_spec(r, num_pp: int) -> RSpec:
     return values
 
 
+def _threshold(value, what: str = "threshold") -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def _threshold_spec(threshold, num_pp: int) -> ThresholdSpec:
+    """threshold as a float, or a tuple with one float per PP block."""
+    if isinstance(threshold, np.ndarray) and threshold.ndim == 0:
+        threshold = threshold.item()
+    if isinstance(threshold, (Sequence, np.ndarray)) and not isinstance(threshold, (str, bytes)):
+        values = tuple(_threshold(v, "each threshold value") for v in threshold)
+        if len(values) != num_pp:
+            raise ValueError(f"threshold lists {len(values)} values for {num_pp} PP blocks: give one value, or one "
+                             f"per PP block")
+        return values
+    return _threshold(threshold)
+
+
 @dataclasses.dataclass(frozen=True)
 class PPTConfig:
-    """PPT hyper-parameters; `r` is an int, one int per PP block, or a ToMe (r, inflection) schedule. Values are
-    checked, never coerced: a wrong type is a TypeError, a wrong value a ValueError."""
+    """PPT hyper-parameters; `r` is an int, one int per PP block, or a ToMe (r, inflection) schedule; `threshold`
+    a float or one float per PP block (the i-th PP block takes the i-th). Values are checked, never coerced: a
+    wrong type is a TypeError, a wrong value a ValueError."""
     r: RSpec = DEFAULT_R
     pp_loc_list: Tuple[int, ...] = DEFAULT_PP_LOC_LIST
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: ThresholdSpec = DEFAULT_THRESHOLD
     prop_attn: bool = True
     trace_source: bool = False
     method: str = DEFAULT_METHOD
@@ -309,11 +332,7 @@ class PPTConfig:
         object.__setattr__(self, "r", _r_spec(self.r, len(pp_loc_list)))
         if list(pp_loc_list) != sorted(set(pp_loc_list)) or min(pp_loc_list, default=0) < 0:
             raise ValueError(f"pp_loc_list must be strictly increasing block indices >= 0, got {list(pp_loc_list)}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, numbers.Real):
-            raise TypeError(f"threshold must be a number, got {self.threshold!r}")
-        if not math.isfinite(self.threshold) or self.threshold < 0:
-            raise ValueError(f"threshold must be a finite number >= 0, got {self.threshold}")
-        object.__setattr__(self, "threshold", float(self.threshold))
+        object.__setattr__(self, "threshold", _threshold_spec(self.threshold, len(pp_loc_list)))
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for flag in ("prop_attn", "trace_source"):
@@ -342,10 +361,34 @@ class PPTConfig:
         return ppt_config
 
     @property
+    def per_block_threshold(self) -> bool:
+        return isinstance(self.threshold, tuple)
+
+    def threshold_per_pp_block(self) -> List[float]:
+        """PPT's threshold at each PP block, in pp_loc_list order."""
+        return list(self.threshold) if self.per_block_threshold else [self.threshold] * len(self.pp_loc_list)
+
+    @property
+    def threshold_text(self) -> str:
+        """The threshold(s) as the tools print them: '7e-05', or one per PP block ('0 7e-05 1')."""
+        return " ".join(f"{t:g}" for t in self.threshold_per_pp_block()) if self.per_block_threshold \
+            else f"{self.threshold:g}"
+
+    @property
     def policy_threshold(self) -> float:
         """The variance threshold that gives the method's per-image policy: PPT's own; 0 makes every image prune
-        and infinity every image pool (so prune-only and pool-only are PPT's reduction with the choice fixed)."""
+        and infinity every image pool (so prune-only and pool-only are PPT's reduction with the choice fixed).
+        With one threshold per PP block, ask policy_threshold_at(block) instead."""
+        if self.per_block_threshold and self.method == DEFAULT_METHOD:
+            raise ValueError("this PPTConfig has one threshold per PP block: use policy_threshold_at(block)")
         return {"prune": 0.0, "pool": math.inf}.get(self.method, self.threshold)
+
+    def policy_threshold_at(self, block: int) -> float:
+        """policy_threshold for the PP block with this (model) block index."""
+        if block not in self.pp_loc_list:
+            raise ValueError(f"block {block} is not a PP block (pp_loc_list {list(self.pp_loc_list)})")
+        own = self.threshold_per_pp_block()[self.pp_loc_list.index(block)]
+        return {"prune": 0.0, "pool": math.inf}.get(self.method, own)
 
     def r_per_pp_block(self, depth: int) -> List[int]:
         """The i-th PP block takes the i-th value of the schedule over all blocks (the authors' `pop(0)`)."""

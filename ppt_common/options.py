@@ -97,6 +97,7 @@ class ModelOptions(Options):
     prop_attn: bool = True
     dense: bool = False
     pretrained: bool = False  # the model's official weights, downloaded once and cached
+    schedule: Optional[str] = None  # a schedule file (ppt_common.schedule): r and threshold per block instead
     img_size: Optional[int] = option(None, positive)  # None: the model's; another resamples the position embedding
 
     def arch(self):
@@ -168,6 +169,8 @@ def predictions_path(options: EvalOptions) -> Optional[str]:
 
 
 def ppt_config(options: ModelOptions) -> PPTConfig:
+    if getattr(options, "schedule", None) is not None:
+        return schedule_ppt_config(options)
     if options.target_gmacs is not None:
         choose_r_for_target(options)
     r_tokens = options.r_tokens if options.r_tokens is not None else [DEFAULT_R]
@@ -177,6 +180,28 @@ def ppt_config(options: ModelOptions) -> PPTConfig:
                          prop_attn=options.prop_attn, method=getattr(options, "method", DEFAULT_METHOD))
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
+
+
+def schedule_ppt_config(options: ModelOptions) -> PPTConfig:
+    """--schedule's PPTConfig, with --prop-attn and --method on top; refused beside the settings it replaces
+    (those still at their defaults are not 'given': ppt_cli's parser refuses them even when spelled out)."""
+    from ppt_common.schedule import load_schedule, schedule_config
+    defaults = {f.name: f.default for f in dataclasses.fields(options)}
+    given = [flag(name) for name in ("r_tokens", "target_gmacs", "dense", "pp_loc_list", "threshold")
+             if _differs(getattr(options, name), defaults[name])]
+    if given:
+        raise UsageError(f"--schedule sets r, the PP blocks and the thresholds: give it without {', '.join(given)}")
+    cfg = schedule_config(load_schedule(options.schedule, options.model), options.prop_attn)
+    try:
+        return dataclasses.replace(cfg, method=getattr(options, "method", DEFAULT_METHOD))
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _differs(value, default) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) != list(default)
+    return value != default
 
 
 def choose_r_for_target(options: ModelOptions) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -111,9 +112,10 @@ def build_report(options: EvalOptions, framework: str, metrics: Metrics, policie
         "config": {
             "model": options.model, "img_size": arch.img_size, "checkpoint": options.checkpoint, "pretrained": options.pretrained, "data_path": options.data_path or DEMO_DATA,
             "r_tokens": cfg.r if not isinstance(cfg.r, tuple) else list(cfg.r), "pp_loc_list": list(cfg.pp_loc_list),
-            "threshold": cfg.threshold, "method": cfg.method, "prop_attn": cfg.prop_attn, "batch_size": options.batch_size,
+            "threshold": cfg.threshold if not cfg.per_block_threshold else list(cfg.threshold), "method": cfg.method, "prop_attn": cfg.prop_attn, "batch_size": options.batch_size,
             "dtype": options.dtype, "limit": options.limit, "timing_batch_size": timing_batch,
             "data_config": dataclasses.asdict(data_config(options.model)), **extra_config,
+            **({"schedule": os.path.abspath(options.schedule)} if getattr(options, "schedule", None) else {}),
         },
     }
     if classes is not None and not classes.imagenet:  # a dataset of its own: its classes by name
@@ -153,7 +155,9 @@ def print_summary(report: dict, out=None) -> None:
     c = report["config"]
     applied = report["r_applied_per_pp_block"]
     capped = "" if applied == report["r_requested_per_pp_block"] else f" (capped at half the patches: {applied})"
-    rule = (f"threshold={c['threshold']:g}" if c.get("method", DEFAULT_METHOD) == DEFAULT_METHOD
+    threshold = c["threshold"]
+    threshold = " ".join(f"{t:g}" for t in threshold) if isinstance(threshold, (list, tuple)) else f"{threshold:g}"
+    rule = (f"threshold={threshold}" if c.get("method", DEFAULT_METHOD) == DEFAULT_METHOD
             else f"method={c['method']}")
     print(f"{report['framework']} | {c['model']} | r={c['r_tokens']} at {c['pp_loc_list']}{capped} "
           f"{rule} prop_attn={c['prop_attn']} | {c['dtype']}" + (" | EMA weights" if c.get("ema") else ""), file=out)

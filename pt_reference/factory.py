@@ -9,6 +9,7 @@ import torch
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
+from ppt_common.schedule import config_from_settings
 from ppt_common.config import MODEL_CONFIGS, ArchConfig, PPTConfig, RSpec
 from pt_reference.vision_transformer import apply_ppt
 
@@ -35,15 +36,16 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
                  ppt_config: Optional[PPTConfig] = None, r: Optional[RSpec] = None,
                  pp_loc_list: Optional[Sequence[int]] = None, threshold: Optional[float] = None,
                  prop_attn: Optional[bool] = None, trace_source: Optional[bool] = None,
-                 method: Optional[str] = None,
+                 method: Optional[str] = None, schedule=None,
                  trace: bool = False,
-                 dtype="float32", num_classes: Optional[int] = None, img_size: Optional[int] = None, ema: bool = False,
+                 dtype="float32", num_classes: Optional[int] = None, img_size: Optional[int] = None,
+                 ema: bool = False,
                  **training_flags) -> VisionTransformer:
     """The reference twin of ms_ppt.create_model (same arguments, same checkpoints)."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"unsupported dtype '{dtype}'; choose from {', '.join(SUPPORTED_DTYPES)}")
-    ppt_config = PPTConfig.from_settings(ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
-                                         prop_attn=prop_attn, trace_source=trace_source, method=method)
+    ppt_config = config_from_settings(name, schedule, ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
+                                      prop_attn=prop_attn, trace_source=trace_source, method=method)
     from convert import new_head, resolve_model
     arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, ema, **training_flags)
     model = build_timm_model(arch)

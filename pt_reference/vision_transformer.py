@@ -62,7 +62,7 @@ class PPTBlock(Block):
             unit = torch.ones_like(x[..., :1])
             merge_size = info["size"] if (cfg.prop_attn and info["size"] is not None) else unit
             x, info["size"], info["source"], plan = ppt.reduce_tokens(
-                x, scores, metric, merge_size, r, cfg.policy_threshold, source=info["source"],
+                x, scores, metric, merge_size, r, cfg.policy_threshold_at(self._ppt_index), source=info["source"],
                 num_prefix_tokens=prefix, method=cfg.method)
             if cfg.prop_attn:  # looked up once after each reduction, for the attention of every later block
                 info["log_size"] = ppt.log_sizes(info["size"], info["log_table"])

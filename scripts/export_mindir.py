@@ -41,7 +41,7 @@ def run(args) -> int:
     from ms_ppt.export import ExportOptions, export_mindir  # imported after run_tool has quieted MindSpore's logs
     done = export_mindir(options.to_options(args, ExportOptions))
     cfg = done["config"]
-    print(f"exported {args.model} (r={cfg.r} at {list(cfg.pp_loc_list)}, threshold {cfg.threshold:g}, "
+    print(f"exported {args.model} (r={cfg.r} at {list(cfg.pp_loc_list)}, threshold {cfg.threshold_text}, "
           f"{args.dtype}, input {done['input_shape']}) to {args.output}: {done['mib']:.1f} MiB in "
           f"{done['seconds']:.1f} s")
     if not args.checkpoint:

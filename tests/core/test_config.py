@@ -1,9 +1,11 @@
 """The r schedule, the static token trajectory, and the MAC counter."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 from ppt_common.config import PPTConfig, get_arch, parse_r, token_schedule
-from ppt_common.macs import gmacs, r_for_target_gmacs
+from ppt_common.macs import count_macs, gmacs, r_for_target_gmacs
 
 
 def test_trajectory_224_r50_at_3_6_9_is_197_147_97_49():
@@ -40,6 +42,35 @@ def test_per_pp_block_list_and_tome_schedule():
     assert parse_r(3, 7) == [7, 7, 7]
 
 
+def test_threshold_per_pp_block():
+    """The i-th PP block takes the i-th threshold; prune and pool still fix every block's choice."""
+    cfg = PPTConfig(r=(20, 30, 40), pp_loc_list=(2, 5, 9), threshold=[0, 7e-5, 1])
+    assert cfg.threshold == (0.0, 7e-5, 1.0) and cfg.per_block_threshold
+    assert [cfg.policy_threshold_at(b) for b in (2, 5, 9)] == [0.0, 7e-5, 1.0]
+    assert cfg.threshold_text == "0 7e-05 1"
+    pool = PPTConfig(pp_loc_list=(2, 5, 9), threshold=[0, 7e-5, 1], method="pool")
+    assert [pool.policy_threshold_at(b) for b in (2, 5, 9)] == [float("inf")] * 3
+    with pytest.raises(ValueError, match="policy_threshold_at"):
+        cfg.policy_threshold
+    with pytest.raises(ValueError, match="block 3 is not a PP block"):
+        cfg.policy_threshold_at(3)
+    uniform = PPTConfig(threshold=3e-5)  # one float: every PP block, as before
+    assert [uniform.policy_threshold_at(b) for b in (3, 6, 9)] == [3e-5] * 3 and not uniform.per_block_threshold
+    # the threshold changes no MAC: the similarity is counted wherever an image may pool (macs.similarity_macs)
+    assert count_macs(get_arch("deit_tiny_patch16_224"), cfg) == count_macs(
+        get_arch("deit_tiny_patch16_224"), dataclasses.replace(cfg, threshold=7e-5))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(threshold=[1e-5, 2e-5]), "threshold lists 2 values for 3 PP blocks"),
+    (dict(threshold=[1e-5, -1.0, 2e-5]), "each threshold value must be a finite number >= 0"),
+    (dict(threshold=[1e-5, float("inf"), 2e-5]), "each threshold value must be a finite number >= 0"),
+])
+def test_bad_per_block_thresholds_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PPTConfig(**kwargs)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(r=-1), "r must be >= 0"),
     (dict(threshold=-1.0), "threshold"),
@@ -64,6 +95,7 @@ def test_bad_settings_are_refused(kwargs, message):
     (dict(pp_loc_list=(3.0, 6, 9)), "pp_loc_list entry must be an integer"),  # not truncated
     (dict(pp_loc_list=None), "pp_loc_list must be a sequence"),
     (dict(threshold="7e-5"), "threshold must be a number"),
+    (dict(threshold=[7e-5, "1", 0]), "each threshold value must be a number"),
     (dict(prop_attn=1), "prop_attn must be True or False"),
 ])
 def test_wrong_types_are_refused_not_coerced(kwargs, message):
