@@ -51,8 +51,9 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
     backend) uses ms_ppt's compiled CPU kernels; turn it off for graphs meant to leave this machine (MindIR
     export)."""
     # the settings are checked before any slow checkpoint reading
-    ppt_config = config_from_settings(name, schedule, ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
-                                      prop_attn=prop_attn, trace_source=trace_source, method=method)
+    ppt_config = config_from_settings(name, schedule, ppt_config, img_size, r=r, pp_loc_list=pp_loc_list,
+                                      threshold=threshold, prop_attn=prop_attn, trace_source=trace_source,
+                                      method=method)
     dtype = resolve_dtype(dtype)
     from convert import new_head, resolve_model
     arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, ema, **training_flags)

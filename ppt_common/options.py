@@ -191,7 +191,7 @@ def schedule_ppt_config(options: ModelOptions) -> PPTConfig:
              if _differs(getattr(options, name), defaults[name])]
     if given:
         raise UsageError(f"--schedule sets r, the PP blocks and the thresholds: give it without {', '.join(given)}")
-    cfg = schedule_config(load_schedule(options.schedule, options.model), options.prop_attn)
+    cfg = schedule_config(load_schedule(options.schedule, options.model, options.arch().img_size), options.prop_attn)
     try:
         return dataclasses.replace(cfg, method=getattr(options, "method", DEFAULT_METHOD))
     except (TypeError, ValueError) as e:

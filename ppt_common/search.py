@@ -17,7 +17,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ppt_common.config import PPTConfig, get_arch, max_r
+from ppt_common.config import ArchConfig, PPTConfig, get_arch, max_r
 from ppt_common.macs import gmacs
 
 DEFAULT_THRESHOLDS = (0.0, 7e-5, 1.0)  # prune only, the paper's, pool only (1 exceeds every score variance)
@@ -54,9 +54,8 @@ def to_config(blocks: Blocks) -> PPTConfig:
                      threshold=tuple(blocks[b][1] for b in order))
 
 
-def feasible(model: str, blocks: Blocks) -> bool:
+def feasible(arch: ArchConfig, blocks: Blocks) -> bool:
     """Every r within what its block can remove (no clamping: the schedule file states what runs)."""
-    arch = get_arch(model)
     n = arch.num_tokens
     for b in sorted(blocks):
         r = blocks[b][0]
@@ -66,9 +65,8 @@ def feasible(model: str, blocks: Blocks) -> bool:
     return True
 
 
-def clamp_after(model: str, blocks: Blocks) -> Blocks:
+def clamp_after(arch: ArchConfig, blocks: Blocks) -> Blocks:
     """Later blocks' r lowered to what they can still remove once an earlier block removes more (0: dropped)."""
-    arch = get_arch(model)
     n, out = arch.num_tokens, {}
     for b in sorted(blocks):
         r = min(blocks[b][0], max_r(n, arch.num_prefix_tokens))
@@ -84,17 +82,16 @@ def step_size(settings: SearchSettings, current: float) -> float:
     return max(settings.step_gmacs, (current - settings.target_gmacs) / 4)
 
 
-def move(model: str, blocks: Blocks, block: int, threshold: float, settings: SearchSettings,
+def move(arch: ArchConfig, blocks: Blocks, block: int, threshold: float, settings: SearchSettings,
          current: float) -> Optional[Tuple[Blocks, float]]:
     """`block` removes more tokens with `threshold` (later blocks clamped): the smallest increment saving
     step_size, or reaching the budget if that comes first. None if the block can remove no more."""
-    arch = get_arch(model)
     r0, step = blocks.get(block, (0, threshold))[0], step_size(settings, current)
     for r in range(r0 + 1, arch.num_tokens):
         trial = {**blocks, block: (r, threshold)}
-        if not feasible(model, {b: v for b, v in trial.items() if b <= block}):
+        if not feasible(arch, {b: v for b, v in trial.items() if b <= block}):
             return None
-        trial = clamp_after(model, trial)
+        trial = clamp_after(arch, trial)
         cost = gmacs(arch, to_config(trial))
         if current - cost >= step or cost <= settings.target_gmacs:
             return trial, cost
@@ -104,14 +101,16 @@ def move(model: str, blocks: Blocks, block: int, threshold: float, settings: Sea
 class Search:
     """run(blocks) continues the greedy search from `blocks` until the budget is met. `runner` has run(cfg, start,
     states, keep) -> (logits, kept) and states_at(kept, block) (pt_reference.search.BlockRunner on the rank
-    images); `on_step(blocks, gmacs, kl, agreement)` is called after every move (the caller saves the file)."""
+    images); `on_step(blocks, gmacs, kl, agreement)` is called after every move (the caller saves the file).
+    `arch`: the model's architecture at the input size the schedule is for (default: the registered one)."""
 
     def __init__(self, model: str, runner, dense_logp: np.ndarray, settings: SearchSettings,
-                 on_step: Callable = None, progress=None):
+                 on_step: Callable = None, progress=None, arch: Optional[ArchConfig] = None):
         self.model, self.runner, self.dense_logp, self.settings = model, runner, dense_logp, settings
+        self.arch = arch or get_arch(model)
         self.on_step = on_step or (lambda *a: None)
         self.progress = progress
-        self.depth = get_arch(model).depth
+        self.depth = self.arch.depth
         self.evaluations = 0
 
     def score(self, blocks: Blocks, start: int, kept, keep: bool = False):
@@ -120,8 +119,7 @@ class Search:
         return kl_and_agreement(self.dense_logp, logits), new_kept
 
     def run(self, blocks: Blocks) -> Tuple[Blocks, float, float]:
-        s = self.settings
-        arch = get_arch(self.model)
+        s, arch = self.settings, self.arch
         cost = gmacs(arch, to_config(blocks))
         (kl, agree), kept = self.score(blocks, 0, None, keep=True)
         stale: Dict[Tuple[int, float], float] = {}
@@ -130,7 +128,7 @@ class Search:
             moves = {}
             for b in range(self.depth):
                 for t in s.thresholds:
-                    m = move(self.model, blocks, b, t, s, cost)
+                    m = move(arch, blocks, b, t, s, cost)
                     if m is not None:
                         moves[(b, t)] = m
             if not moves:

@@ -44,8 +44,9 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[str] = None, p
     """The reference twin of ms_ppt.create_model (same arguments, same checkpoints)."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"unsupported dtype '{dtype}'; choose from {', '.join(SUPPORTED_DTYPES)}")
-    ppt_config = config_from_settings(name, schedule, ppt_config, r=r, pp_loc_list=pp_loc_list, threshold=threshold,
-                                      prop_attn=prop_attn, trace_source=trace_source, method=method)
+    ppt_config = config_from_settings(name, schedule, ppt_config, img_size, r=r, pp_loc_list=pp_loc_list,
+                                      threshold=threshold, prop_attn=prop_attn, trace_source=trace_source,
+                                      method=method)
     from convert import new_head, resolve_model
     arch, state = resolve_model(name, checkpoint, num_classes, pretrained, img_size, ema, **training_flags)
     model = build_timm_model(arch)

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ppt_common.config import DEMO_MODEL, PPTConfig, get_arch
+from ppt_common.config import DEMO_MODEL, PPTConfig, get_arch, model_arch
 from ppt_common.data import iter_batches, load_items, pil_preprocess
 from ppt_common.errors import UsageError
 from ppt_common.files import check_output
@@ -76,6 +76,7 @@ class SearchOptions(Options):
     model: str = DEMO_MODEL
     checkpoint: Optional[str] = None
     pretrained: bool = False
+    img_size: Optional[int] = option(None, positive)  # search for the model at this input size (default its own)
     data_path: Optional[Sequence[str]] = None  # folders of images (their labels are not read)
     target_gmacs: Optional[float] = option(None, positive)
     output: Optional[str] = None  # the schedule file, rewritten after every move; an unfinished one is resumed
@@ -98,8 +99,10 @@ def file_digest(path: str) -> str:
 
 
 def identity(options: SearchOptions, paths: List[str], weights: str) -> dict:
-    """What a resumed search must share with the saved one."""
-    return {"model": options.model, "weights_sha256": file_digest(weights) if weights else None,
+    """What a resumed search must share with the saved one (img_size only when not the model's own)."""
+    size = model_arch(options.model, options.img_size).img_size
+    other_size = {"img_size": size} if size != get_arch(options.model).img_size else {}
+    return {"model": options.model, **other_size, "weights_sha256": file_digest(weights) if weights else None,
             "images_sha256": hashlib.sha256("\n".join(os.path.realpath(p) for p in paths).encode()).hexdigest(),
             "num_images": len(paths), "rank_images": min(options.rank_images, len(paths)),
             "target_gmacs": options.target_gmacs, "step_gmacs": options.step_gmacs,
@@ -110,7 +113,7 @@ def resume_from(options: SearchOptions, same: dict) -> Optional[dict]:
     """The saved schedule to continue, None to start afresh; another search's file is refused."""
     if options.force or not os.path.exists(options.output):
         return None
-    saved = load_schedule(options.output, options.model)
+    saved = load_schedule(options.output, options.model, options.img_size)
     search = saved.get("search", {})
     differs = [k for k in same if search.get(k) != same[k]]
     if differs:
@@ -127,8 +130,12 @@ def search_schedule(options: SearchOptions = None, **kwargs) -> dict:
         raise UsageError("--target-gmacs and --output are required")
     check_weights(options)
     check_output(options.output, force=True, option="--output")
-    dense_gmacs = gmacs(get_arch(options.model))
-    items = load_items(EvalOptions(model=options.model, data_path=options.data_path, limit=options.limit))
+    try:
+        arch = model_arch(options.model, options.img_size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    dense_gmacs = gmacs(arch)
+    items, _ = load_items(EvalOptions(model=options.model, data_path=options.data_path, limit=options.limit))
     weights = options.checkpoint
     if options.pretrained:
         from convert.hub import pretrained_weights
@@ -139,9 +146,9 @@ def search_schedule(options: SearchOptions = None, **kwargs) -> dict:
         print(f"{options.output}: the search is complete ({describe(saved)})")
         return saved
     from pt_reference.factory import create_model
-    model = create_model(options.model, checkpoint=weights, r=0, pp_loc_list=())
+    model = create_model(options.model, checkpoint=weights, r=0, pp_loc_list=(), img_size=options.img_size)
     skipped: List[str] = []
-    images = np.concatenate([b[0] for b in iter_batches(items, options.batch_size, pil_preprocess(options.model),
+    images = np.concatenate([b[0] for b in iter_batches(items, options.batch_size, pil_preprocess(options.model, options.img_size),
                                                         options.num_workers, "skip", skipped)])
     started = time.time()
     rank = min(options.rank_images, len(images))
@@ -156,14 +163,15 @@ def search_schedule(options: SearchOptions = None, **kwargs) -> dict:
     def save(current, cost, kl, agree):
         save_schedule(options.output, make_schedule(options.model, [(b, r, t) for b, (r, t) in current.items()],
                                                     search={**search_info, "seconds": round(time.time() - started, 1)},
-                                                    scores={"rank_kl": kl, "rank_agreement": agree}))
+                                                    scores={"rank_kl": kl, "rank_agreement": agree},
+                                                    img_size=options.img_size))
 
     from tqdm import tqdm
     with tqdm(total=max(dense_gmacs - options.target_gmacs, 0), disable=options.quiet, desc="search",
               unit="GMACs", bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} saved [{elapsed}<{remaining}{postfix}]") as bar:
-        bar.update(dense_gmacs - gmacs(get_arch(options.model), to_config(blocks)))
+        bar.update(dense_gmacs - gmacs(arch, to_config(blocks)))
         runner = BlockRunner(model, images[:rank], options.batch_size)
-        search = Search(options.model, runner, dense_logp[:rank], settings, save, bar)
+        search = Search(options.model, runner, dense_logp[:rank], settings, save, bar, arch)
         blocks, _, _ = search.run(blocks)
     logits, _ = full.run(to_config(blocks), 0, full.stem)
     kl, agree = kl_and_agreement(dense_logp, logits)
@@ -171,7 +179,7 @@ def search_schedule(options: SearchOptions = None, **kwargs) -> dict:
                              search={**search_info, "complete": True, "evaluations": search.evaluations,
                                      "seconds": round(time.time() - started, 1), "skipped_images": len(skipped)},
                              scores={"kl": kl, "agreement": agree, "num_images": len(images),
-                                     "dense_gmacs": round(dense_gmacs, 6)})
+                                     "dense_gmacs": round(dense_gmacs, 6)}, img_size=options.img_size)
     save_schedule(options.output, schedule)
     print(f"{describe(schedule)}\n  KL from dense {kl:.4f}, top-1 agreement {agree:.2%} on {len(images)} images; "
           f"{time.time() - started:.0f} s, {search.evaluations} partial forwards -> {options.output}")

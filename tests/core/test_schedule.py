@@ -117,3 +117,40 @@ def test_the_tools_options_take_the_schedule(tmp_path):
         ppt_config(EvalOptions(schedule=path, threshold=1e-4))  # the library refuses it as well
     with pytest.raises(UsageError, match="not for --model deit_small_patch16_224"):
         ppt_config(EvalOptions(schedule=path, model="deit_small_patch16_224"))
+
+
+def test_a_schedule_for_another_image_size_states_it_and_counts_tokens_and_macs_at_that_size(tmp_path):
+    from ppt_common.config import model_arch
+    big = [(2, 200, 0.0), (6, 100, 7e-5)]  # 200 is more than block 2 can remove at 224 px (98), not at 384 (288)
+    s = make_schedule(TINY, big, img_size=384)
+    assert s["img_size"] == 384
+    assert s["gmacs"] == round(gmacs(model_arch(TINY, 384), schedule_config(s)), 6)
+    assert "img_size" not in make_schedule(TINY, BLOCKS, img_size=224)  # the registered size is not recorded
+    path = str(tmp_path / "s384.json")
+    save_schedule(path, s)
+    assert load_schedule(path, TINY, 384) == s == load_schedule(path)
+    with pytest.raises(UsageError, match="at img_size 384, not at --img-size 224"):
+        load_schedule(path, TINY, 224)
+    with pytest.raises(UsageError, match="at img_size 384, not at --img-size 224"):
+        config_from_settings(TINY, path)  # create_model without img_size builds the model at 224
+    assert config_from_settings(TINY, path, img_size=384).r == (200, 100)
+    assert ppt_config(EvalOptions(schedule=path, img_size=384)).pp_loc_list == (2, 6)
+    with pytest.raises(UsageError, match="at img_size 384, not at --img-size 224"):
+        ppt_config(EvalOptions(schedule=path))
+    at_224 = {k: v for k, v in s.items() if k != "img_size"}
+    with pytest.raises(UsageError, match="r=200 is more than it can remove"):
+        load_schedule(at_224)
+    with pytest.raises(UsageError, match="not a multiple of"):
+        load_schedule(dict(s, img_size=390))
+
+
+def test_the_search_moves_within_the_token_counts_of_the_size_it_searches_at():
+    from ppt_common.config import model_arch
+    from ppt_common.search import SearchSettings, feasible, move
+    small, big = get_arch(TINY), model_arch(TINY, 384)
+    assert feasible(big, {2: (200, 0.0)}) and not feasible(small, {2: (200, 0.0)})
+    settings = SearchSettings(target_gmacs=1.0)
+    dense = gmacs(big)
+    trial, cost = move(big, {}, 2, 0.0, settings, dense)
+    assert cost == pytest.approx(gmacs(big, PPTConfig(r=trial[2][0], pp_loc_list=(2,), threshold=0.0)))
+    assert dense - cost >= (dense - 1.0) / 4  # a quarter of the way to the budget, counted at 384 px
