@@ -1,6 +1,8 @@
 """Accuracy against cost over a grid of PPT settings in MindSpore (what scripts/sweep.py runs): every setting is
 evaluated with eval_ms.py's preprocessing, batching and batch step on images decoded once, so each row equals
-eval_ms.py's report for that setting; the grid, table and plot are ppt_common.sweep's."""
+eval_ms.py's report for that setting; the grid, table and plot are ppt_common.sweep's. Schedule files
+(--schedules) are evaluated as settings of their own; every row gets its KL from the dense model and its top-1
+agreement with it (the dense model is evaluated in every run that adds rows)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +10,8 @@ import os
 import sys
 import time
 from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from ppt_common import evaluation as ev
 from ppt_common import sweep as table
@@ -34,6 +38,7 @@ class SweepOptions(Options):
     pp_loc_lists: Sequence[Union[str, Sequence[int]]] = (DEFAULT_PP_LOC_LIST,)  # (3, 6, 9) or "3 6 9"
     thresholds: Sequence[float] = option((DEFAULT_THRESHOLD,), at_least(0))
     methods: Sequence[str] = (DEFAULT_METHOD,)
+    schedules: Sequence[str] = ()  # schedule files (ppt_common.schedule), each a setting of its own
     resume_sweep: bool = False  # continue (or extend) the sweep in PREFIX.json
     force: bool = False  # replace an existing sweep instead
     batch_size: int = option(32, positive)
@@ -73,6 +78,13 @@ def check(args: SweepOptions):
             gmacs(arch, s.ppt_config())  # PP blocks outside the model, bad thresholds
     except ValueError as e:
         raise ev.UsageError(str(e)) from None
+    from ppt_common.schedule import load_schedule
+    keys = {s.key for s in settings}
+    for path in args.schedules:
+        setting = table.ScheduleSetting.of(load_schedule(path, args.model, arch.img_size), path)
+        if setting.key not in keys:  # one row per distinct schedule
+            settings.append(setting)
+            keys.add(setting.key)
     prefix = os.path.splitext(args.output)[0] if args.output.lower().endswith(OUTPUTS) else args.output
     paths = [prefix + suffix for suffix in OUTPUTS]  # --output res.json names res.json, res.csv, res.png
     try:
@@ -135,16 +147,25 @@ def run_sweep(options: SweepOptions = None, **kwargs) -> dict:
               f"{config['weights_sha256'][:12]}...), reused: {'; '.join(reused) or 'none'}"
               + (f"; its {len(kept)} other rows are kept" if kept else ""), file=sys.stderr)
     started = time.perf_counter()
-    for i, setting in enumerate(todo):
+
+    def evaluate(setting):
         model = create_model(args.model, num_classes=first.arch.num_classes, img_size=args.img_size,
                              ppt_config=setting.ppt_config(), trace=True)
         params_from_numpy(model, weights)
-        row = evaluate_setting(model, setting, batches, batch_size, args.mode == "graph")
+        return evaluate_setting(model, setting, batches, batch_size, args.mode == "graph")
+    dense_logits = None
+    if todo and todo[0].key != "dense":  # the dense row is in the table already: its logits are not
+        dense_logits = evaluate(settings[0])[1]
+    for i, setting in enumerate(todo):
+        row, logits = evaluate(setting)
+        dense_logits = logits if dense_logits is None else dense_logits
+        row["kl_dense"], row["agreement_dense"] = table.kl_from_dense(dense_logits, logits)
         rows = sorted(rows + [row], key=lambda r: order[r["setting"]])
         table.write_table(json_path, csv_path, rows, config)
         if not args.quiet:
-            print(f"[{i + 1}/{len(todo)}] {setting.key}: top-1 {row['top1']:.2f} %, {row['gmacs']:.4f} GMACs, "
-                  f"{row['images_per_s']:.1f} images/s ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+            print(f"[{i + 1}/{len(todo)}] {setting.key}: top-1 {row['top1']:.2f} %, KL from dense "
+                  f"{row['kl_dense']:.4f}, {row['gmacs']:.4f} GMACs, {row['images_per_s']:.1f} images/s "
+                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     calibration = None
     if args.calibrate:
         calibration = table.calibrate(rows)
@@ -157,7 +178,8 @@ def run_sweep(options: SweepOptions = None, **kwargs) -> dict:
 
 
 def evaluate_setting(model, setting, batches, batch_size: int, fixed_batch: bool) -> dict:
-    """Every evaluation's batch step (ev.score_batch) on the decoded batches, timing the forwards alone."""
+    """Every evaluation's batch step (ev.score_batch) on the decoded batches, timing the forwards alone: (the row,
+    the logits)."""
     from ms_ppt.factory import run_with_trace
     metrics = ev.Metrics()
     forward = {"seconds": 0.0, "images": 0}
@@ -174,8 +196,11 @@ def evaluate_setting(model, setting, batches, batch_size: int, fixed_batch: bool
         ev.score_batch(metrics, images, labels, paths, timed, batch_size, fixed_batch)
     result = metrics.result()
     pooled = (metrics.policy_matrix(len(model.pp_blocks)) == 1).sum(0).tolist()
-    return {"setting": setting.key, "method": setting.method if setting.r else None, "r_tokens": setting.r,
-            "pp_loc_list": list(setting.pp_loc_list),
-            "threshold": setting.threshold if setting.r and setting.method == DEFAULT_METHOD else None, **result,
-            "gmacs": gmacs(model.arch, setting.ppt_config()),
-            "images_per_s": forward["images"] / forward["seconds"], "pooled_per_block": pooled}
+    listed = (lambda v: list(v)) if isinstance(setting, table.ScheduleSetting) else (lambda v: v)
+    row = {"setting": setting.key, "method": setting.method if setting.r else None, "r_tokens": listed(setting.r),
+           "pp_loc_list": list(setting.pp_loc_list),
+           "threshold": listed(setting.threshold) if setting.r and setting.method == DEFAULT_METHOD else None,
+           **result, "gmacs": gmacs(model.arch, setting.ppt_config()),
+           "images_per_s": forward["images"] / forward["seconds"], "pooled_per_block": pooled,
+           "schedule": getattr(setting, "name", None)}
+    return row, np.concatenate(metrics.logits)

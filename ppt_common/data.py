@@ -18,11 +18,13 @@ def is_demo(options: EvalOptions) -> bool:
     return options.data_path is None
 
 
-def load_items(options: EvalOptions) -> Tuple[List[Tuple[str, int]], Classes]:
+def load_items(options: EvalOptions, labelled: bool = True) -> Tuple[List[Tuple[str, int]], Classes]:
     """The images of every --data-path, each file once (a folder given twice, or a root and its val/, would
-    otherwise count its images twice), and their classes (every folder must name the same ones)."""
+    otherwise count its images twice), and their classes (every folder must name the same ones). With
+    labelled=False, plain folders of images as well, unlabelled (datasets.find_images)."""
     try:
-        listed = [(path, find_images(path, split="val")) for path in (options.data_path or [DEMO_DATA])]
+        listed = [(path, find_images(path, split="val", labelled=labelled))
+                  for path in (options.data_path or [DEMO_DATA])]
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         raise UsageError(str(e)) from None
     classes = same_classes([(path, classes) for path, (_, classes) in listed])

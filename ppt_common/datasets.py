@@ -58,14 +58,18 @@ def image_root(data_path: str, split: Optional[str] = None) -> str:
     return data_path
 
 
-def find_images(data_path: str, split: Optional[str] = None, limit: Optional[int] = None
+def find_images(data_path: str, split: Optional[str] = None, limit: Optional[int] = None, labelled: bool = True
                 ) -> Tuple[List[Tuple[str, int]], Classes]:
     """([(path, label)], the classes) of a folder of class folders: `data_path` as named, or with a split a root's
     `data_path/split` (image_root). The only image lister: every tool reads its images here.
 
     WordNet-id folders get the standard 1000-class labels; other folders are labelled by their sorted names, as
-    torchvision's ImageFolder does (each class folder must hold an image)."""
+    torchvision's ImageFolder does (each class folder must hold an image). With labelled=False (a tool that reads
+    no labels: the schedule search) the folder's own images and those of its subfolders are listed, sorted, each
+    with label -1 and no classes: a plain folder of images will do."""
     root = image_root(data_path, split)
+    if not labelled:
+        return _unlabelled(root, limit), Classes(())
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not folders:
         raise ValueError(f"{root}: no class folders (expected <class>/*.jpg, e.g. ImageNet's val/<wnid>/*.JPEG)")
@@ -89,6 +93,16 @@ def find_images(data_path: str, split: Optional[str] = None, limit: Optional[int
     if not items:
         raise ValueError(f"{root}: class folders hold no images ({', '.join(IMAGE_EXTENSIONS)})")
     return (items[:limit] if limit else items), classes
+
+
+def _unlabelled(root: str, limit: Optional[int]) -> List[Tuple[str, int]]:
+    paths = []
+    for d in [""] + sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
+        paths += [os.path.join(root, d, f) for f in sorted(os.listdir(os.path.join(root, d)))
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(root, d, f))]
+    if not paths:
+        raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in it or in its folders")
+    return [(p, -1) for p in (paths[:limit] if limit else paths)]
 
 
 def same_classes(found: Sequence[Tuple[str, Classes]], what: str = "data") -> Classes:

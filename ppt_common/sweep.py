@@ -1,7 +1,9 @@
 """Accuracy against cost over a grid of PPT settings: the grid, the table (JSON and CSV, resumable) and the plot.
 
 Framework-neutral; scripts/sweep.py evaluates each setting in MindSpore with the eval tools' preprocessing and
-batching, so every row equals what eval_ms.py reports for that setting.
+batching, so every row equals what eval_ms.py reports for that setting. Schedule files (ppt_common.schedule, such as
+the search writes) are settings too, keyed by their blocks, r and thresholds, and marked apart in the plot. Every
+row also gives its mean KL divergence from the dense model's softmax and its top-1 agreement with dense.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ppt_common.config import DEFAULT_METHOD, METHODS, PPTConfig
 from ppt_common.files import json_writer, write_all
 
-COLUMNS = ["setting", "method", "r_tokens", "pp_loc_list", "threshold", "top1", "top5", "loss", "gmacs",
-           "images_per_s", "num_images", "pooled_per_block"]
+COLUMNS = ["setting", "method", "r_tokens", "pp_loc_list", "threshold", "top1", "top5", "loss", "kl_dense",
+           "agreement_dense", "gmacs", "images_per_s", "num_images", "pooled_per_block", "schedule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,46 @@ class Setting:
     def ppt_config(self) -> PPTConfig:
         return PPTConfig(r=self.r, pp_loc_list=self.pp_loc_list if self.r else (), threshold=self.threshold,
                          method=self.method)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleSetting:
+    """A schedule file's blocks, r and thresholds (r and threshold per block); `name` is the file it came from."""
+    pp_loc_list: Tuple[int, ...]
+    r: Tuple[int, ...]
+    threshold: Tuple[float, ...]
+    name: str = ""
+    method: str = DEFAULT_METHOD
+
+    @classmethod
+    def of(cls, schedule: dict, name: str) -> "ScheduleSetting":
+        rows = schedule["blocks"]
+        return cls(tuple(b["block"] for b in rows), tuple(b["r"] for b in rows),
+                   tuple(float(b["threshold"]) for b in rows), name)
+
+    @property
+    def key(self) -> str:
+        """By content, not by file name: the same schedule under two names is one row."""
+        blocks = " ".join(f"{b}:{r}@{t:g}" for b, r, t in zip(self.pp_loc_list, self.r, self.threshold))
+        return f"schedule {blocks or 'dense'}"
+
+    def ppt_config(self) -> PPTConfig:
+        if not self.r:
+            return PPTConfig(r=0, pp_loc_list=())
+        return PPTConfig(r=self.r, pp_loc_list=self.pp_loc_list, threshold=self.threshold)
+
+
+def kl_from_dense(dense_logits, logits) -> Tuple[float, float]:
+    """Mean KL(dense || setting) in nats over the images, and top-1 agreement with dense in %."""
+    import numpy as np
+
+    def log_softmax(z):
+        z = np.asarray(z, np.float64)
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+    p, q = log_softmax(dense_logits), log_softmax(logits)
+    kl = float(np.mean(np.sum(np.exp(p) * (p - q), 1)))
+    return kl, float(np.mean(p.argmax(1) == q.argmax(1)) * 100)
 
 
 def grid(r_values: Sequence[int], pp_loc_lists: Sequence[Sequence[int]], thresholds: Sequence[float],
@@ -127,7 +169,7 @@ def calibrate(rows: Sequence[dict]) -> List[dict]:
     broken by the lower loss, and its margin over the next best (in images and in loss), on the sweep's images."""
     groups: Dict[Tuple, List[dict]] = {}
     for row in rows:
-        if row["r_tokens"] and row.get("method", DEFAULT_METHOD) == DEFAULT_METHOD:
+        if row["r_tokens"] and row.get("method", DEFAULT_METHOD) == DEFAULT_METHOD and not row.get("schedule"):
             groups.setdefault((row["r_tokens"], tuple(row["pp_loc_list"])), []).append(row)
     choices = []
     for (r, pp), group in groups.items():
@@ -160,14 +202,18 @@ def curve_label(pp, method: str, threshold: Optional[float], with_pp: bool) -> s
 
 
 def plot(rows: Sequence[dict], png_path: str, title: str) -> None:
-    """Top-1 against GMACs (left) and against measured images/s (right): one curve per PP block list, method and
-    (for PPT) threshold, r along each curve, the dense model as a star."""
+    """Top-1 against GMACs (left), against measured images/s (middle) and KL from dense against GMACs (right, when
+    the rows have it): one curve per PP block list, method and (for PPT) threshold, r along each curve, the dense
+    model as a star, each schedule file a red diamond labelled with its file's name."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     curves: Dict[Tuple, List[dict]] = {}
     dense: Optional[dict] = None
+    schedules = [row for row in rows if row.get("schedule")]
     for row in rows:
+        if row.get("schedule"):
+            continue
         if row["r_tokens"] == 0:
             dense = row
         else:
@@ -175,17 +221,29 @@ def plot(rows: Sequence[dict], png_path: str, title: str) -> None:
             threshold = row["threshold"] if method == DEFAULT_METHOD else None
             curves.setdefault((tuple(row["pp_loc_list"]), method, threshold), []).append(row)
     pp_lists = {key[0] for key in curves}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for ax, x_key, x_label in ((axes[0], "gmacs", "GMACs per image"), (axes[1], "images_per_s", "images/s (measured)")):
+    panels = [("gmacs", "GMACs per image", "top1", "top-1 (%)"),
+              ("images_per_s", "images/s (measured)", "top1", "top-1 (%)")]
+    if any(row.get("kl_dense") is not None for row in rows):
+        panels.append(("gmacs", "GMACs per image", "kl_dense", "mean KL from dense (nats)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8))
+    for ax, (x_key, x_label, y_key, y_label) in zip(axes, panels):
+        def shown(points):
+            return [p for p in points if p.get(y_key) is not None]
         for (pp, method, threshold), points in sorted(curves.items(), key=lambda kv: curve_order(*kv[0])):
-            points = sorted(points, key=lambda p: p["r_tokens"])
-            ax.plot([p[x_key] for p in points], [p["top1"] for p in points], "o-", markersize=4,
+            points = shown(sorted(points, key=lambda p: p["r_tokens"]))
+            ax.plot([p[x_key] for p in points], [p[y_key] for p in points], "o-", markersize=4,
                     label=curve_label(pp, method, threshold, len(pp_lists) > 1))
-        if dense is not None:
-            ax.plot([dense[x_key]], [dense["top1"]], "k*", markersize=12, label="dense")
+        for row in shown(schedules):
+            ax.plot([row[x_key]], [row[y_key]], "D", color="red", markersize=7, markeredgecolor="black")
+            ax.annotate(os.path.basename(row["schedule"]), (row[x_key], row[y_key]), fontsize=6,
+                        xytext=(4, 4), textcoords="offset points")
+        if dense is not None and dense.get(y_key) is not None:
+            ax.plot([dense[x_key]], [dense[y_key]], "k*", markersize=12, label="dense")
         ax.set_xlabel(x_label)
-        ax.set_ylabel("top-1 (%)")
+        ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
+    if schedules:
+        axes[0].plot([], [], "D", color="red", markeredgecolor="black", label="schedule files (searched)")
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

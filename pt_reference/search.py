@@ -77,7 +77,7 @@ class SearchOptions(Options):
     checkpoint: Optional[str] = None
     pretrained: bool = False
     img_size: Optional[int] = option(None, positive)  # search for the model at this input size (default its own)
-    data_path: Optional[Sequence[str]] = None  # folders of images (their labels are not read)
+    data_path: Optional[Sequence[str]] = None  # folders of images, plain or in class folders (labels unread)
     target_gmacs: Optional[float] = option(None, positive)
     output: Optional[str] = None  # the schedule file, rewritten after every move; an unfinished one is resumed
     limit: int = option(256, positive)
@@ -135,7 +135,8 @@ def search_schedule(options: SearchOptions = None, **kwargs) -> dict:
     except ValueError as e:
         raise UsageError(str(e)) from None
     dense_gmacs = gmacs(arch)
-    items, _ = load_items(EvalOptions(model=options.model, data_path=options.data_path, limit=options.limit))
+    items, _ = load_items(EvalOptions(model=options.model, data_path=options.data_path, limit=options.limit),
+                          labelled=False)
     weights = options.checkpoint
     if options.pretrained:
         from convert.hub import pretrained_weights

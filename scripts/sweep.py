@@ -14,6 +14,8 @@ is rewritten after every setting: --resume-sweep continues an interrupted sweep,
 evaluating only the settings missing from it. Threshold 0 makes every image prune and a threshold above every variance makes every image pool.
 --methods adds the other reductions (prune, pool, prune_fuse, decouple_merge), each one curve, at the same r values.
 --calibrate adds, for each r and PP block list, the threshold with the best top-1 and its margin over the next best.
+--schedules FILE... adds schedule files (scripts/search_schedule.py's) as settings, marked apart in the plot. Every
+row has its mean KL divergence from the dense model's softmax and its top-1 agreement with dense (a third panel).
 """
 import argparse
 import sys
@@ -36,6 +38,9 @@ def build_parser():
     p.add_argument("--thresholds", type=float, nargs="+", default=[DEFAULT_THRESHOLD], help="PPT's thresholds")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=[DEFAULT_METHOD],
                    help="reductions to compare: ppt at each threshold, the others (one rule for every image) once")
+    p.add_argument("--schedules", nargs="+", default=[], metavar="FILE",
+                   help="schedule files (scripts/search_schedule.py's), each evaluated as a setting and marked in "
+                        "the plot")
     p.add_argument("--output", required=True, help="path prefix of the outputs: PREFIX.json, PREFIX.csv, PREFIX.png")
     p.add_argument("--resume-sweep", dest="resume_sweep", action="store_true",
                    help="continue the sweep in PREFIX.json (same images and model); --resume names weights, as in "

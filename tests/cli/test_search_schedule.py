@@ -1,13 +1,16 @@
-"""The schedule search on a handful of images: a schedule within its budget that loads and evaluates, resumed by
-running the same command again, and refused for another search's file."""
+"""The schedule search on a handful of images (a plain folder: labels are not read): a schedule within its budget
+that loads and evaluates, resumed by running the same command again, and refused for another search's file."""
 import json
+import glob
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT
+from ppt_common.config import DEMO_DATA
 from ppt_common.errors import UsageError
 from ppt_common.schedule import load_schedule, make_schedule, save_schedule
 
@@ -20,7 +23,12 @@ def test_search_gives_a_schedule_within_budget_that_loads_evaluates_and_resumes(
     from pt_reference.evaluation import evaluate
     from pt_reference.search import search_schedule
     out = str(tmp_path / "schedule.json")
-    done = subprocess.run([sys.executable, SCRIPT, "--output", out, *ARGS], capture_output=True, text=True)
+    photos = tmp_path / "photos"  # no class folders
+    photos.mkdir()
+    for path in sorted(glob.glob(os.path.join(DEMO_DATA, "val", "*", "*.jpg")))[:4]:
+        shutil.copy(path, photos / (os.path.basename(os.path.dirname(path)) + os.path.basename(path)))
+    done = subprocess.run([sys.executable, SCRIPT, "--output", out, "--data-path", str(photos), *ARGS],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     schedule = load_schedule(out, "deit_tiny_patch16_224")
     assert schedule["gmacs"] <= schedule["target_gmacs"] == 1.2 and schedule["blocks"]
@@ -30,17 +38,19 @@ def test_search_gives_a_schedule_within_budget_that_loads_evaluates_and_resumes(
     assert report["gmacs"] == pytest.approx(schedule["gmacs"], abs=1e-6)
     assert report["pp_blocks"] == [b["block"] for b in schedule["blocks"]]
     # the same command again: the finished search is reported, not redone
-    again = subprocess.run([sys.executable, SCRIPT, "--output", out, *ARGS], capture_output=True, text=True)
+    again = subprocess.run([sys.executable, SCRIPT, "--output", out, "--data-path", str(photos), *ARGS],
+                           capture_output=True, text=True)
     assert again.returncode == 0 and "the search is complete" in again.stdout
     # an unfinished file (its first block only, marked unfinished) is continued from its blocks
     first = schedule["blocks"][0]
     save_schedule(out, make_schedule("deit_tiny_patch16_224", [(first["block"], first["r"], first["threshold"])],
                                      search=dict(schedule["search"], complete=False)))
-    resumed = search_schedule(output=out, limit=4, rank_images=4, thresholds=(0.0, 1.0), target_gmacs=1.2,
-                              quiet=True)
+    resumed = search_schedule(output=out, data_path=[str(photos)], limit=4, rank_images=4, thresholds=(0.0, 1.0),
+                              target_gmacs=1.2, quiet=True)
     assert resumed["search"]["complete"] and resumed["gmacs"] <= 1.2
     assert [b for b in resumed["blocks"] if b["block"] < first["block"]] or \
         next(b for b in resumed["blocks"] if b["block"] == first["block"])["r"] >= first["r"]
     with pytest.raises(UsageError, match="holds a search with other target_gmacs"):
-        search_schedule(output=out, limit=4, rank_images=4, thresholds=(0.0, 1.0), target_gmacs=1.1, quiet=True)
+        search_schedule(output=out, data_path=[str(photos)], limit=4, rank_images=4, thresholds=(0.0, 1.0),
+                        target_gmacs=1.1, quiet=True)
     assert json.load(open(out))["target_gmacs"] == 1.2  # the refused run left the file alone

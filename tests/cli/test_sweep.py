@@ -143,3 +143,43 @@ def test_output_names_a_prefix_and_its_errors_say_what_to_do(tmp_path):
     res = run("sweep.py", "--output", tmp_path / "res.json", "--r-values", 16, "--limit", 1, "--batch-size", 1, *FAST)
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res.csv", "res.json", "res.png"]
+
+
+@pytest.mark.slow
+def test_schedule_files_are_settings_keyed_by_content_with_kl_from_dense(tmp_path):
+    from ppt_common.schedule import make_schedule, save_schedule
+    tiny = "deit_tiny_patch16_224"
+    uniform, searched = str(tmp_path / "uniform.json"), str(tmp_path / "searched.json")
+    save_schedule(uniform, make_schedule(tiny, [(3, 50, 7e-5), (6, 50, 7e-5), (9, 48, 7e-5)]))  # r=50 as it runs
+    save_schedule(searched, make_schedule(tiny, [(2, 30, 1.0), (5, 20, 0.0), (8, 25, 7e-5)]))
+    shutil.copy(searched, tmp_path / "again.json")  # the same schedule under another name: one row
+    prefix = tmp_path / "s"
+    res = run("sweep.py", "--r-values", 50, "--schedules", uniform, searched, tmp_path / "again.json",
+              "--output", prefix, "--limit", 4, "--batch-size", 4, *FAST)
+    assert res.returncode == 0, res.stderr
+    dense, grid_row, as_file, other = rows_of(prefix)
+    assert as_file["setting"] == "schedule 3:50@7e-05 6:50@7e-05 9:48@7e-05" and as_file["schedule"] == uniform
+    assert other["setting"] == "schedule 2:30@1 5:20@0 8:25@7e-05" and other["schedule"] == searched
+    assert other["r_tokens"] == [30, 20, 25] and other["threshold"] == [1.0, 0.0, 7e-5]
+    assert other["gmacs"] == pytest.approx(0.968059, abs=1e-6)  # the file's own count
+    assert dense["kl_dense"] == 0 and dense["agreement_dense"] == 100 and grid_row["schedule"] is None
+    # the paper's setting written as a file is that setting: the same selections, predictions and MACs
+    for key in ("top1", "gmacs", "pooled_per_block", "agreement_dense"):
+        assert as_file[key] == grid_row[key], key
+    assert as_file["kl_dense"] == pytest.approx(grid_row["kl_dense"], rel=1e-5, abs=1e-9)
+    assert grid_row["kl_dense"] > 0 and other["kl_dense"] > 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header = (tmp_path / "s.csv").read_text().splitlines()[0]
+    assert "kl_dense,agreement_dense" in header and header.endswith("schedule")
+    # extended by another schedule: the dense logits are recomputed for its KL, the rows before are kept
+    save_schedule(str(tmp_path / "late.json"), make_schedule(tiny, [(4, 40, 7e-5)]))
+    res = run("sweep.py", "--r-values", 50, "--schedules", tmp_path / "late.json", "--output", prefix, "--limit", 4,
+              "--batch-size", 4, "--resume-sweep", *FAST)
+    assert res.returncode == 0, res.stderr
+    rows = rows_of(prefix)
+    assert rows[:2] == [dense, grid_row] and rows[2]["setting"] == "schedule 4:40@7e-05"
+    assert rows[2]["kl_dense"] > 0 and len(rows) == 5
+    res = run("sweep.py", "--model", "deit_small_patch16_224", "--schedules", uniform, "--output", tmp_path / "x",
+              *FAST)
+    assert res.returncode == 2 and "not for --model deit_small_patch16_224" in res.stderr
+    assert not list(tmp_path.glob("x.*"))

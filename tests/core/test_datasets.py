@@ -72,3 +72,22 @@ def test_a_models_classes_are_checked_against_the_data():
     assert "stores no class names" in check_classes(2, own, None)  # e.g. a converted .pth of a fine-tune
     with pytest.raises(UsageError, match="head has 5 classes and no class names; data classes \\(2\\)"):
         check_classes(5, own, None)
+
+
+def test_a_plain_folder_of_images_is_listed_unlabelled_for_tools_that_read_no_labels(tmp_path):
+    from PIL import Image
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for name in ("b.jpg", "a.PNG"):
+        Image.new("RGB", (40, 30), "red").save(flat / name)
+    (flat / "notes.txt").write_text("not an image")
+    make(flat, ["holiday"])  # a subfolder's images count too
+    items, classes = find_images(str(flat), labelled=False)
+    assert items == [(str(flat / "a.PNG"), -1), (str(flat / "b.jpg"), -1), (str(flat / "holiday" / "0.png"), -1)]
+    assert len(classes) == 0
+    assert find_images(str(flat), labelled=False, limit=2)[0] == items[:2]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        find_images(str(tmp_path / "empty"), labelled=False)
+    labelled, _ = find_images(str(flat))  # labelled, the same folder is one class folder (holiday)
+    assert labelled == [(str(flat / "holiday" / "0.png"), 0)]
