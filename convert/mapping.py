@@ -96,7 +96,7 @@ def infer_arch(state: StateDict) -> Tuple[Optional[str], ArchConfig]:
                       in_chans=in_chans, num_prefix_tokens=prefix, no_embed_class=no_embed_class,
                       init_values=1e-6 if "blocks.0.ls1.gamma" in state else None, pre_norm=pre_norm,
                       norm_eps=1e-5 if pre_norm else 1e-6)
-    names = [n for n, a in MODEL_CONFIGS.items() if a == arch]
+    names = [n for n, a in MODEL_CONFIGS.items() if dataclasses.replace(a, num_classes=arch.num_classes) == arch]
     return (sorted(names)[0] if names else None), arch
 
 

@@ -29,7 +29,8 @@ FOOLBOX = os.path.join(SHARED_DATA, "foolbox-imagenet")
 
 
 LAST_GREEN = os.path.join(ROOT, ".ci", "last-green.txt")
-WATCHED = ("mindspore", "mindcv", "numpy", "torch", "torchvision", "timm", "safetensors", "pillow", "matplotlib")
+WATCHED = ("mindspore", "mindcv", "numpy", "torch", "torchvision", "timm", "safetensors", "pillow", "matplotlib",
+           "transformers")
 
 
 def pytest_report_header(config):

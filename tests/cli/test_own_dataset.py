@@ -28,11 +28,18 @@ def class_folders(root, per_class, names=tuple(COLOURS), seed=0):
 
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory):
-    """One epoch of 3 steps (batch 2) from random weights, EMA decay 0.5 so the EMA visibly lags the weights."""
+    """One epoch of 3 steps (batch 2) from an ImageNet-1k checkpoint (timm's file of a random-weight DeiT-Tiny), so
+    the run puts a new 3-class head on its backbone; EMA decay 0.5 so the EMA visibly lags the weights."""
+    import torch
+    from ppt_common.config import get_arch
+    from pt_reference.factory import build_timm_model
     tmp = tmp_path_factory.mktemp("own")
     class_folders(tmp / "data" / "train", 2)
     class_folders(tmp / "data" / "val", 1, seed=1)
-    res = run_script("train_ms.py", "--data-path", tmp / "data", "--output_dir", tmp / "out", "--epochs", "1",
+    torch.manual_seed(0)
+    torch.save(build_timm_model(get_arch("deit_tiny_patch16_224")).state_dict(), tmp / "imagenet.pth")
+    res = run_script("train_ms.py", "--resume", tmp / "imagenet.pth", "--data-path", tmp / "data",
+                     "--output_dir", tmp / "out", "--epochs", "1",
                      "--batch_size", "2", "--lr", "0.2", "--warmup-epochs", "0", "--mode", "pynative",
                      "--num_workers", "0", "--mixup", "0", "--cutmix", "0", "--no-repeated-aug", "--drop-path", "0",
                      "--model-ema-decay", "0.5", "--quiet")
@@ -44,6 +51,7 @@ def fine_tuned(tmp_path_factory):
 def test_fine_tune_on_own_class_folders_stores_their_names_and_reports_both_accuracies(fine_tuned):
     tmp, res = fine_tuned
     assert "classes (3): cat, dog, fox, head 3" in res.stderr
+    assert "the checkpoint's 1000-class head was left out; a new 3-class head is initialised" in res.stderr
     row = json.loads((tmp / "out" / "log.txt").read_text())
     assert row["train_steps"] == 3 and row["test_images"] == 3 and np.isfinite(row["train_loss"])
     for key in ("test_acc1", "test_acc1_ema", "test_loss", "test_loss_ema"):

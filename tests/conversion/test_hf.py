@@ -324,3 +324,19 @@ def test_the_tools_take_a_folder_as_their_checkpoint(tmp_path):
     check_weights(EvalOptions(checkpoint=folder))
     with pytest.raises(UsageError, match="neither a file nor a Hugging Face model folder"):
         check_weights(EvalOptions(checkpoint=str(tmp_path)))
+
+
+def test_a_fine_tuned_checkpoint_goes_to_the_hub_format_with_its_class_names(tmp_path):
+    """A train_ms.py checkpoint of 3 classes: its name is still DeiT-Tiny's, and id2label are its stored names."""
+    import dataclasses
+    from ppt_common.config import get_arch
+    arch = dataclasses.replace(get_arch("deit_tiny_patch16_224"), num_classes=3)
+    rng = np.random.RandomState(0)
+    entries = [{"name": k, "data": ms.Tensor(rng.randn(*shape).astype(np.float32) * 0.02)}
+               for k, shape in convert.expected_shapes(arch).items()]
+    ms.save_checkpoint(entries, str(tmp_path / "pets.ckpt"),
+                       append_dict={"class_names": json.dumps(["cat", "dog", "fox"])})
+    assert convert.ms2pt(tmp_path / "pets.ckpt", tmp_path / "pets-hf", format="hf") == "deit_tiny_patch16_224"
+    config = json.loads((tmp_path / "pets-hf" / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "fox"}
+    assert config["label2id"] == {"cat": 0, "dog": 1, "fox": 2}
