@@ -33,7 +33,7 @@ class LayerNorm(nn.Cell):
         self.eps = eps
         self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
         op = kernels.layer_norm()
-        self.kernel = FastLayerNorm(op) if op is not None else None
+        self.kernel = FastLayerNorm(op, kernels.layer_norm_backward()) if op is not None else None
         self.fused = self.kernel is not None
         self.eps_tensor = Tensor([eps], ms.float64)
 

@@ -45,6 +45,9 @@ class Kernels:
     def layer_norm(self):
         return ops.layer_norm_op() if self.on else None
 
+    def layer_norm_backward(self):
+        return ops.layer_norm_backward_op() if self.on else None
+
     def swap_axes(self):
         return ops.swap_axes_op() if self.on else None
 

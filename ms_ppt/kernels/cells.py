@@ -9,16 +9,22 @@ from ms_ppt.kernels.ops import swap_axes_op
 
 
 class FastLayerNorm(nn.Cell):
-    """The compiled float32 LayerNorm (kernels/layer_norm_cpu.cc) with LayerNorm's backward as graph ops."""
+    """The compiled float32 LayerNorm (kernels/layer_norm_cpu.cc) with LayerNorm's backward: the compiled backward
+    (kernels.ops.layer_norm_backward_op) where given, else as graph ops."""
 
-    def __init__(self, op):
+    def __init__(self, op, backward_op=None):
         super().__init__()
         self.op = op
+        self.backward_op = backward_op
+        self.fused_backward = backward_op is not None
 
     def construct(self, x, weight, bias, eps):
         return self.op(x, weight, bias, eps)
 
     def bprop(self, x, weight, bias, eps, out, dout):
+        if self.fused_backward:
+            dx, dweight, dbias = self.backward_op(x, weight, dout, eps)
+            return dx, dweight, dbias, ops.zeros_like(eps)
         n = x.shape[-1]
         centred = x - ops.broadcast_to(ops.mean(x, -1, True), x.shape)
         rstd = ops.broadcast_to(ops.rsqrt(ops.mean(centred * centred, -1, True) + eps.astype(x.dtype)), x.shape)

@@ -10,7 +10,7 @@ import ms_ppt
 from conftest import DEIT_TINY
 from ms_ppt.factory import run_with_trace
 from ms_ppt.kernels import Kernels, compiler, ops as kernel_ops
-from ms_ppt.kernels.cells import BiasGELU, QkvHeads, ScaledSoftmax, ScaledSoftmaxLogSize, SwapMiddleAxes
+from ms_ppt.kernels.cells import BiasGELU, FastLayerNorm, QkvHeads, ScaledSoftmax, ScaledSoftmaxLogSize, SwapMiddleAxes
 from ms_ppt.layers import GELU, LayerNorm, PatchProjection
 from ms_ppt.vision_transformer import TokenReduction
 from ppt_common.trace import compare_traces
@@ -77,6 +77,42 @@ def test_layer_norm_kernel_matches_float64_layer_norm_and_its_gradient(mode):
     fast, mindspore_kernel = np.array(errors[True]), np.array(errors[False])
     assert (fast < 2e-6).all() and (mindspore_kernel < 2e-6).all(), errors  # relative to the largest value
     assert fast[0] <= mindspore_kernel[0]  # statistics in double: the forward is the more accurate one
+
+
+class WeightedLayerNorm(nn.Cell):
+    def __init__(self, cell, eps):
+        super().__init__()
+        self.cell, self.eps = cell, eps
+
+    def construct(self, x, w, b, d):
+        return (self.cell(x, w, b, self.eps) * d).sum()
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_layer_norm_backward_kernel_is_the_graph_backward_in_double(mode):
+    """The compiled backward (one op) gives LayerNorm's gradients at least as accurately as the graph-op backward
+    it replaces, and both agree with float64 to float32 rounding."""
+    need_kernel("layer_norm_cpu")
+    ms.set_context(mode=mode)
+    rng = np.random.RandomState(1)
+    x = (rng.randn(3, 50, 64) * 2 - 1).astype(np.float32)
+    w, b, dout = rng.randn(64).astype(np.float32), rng.randn(64).astype(np.float32), rng.randn(3, 50, 64)
+    x_hat, _ = layer_norm_float64(x, w, b, 1e-6)
+    g = dout * w
+    expected = [(g - g.mean(-1, keepdims=True) - x_hat * (g * x_hat).mean(-1, keepdims=True)) / np.sqrt(
+        x.astype(np.float64).var(-1, keepdims=True) + 1e-6), (dout * x_hat).reshape(-1, 64).sum(0),
+        dout.reshape(-1, 64).sum(0)]
+    eps = ms.Tensor([1e-6], ms.float64)
+    errors = {}
+    for backward_op in (kernel_ops.layer_norm_backward_op(), None):
+        cell = FastLayerNorm(kernel_ops.layer_norm_op(), backward_op)
+        assert cell.fused_backward == (backward_op is not None)
+        grads = ms.grad(WeightedLayerNorm(cell, eps), grad_position=(0, 1, 2))(
+            ms.Tensor(x), ms.Tensor(w), ms.Tensor(b), ms.Tensor(dout.astype(np.float32)))
+        errors[backward_op is not None] = np.array([np.abs(got.asnumpy() - want).max() / np.abs(want).max()
+                                                    for got, want in zip(grads, expected)])
+    assert (errors[True] < 2e-7).all() and (errors[False] < 2e-6).all(), errors
+    assert (errors[True] <= errors[False]).all(), errors
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
