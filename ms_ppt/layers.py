@@ -136,8 +136,8 @@ class Attention(nn.Cell):
         softmax_op = kernels.scaled_softmax(use_size) if heads_op is not None else None
         self.fused = heads_op is not None and softmax_op is not None
         self.qkv_heads = QkvHeads(heads_op) if self.fused else None
-        self.softmax = (ScaledSoftmaxLogSize if use_size else ScaledSoftmax)(softmax_op, self.scale) \
-            if self.fused else None
+        self.softmax = (ScaledSoftmaxLogSize if use_size else ScaledSoftmax)(
+            softmax_op, self.scale, kernels.scaled_softmax_backward(use_size)) if self.fused else None
 
     def unfuse(self) -> None:
         """See GELU.unfuse."""

@@ -57,6 +57,9 @@ class Kernels:
     def scaled_softmax(self, with_log_size: bool):
         return ops.scaled_softmax_op(with_log_size) if self.on else None
 
+    def scaled_softmax_backward(self, with_log_size: bool):
+        return ops.scaled_softmax_backward_op(with_log_size) if self.on else None
+
     def ppt_reduce(self, r: int):
         return ops.ppt_reduce_op(r) if self.on else None
 

@@ -85,16 +85,21 @@ def softmax_grad(probs, dout):
 class ScaledSoftmax(nn.Cell):
     """softmax(scores * scale) over the last axis, by the compiled kernel (kernels.ops.scaled_softmax_op)."""
 
-    def __init__(self, op, scale: float):
+    def __init__(self, op, scale: float, backward_op=None):
+        """backward_op: kernels.ops.scaled_softmax_backward_op (the compiled backward), or None for graph ops."""
         super().__init__()
         self.op = op
         self.scale = scale
         self.scale_tensor = Tensor([scale], ms.float32)
+        self.backward_op = backward_op
+        self.fused_backward = backward_op is not None
 
     def construct(self, scores):
         return self.op(scores, self.scale_tensor)
 
     def bprop(self, scores, out, dout):
+        if self.fused_backward:
+            return (self.backward_op(out, dout, self.scale_tensor),)
         return (softmax_grad(out, dout) * self.scale,)
 
 
@@ -106,6 +111,9 @@ class ScaledSoftmaxLogSize(ScaledSoftmax):
         return self.op(scores, self.scale_tensor, log_size)
 
     def bprop(self, scores, log_size, out, dout):
+        if self.fused_backward:
+            dscores, dlog_size = self.backward_op(out, dout, self.scale_tensor)
+            return dscores, dlog_size
         dlogits = softmax_grad(out, dout)
         return dlogits * self.scale, dlogits.sum((1, 2))
 

@@ -92,6 +92,22 @@ def scaled_softmax_op(with_log_size: bool):
                       func_type="aot")
 
 
+def scaled_softmax_backward_op(with_log_size: bool):
+    """An ops.Custom computing the backward of scaled_softmax_op(with_log_size) from its output p and gradient g
+    (float32), or None: (p, g, scale[1]) -> dscores, or with `with_log_size` (dscores, dlog_size [B, N]); the
+    rows' dots and the log-size sums in double."""
+    path = build("softmax_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+    if with_log_size:
+        return ops.Custom(f"{path}:ScaledSoftmaxLogSizeBackward",
+                          out_shape=lambda p, g, scale: (p, (p[0], p[3])), out_dtype=lambda p, g, scale: (p, p),
+                          func_type="aot")
+    return ops.Custom(f"{path}:ScaledSoftmaxBackward", out_shape=lambda p, g, scale: p,
+                      out_dtype=lambda p, g, scale: p, func_type="aot")
+
+
 def ppt_reduce_op(r: int):
     """An ops.Custom computing PPT's reduction (ms_ppt.ppt.importance_scores, the merge metric, ppt.decide,
     ppt.apply_reduction) on float32 CPU tensors for a fixed r, or None.

@@ -202,8 +202,8 @@ def test_bias_gelu_kernel_is_bias_add_then_gelu_and_its_gradient(rng):
 @pytest.mark.parametrize("with_log_size", [False, True], ids=["plain", "proportional"])
 def test_scaled_softmax_kernel_matches_float64_softmax_and_the_graph_gradient(rng, with_log_size):
     """softmax(scores * scale [+ log size]) with the logits rounded as the graph ops round them: closer to the
-    float64 softmax than MindSpore's own CPU Softmax (PyTorch's accuracy class); the gradient is the graph ops'
-    and reaches the scores (times scale) and the log sizes."""
+    float64 softmax than MindSpore's own CPU Softmax (PyTorch's accuracy class); the gradient, by graph ops or by the
+    compiled backward, is the graph ops' and reaches the scores (times scale) and the log sizes."""
     need_kernel("softmax_cpu")
     ms.set_context(mode=ms.GRAPH_MODE)
     B, H, M, N, scale = 2, 3, 5, 37, 8 ** -0.5
@@ -230,12 +230,24 @@ def test_scaled_softmax_kernel_matches_float64_softmax_and_the_graph_gradient(rn
     error = {name: (np.abs(cell(*inputs).asnumpy() - exact) / exact).max()
              for name, cell in (("kernel", fused), ("mindspore", GraphOps()))}
     assert error["kernel"] < 1.5e-6 and error["kernel"] <= error["mindspore"] < 1e-5, error
-    got_grads, want_grads = grads_of(fused, *args, cotangents), grads_of(GraphOps(), *args, cotangents)
-    if not with_log_size:
-        got_grads, want_grads = (got_grads,), (want_grads,)
-    for got, want in zip(got_grads, want_grads):
-        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-6)
-        assert np.abs(want.asnumpy()).max() > 1e-3
+    want_grads = grads_of(GraphOps(), *args, cotangents)
+    want_grads = want_grads if with_log_size else (want_grads,)
+    g = cotangents[0].asnumpy().astype(np.float64)
+    dlogits = exact * (g - (g * exact).sum(-1, keepdims=True))  # float64
+    exact_grads = (dlogits * scale, dlogits.sum((1, 2)))
+    compiled = kernel_ops.scaled_softmax_backward_op(with_log_size)
+    backward_error = {}
+    for cell in (fused, type(fused)(op, scale, compiled)):
+        got_grads = grads_of(cell, *args, cotangents)
+        got_grads = got_grads if with_log_size else (got_grads,)
+        for got, want in zip(got_grads, want_grads):
+            np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-6)
+            assert np.abs(want.asnumpy()).max() > 1e-3
+        backward_error[cell.fused_backward] = max(np.abs(got.asnumpy() - want).max() / np.abs(want).max()
+                                                  for got, want in zip(got_grads, exact_grads))
+    # the compiled backward (dots and sums in double) is no less accurate than the graph ops' backward
+    assert backward_error[True] <= backward_error[False] * 1.01 + 1e-7 and backward_error[True] < 2e-6, \
+        backward_error
 
 
 def test_fused_attention_and_mlp_are_dropped_for_other_dtypes():
