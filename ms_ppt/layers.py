@@ -264,7 +264,7 @@ class Mlp(nn.Cell):
         self.drop2 = nn.Dropout(p=drop)
         op = kernels.bias_gelu() if act == "gelu" else None
         self.fused = op is not None
-        self.bias_act = BiasGELU(op, GELU()) if self.fused else None
+        self.bias_act = BiasGELU(op, GELU(), kernels.bias_gelu_backward()) if self.fused else None
 
     def unfuse(self) -> None:
         """See GELU.unfuse."""

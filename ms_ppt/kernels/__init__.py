@@ -42,6 +42,9 @@ class Kernels:
     def bias_gelu(self):
         return ops.bias_gelu_op() if self.on else None
 
+    def bias_gelu_backward(self):
+        return ops.bias_gelu_backward_op() if self.on else None
+
     def layer_norm(self):
         return ops.layer_norm_op() if self.on else None
 

@@ -123,15 +123,21 @@ class BiasGELU(nn.Cell):
     bit-identical to BiasAdd then GELU; the backward is GELU's, the bias's summed. `gelu`: a graph-op
     ms_ppt.layers.GELU, whose derivative the backward takes."""
 
-    def __init__(self, op, gelu):
+    def __init__(self, op, gelu, backward_op=None):
+        """backward_op: kernels.ops.bias_gelu_backward_op (the compiled backward), or None for graph ops."""
         super().__init__()
         self.op = op
         self.gelu = gelu
+        self.backward_op = backward_op
+        self.fused_backward = backward_op is not None
 
     def construct(self, x, bias):
         return self.op(x, bias)
 
     def bprop(self, x, bias, out, dout):
+        if self.fused_backward:
+            dx, dbias = self.backward_op(x, bias, dout)
+            return dx, dbias
         dx = dout * self.gelu.derivative(x + ops.broadcast_to(bias, x.shape))  # layers.broadcast_add
         return dx, dx.reshape(-1, bias.shape[0]).sum(0)
 

@@ -23,6 +23,17 @@ def bias_gelu_op():
     return ops.Custom(f"{path}:BiasGeluErf", out_shape=lambda x, b: x, out_dtype=lambda x, b: x, func_type="aot")
 
 
+def bias_gelu_backward_op():
+    """An ops.Custom computing bias_gelu_op's backward on float32 CPU tensors, or None: (x, b, dout) -> (dx, db),
+    db summed in double."""
+    path = build("gelu_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+    return ops.Custom(f"{path}:BiasGeluErfBackward", out_shape=lambda x, b, d: (x, b),
+                      out_dtype=lambda x, b, d: (x, b), func_type="aot")
+
+
 def layer_norm_op():
     """An ops.Custom computing LayerNorm over the last axis on float32 CPU tensors, or None.
 

@@ -199,6 +199,30 @@ def test_bias_gelu_kernel_is_bias_add_then_gelu_and_its_gradient(rng):
         np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-6, atol=1e-5)
 
 
+def test_bias_gelu_backward_kernel_is_gelus_derivative_to_float32_accuracy(rng):
+    """The compiled backward of gelu(x + b): dx and db as the graph-op backward gives them, and as close to the
+    float64 derivative (Phi(z) + z phi(z))."""
+    need_kernel("gelu_cpu")
+    import math
+    erf = np.vectorize(math.erf)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x, bias = (rng.randn(64, 96) * 3).astype(np.float32), rng.randn(96).astype(np.float32)
+    dout = rng.randn(64, 96).astype(np.float32)
+    z = (x + bias).astype(np.float64)  # x + b is exact in float64
+    exact_dx = dout * (0.5 * (1 + erf(z / np.sqrt(2))) + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi))
+    exact = (exact_dx, exact_dx.sum(0))
+    args, cotangents = (ms.Tensor(x), ms.Tensor(bias)), (ms.Tensor(dout),)
+    compiled = BiasGELU(kernel_ops.bias_gelu_op(), GELU(), kernel_ops.bias_gelu_backward_op())
+    assert compiled.fused_backward
+    errors = {}
+    for cell in (BiasGELU(kernel_ops.bias_gelu_op(), GELU()), compiled):
+        grads = grads_of(cell, *args, cotangents)
+        errors[cell.fused_backward] = [np.abs(got.asnumpy() - want).max() / np.abs(want).max()
+                                       for got, want in zip(grads, exact)]
+    assert max(errors[True]) < 1e-6 and max(errors[False]) < 1e-6, errors
+    assert errors[True][1] <= errors[False][1] * 1.01 + 1e-8, errors  # db summed in double
+
+
 @pytest.mark.parametrize("with_log_size", [False, True], ids=["plain", "proportional"])
 def test_scaled_softmax_kernel_matches_float64_softmax_and_the_graph_gradient(rng, with_log_size):
     """softmax(scores * scale [+ log size]) with the logits rounded as the graph ops round them: closer to the
