@@ -8,6 +8,7 @@ Five kernel files (docs/performance.md has the measurements):
   unlike MindSpore's CPU Transpose, holds no buffers for the graph's lifetime; and the qkv head split with the
   qkv bias added in the same copy (float32);
 - softmax_cpu.cc: the attention's scale, proportional-attention bias and softmax in one pass (float32);
+- the backwards of GELU (with fc1's bias), LayerNorm and the scaled softmax, in the same files, for training;
 - ppt_reduce_cpu.cc: PPT's whole token reduction (importance scores, policy, ranking, matching, merge) in one
   call, replacing ~75 small graph ops per PP block with the same decisions (float32).
 
