@@ -33,7 +33,7 @@ class LayerNorm(nn.Cell):
         self.eps = eps
         self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
         op = kernels.layer_norm()
-        self.kernel = FastLayerNorm(op) if op is not None else None
+        self.kernel = FastLayerNorm(op, kernels.layer_norm_backward()) if op is not None else None
         self.fused = self.kernel is not None
         self.eps_tensor = Tensor([eps], ms.float64)
 
@@ -136,8 +136,8 @@ class Attention(nn.Cell):
         softmax_op = kernels.scaled_softmax(use_size) if heads_op is not None else None
         self.fused = heads_op is not None and softmax_op is not None
         self.qkv_heads = QkvHeads(heads_op) if self.fused else None
-        self.softmax = (ScaledSoftmaxLogSize if use_size else ScaledSoftmax)(softmax_op, self.scale) \
-            if self.fused else None
+        self.softmax = (ScaledSoftmaxLogSize if use_size else ScaledSoftmax)(
+            softmax_op, self.scale, kernels.scaled_softmax_backward(use_size)) if self.fused else None
 
     def unfuse(self) -> None:
         """See GELU.unfuse."""
@@ -264,7 +264,7 @@ class Mlp(nn.Cell):
         self.drop2 = nn.Dropout(p=drop)
         op = kernels.bias_gelu() if act == "gelu" else None
         self.fused = op is not None
-        self.bias_act = BiasGELU(op, GELU()) if self.fused else None
+        self.bias_act = BiasGELU(op, GELU(), kernels.bias_gelu_backward()) if self.fused else None
 
     def unfuse(self) -> None:
         """See GELU.unfuse."""

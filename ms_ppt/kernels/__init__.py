@@ -8,6 +8,7 @@ Five kernel files (docs/performance.md has the measurements):
   unlike MindSpore's CPU Transpose, holds no buffers for the graph's lifetime; and the qkv head split with the
   qkv bias added in the same copy (float32);
 - softmax_cpu.cc: the attention's scale, proportional-attention bias and softmax in one pass (float32);
+- the backwards of GELU (with fc1's bias), LayerNorm and the scaled softmax, in the same files, for training;
 - ppt_reduce_cpu.cc: PPT's whole token reduction (importance scores, policy, ranking, matching, merge) in one
   call, replacing ~75 small graph ops per PP block with the same decisions (float32).
 
@@ -42,8 +43,14 @@ class Kernels:
     def bias_gelu(self):
         return ops.bias_gelu_op() if self.on else None
 
+    def bias_gelu_backward(self):
+        return ops.bias_gelu_backward_op() if self.on else None
+
     def layer_norm(self):
         return ops.layer_norm_op() if self.on else None
+
+    def layer_norm_backward(self):
+        return ops.layer_norm_backward_op() if self.on else None
 
     def swap_axes(self):
         return ops.swap_axes_op() if self.on else None
@@ -53,6 +60,9 @@ class Kernels:
 
     def scaled_softmax(self, with_log_size: bool):
         return ops.scaled_softmax_op(with_log_size) if self.on else None
+
+    def scaled_softmax_backward(self, with_log_size: bool):
+        return ops.scaled_softmax_backward_op(with_log_size) if self.on else None
 
     def ppt_reduce(self, r: int):
         return ops.ppt_reduce_op(r) if self.on else None

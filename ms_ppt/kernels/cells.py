@@ -1,5 +1,7 @@
-"""The cells around ms_ppt's compiled kernels (kernels.ops): each runs its op forward and gives it a backward made
-of graph ops (the ops have none of their own). The layers (ms_ppt.layers, ms_ppt.vision_transformer) hold them
+"""The cells around ms_ppt's compiled kernels (kernels.ops): each runs its op forward and gives it a backward (the
+ops have none of their own): LayerNorm, the scaled softmax and bias-GELU through compiled backward ops where given
+(float32 CPU training: their graph-op backwards cost ~20 % of a step), the others, and those without one, as
+graph ops. The layers (ms_ppt.layers, ms_ppt.vision_transformer) hold them
 where their model's Kernels switch (ms_ppt.kernels.Kernels) gives them an op; tests and tools build them alone.
 """
 import mindspore as ms
@@ -9,16 +11,22 @@ from ms_ppt.kernels.ops import swap_axes_op
 
 
 class FastLayerNorm(nn.Cell):
-    """The compiled float32 LayerNorm (kernels/layer_norm_cpu.cc) with LayerNorm's backward as graph ops."""
+    """The compiled float32 LayerNorm (kernels/layer_norm_cpu.cc) with LayerNorm's backward: the compiled backward
+    (kernels.ops.layer_norm_backward_op) where given, else as graph ops."""
 
-    def __init__(self, op):
+    def __init__(self, op, backward_op=None):
         super().__init__()
         self.op = op
+        self.backward_op = backward_op
+        self.fused_backward = backward_op is not None
 
     def construct(self, x, weight, bias, eps):
         return self.op(x, weight, bias, eps)
 
     def bprop(self, x, weight, bias, eps, out, dout):
+        if self.fused_backward:
+            dx, dweight, dbias = self.backward_op(x, weight, dout, eps)
+            return dx, dweight, dbias, ops.zeros_like(eps)
         n = x.shape[-1]
         centred = x - ops.broadcast_to(ops.mean(x, -1, True), x.shape)
         rstd = ops.broadcast_to(ops.rsqrt(ops.mean(centred * centred, -1, True) + eps.astype(x.dtype)), x.shape)
@@ -79,16 +87,21 @@ def softmax_grad(probs, dout):
 class ScaledSoftmax(nn.Cell):
     """softmax(scores * scale) over the last axis, by the compiled kernel (kernels.ops.scaled_softmax_op)."""
 
-    def __init__(self, op, scale: float):
+    def __init__(self, op, scale: float, backward_op=None):
+        """backward_op: kernels.ops.scaled_softmax_backward_op (the compiled backward), or None for graph ops."""
         super().__init__()
         self.op = op
         self.scale = scale
         self.scale_tensor = Tensor([scale], ms.float32)
+        self.backward_op = backward_op
+        self.fused_backward = backward_op is not None
 
     def construct(self, scores):
         return self.op(scores, self.scale_tensor)
 
     def bprop(self, scores, out, dout):
+        if self.fused_backward:
+            return (self.backward_op(out, dout, self.scale_tensor),)
         return (softmax_grad(out, dout) * self.scale,)
 
 
@@ -100,6 +113,9 @@ class ScaledSoftmaxLogSize(ScaledSoftmax):
         return self.op(scores, self.scale_tensor, log_size)
 
     def bprop(self, scores, log_size, out, dout):
+        if self.fused_backward:
+            dscores, dlog_size = self.backward_op(out, dout, self.scale_tensor)
+            return dscores, dlog_size
         dlogits = softmax_grad(out, dout)
         return dlogits * self.scale, dlogits.sum((1, 2))
 
@@ -109,15 +125,21 @@ class BiasGELU(nn.Cell):
     bit-identical to BiasAdd then GELU; the backward is GELU's, the bias's summed. `gelu`: a graph-op
     ms_ppt.layers.GELU, whose derivative the backward takes."""
 
-    def __init__(self, op, gelu):
+    def __init__(self, op, gelu, backward_op=None):
+        """backward_op: kernels.ops.bias_gelu_backward_op (the compiled backward), or None for graph ops."""
         super().__init__()
         self.op = op
         self.gelu = gelu
+        self.backward_op = backward_op
+        self.fused_backward = backward_op is not None
 
     def construct(self, x, bias):
         return self.op(x, bias)
 
     def bprop(self, x, bias, out, dout):
+        if self.fused_backward:
+            dx, dbias = self.backward_op(x, bias, dout)
+            return dx, dbias
         dx = dout * self.gelu.derivative(x + ops.broadcast_to(bias, x.shape))  # layers.broadcast_add
         return dx, dx.reshape(-1, bias.shape[0]).sum(0)
 

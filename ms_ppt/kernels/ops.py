@@ -23,6 +23,17 @@ def bias_gelu_op():
     return ops.Custom(f"{path}:BiasGeluErf", out_shape=lambda x, b: x, out_dtype=lambda x, b: x, func_type="aot")
 
 
+def bias_gelu_backward_op():
+    """An ops.Custom computing bias_gelu_op's backward on float32 CPU tensors, or None: (x, b, dout) -> (dx, db),
+    db summed in double."""
+    path = build("gelu_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+    return ops.Custom(f"{path}:BiasGeluErfBackward", out_shape=lambda x, b, d: (x, b),
+                      out_dtype=lambda x, b, d: (x, b), func_type="aot")
+
+
 def layer_norm_op():
     """An ops.Custom computing LayerNorm over the last axis on float32 CPU tensors, or None.
 
@@ -34,6 +45,19 @@ def layer_norm_op():
     from mindspore import ops
     return ops.Custom(f"{path}:LayerNormF32", out_shape=lambda x, w, b, eps: x, out_dtype=lambda x, w, b, eps: x,
                       func_type="aot")
+
+
+def layer_norm_backward_op():
+    """An ops.Custom computing LayerNorm's backward on float32 CPU tensors, or None.
+
+    (x, weight, dout, eps[1] float64) -> (dx, dweight, dbias), statistics and sums in double: cells.FastLayerNorm's
+    backward in one op instead of ~20 graph ops."""
+    path = build("layer_norm_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+    return ops.Custom(f"{path}:LayerNormBackwardF32", out_shape=lambda x, w, d, eps: (x, w, w),
+                      out_dtype=lambda x, w, d, eps: (x, w, w), func_type="aot")
 
 
 def swap_axes_op():
@@ -77,6 +101,22 @@ def scaled_softmax_op(with_log_size: bool):
                           out_dtype=lambda s, scale, log_size: s, func_type="aot")
     return ops.Custom(f"{path}:ScaledSoftmax", out_shape=lambda s, scale: s, out_dtype=lambda s, scale: s,
                       func_type="aot")
+
+
+def scaled_softmax_backward_op(with_log_size: bool):
+    """An ops.Custom computing the backward of scaled_softmax_op(with_log_size) from its output p and gradient g
+    (float32), or None: (p, g, scale[1]) -> dscores, or with `with_log_size` (dscores, dlog_size [B, N]); the
+    rows' dots and the log-size sums in double."""
+    path = build("softmax_cpu")
+    if path is None:
+        return None
+    from mindspore import ops
+    if with_log_size:
+        return ops.Custom(f"{path}:ScaledSoftmaxLogSizeBackward",
+                          out_shape=lambda p, g, scale: (p, (p[0], p[3])), out_dtype=lambda p, g, scale: (p, p),
+                          func_type="aot")
+    return ops.Custom(f"{path}:ScaledSoftmaxBackward", out_shape=lambda p, g, scale: p,
+                      out_dtype=lambda p, g, scale: p, func_type="aot")
 
 
 def ppt_reduce_op(r: int):

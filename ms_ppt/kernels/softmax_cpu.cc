@@ -81,3 +81,69 @@ extern "C" int ScaledSoftmaxLogSize(int nparam, void **params, int *ndims, int64
     }
   return 0;
 }
+
+// The backward of the two ops above (float32): with p the op's output and g the gradient reaching it, the softmax's
+// gradient is dl = p * (g - sum(g * p)) per row (the dot in double, dl rounded once), the scores' gradient
+// dl * scale, and (log-size op) log_size's gradient the sum of dl over the heads and query rows, in double.
+//   ScaledSoftmaxBackward(p [..., N], g, scale [1])               -> dscores
+//   ScaledSoftmaxLogSizeBackward(p [B, H, M, N], g, scale [1])    -> (dscores, dlog_size [B, N])
+// Why a kernel: as graph ops (cells.softmax_grad) it is five passes over the block's largest activation, one of
+// them an explicit BroadcastTo of the dot.
+namespace {
+void softmax_grad_row(const float *p, const float *g, float scale, float *out, double *dlog, int64_t n) {
+  double lanes[kLanes] = {0.0};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(g[j + l]) * static_cast<double>(p[j + l]);
+  double dot = 0.0;
+  for (int64_t l = 0; l < kLanes; ++l) dot += lanes[l];
+  for (; j < n; ++j) dot += static_cast<double>(g[j]) * static_cast<double>(p[j]);
+  for (int64_t i = 0; i < n; ++i) {
+    const float dl = static_cast<float>(static_cast<double>(p[i]) * (static_cast<double>(g[i]) - dot));
+    out[i] = dl * scale;
+    if (dlog != nullptr) dlog[i] += static_cast<double>(dl);
+  }
+}
+}  // namespace
+
+extern "C" int ScaledSoftmaxBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  (void)dtypes;
+  if (nparam != 4 || ndims[0] < 1) return 1;
+  const float *p = static_cast<const float *>(params[0]);
+  const float *g = static_cast<const float *>(params[1]);
+  const float scale = *static_cast<const float *>(params[2]);
+  float *out = static_cast<float *>(params[3]);
+  const int64_t n = shapes[0][ndims[0] - 1];
+  if (n == 0) return 0;
+  const int64_t total = elements(ndims[0], shapes[0]);
+  for (int64_t row = 0; row < total; row += n) softmax_grad_row(p + row, g + row, scale, out + row, nullptr, n);
+  return 0;
+}
+
+extern "C" int ScaledSoftmaxLogSizeBackward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                            const char **dtypes, void *stream, void *extra) {
+  (void)stream;
+  (void)extra;
+  (void)dtypes;
+  if (nparam != 5 || ndims[0] != 4) return 1;
+  const int64_t B = shapes[0][0], rows_per_image = shapes[0][1] * shapes[0][2], n = shapes[0][3];
+  const float *p = static_cast<const float *>(params[0]);
+  const float *g = static_cast<const float *>(params[1]);
+  const float scale = *static_cast<const float *>(params[2]);
+  float *out = static_cast<float *>(params[3]);
+  float *dlog_size = static_cast<float *>(params[4]);
+  double *dlog = new double[n];
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t j = 0; j < n; ++j) dlog[j] = 0.0;
+    for (int64_t r = 0; r < rows_per_image; ++r) {
+      const int64_t offset = (b * rows_per_image + r) * n;
+      softmax_grad_row(p + offset, g + offset, scale, out + offset, dlog, n);
+    }
+    for (int64_t j = 0; j < n; ++j) dlog_size[b * n + j] = static_cast<float>(dlog[j]);
+  }
+  delete[] dlog;
+  return 0;
+}

@@ -10,7 +10,7 @@ import ms_ppt
 from conftest import DEIT_TINY
 from ms_ppt.factory import run_with_trace
 from ms_ppt.kernels import Kernels, compiler, ops as kernel_ops
-from ms_ppt.kernels.cells import BiasGELU, QkvHeads, ScaledSoftmax, ScaledSoftmaxLogSize, SwapMiddleAxes
+from ms_ppt.kernels.cells import BiasGELU, FastLayerNorm, QkvHeads, ScaledSoftmax, ScaledSoftmaxLogSize, SwapMiddleAxes
 from ms_ppt.layers import GELU, LayerNorm, PatchProjection
 from ms_ppt.vision_transformer import TokenReduction
 from ppt_common.trace import compare_traces
@@ -77,6 +77,42 @@ def test_layer_norm_kernel_matches_float64_layer_norm_and_its_gradient(mode):
     fast, mindspore_kernel = np.array(errors[True]), np.array(errors[False])
     assert (fast < 2e-6).all() and (mindspore_kernel < 2e-6).all(), errors  # relative to the largest value
     assert fast[0] <= mindspore_kernel[0]  # statistics in double: the forward is the more accurate one
+
+
+class WeightedLayerNorm(nn.Cell):
+    def __init__(self, cell, eps):
+        super().__init__()
+        self.cell, self.eps = cell, eps
+
+    def construct(self, x, w, b, d):
+        return (self.cell(x, w, b, self.eps) * d).sum()
+
+
+@pytest.mark.parametrize("mode", [ms.PYNATIVE_MODE, ms.GRAPH_MODE])
+def test_layer_norm_backward_kernel_is_the_graph_backward_in_double(mode):
+    """The compiled backward (one op) gives LayerNorm's gradients at least as accurately as the graph-op backward
+    it replaces, and both agree with float64 to float32 rounding."""
+    need_kernel("layer_norm_cpu")
+    ms.set_context(mode=mode)
+    rng = np.random.RandomState(1)
+    x = (rng.randn(3, 50, 64) * 2 - 1).astype(np.float32)
+    w, b, dout = rng.randn(64).astype(np.float32), rng.randn(64).astype(np.float32), rng.randn(3, 50, 64)
+    x_hat, _ = layer_norm_float64(x, w, b, 1e-6)
+    g = dout * w
+    expected = [(g - g.mean(-1, keepdims=True) - x_hat * (g * x_hat).mean(-1, keepdims=True)) / np.sqrt(
+        x.astype(np.float64).var(-1, keepdims=True) + 1e-6), (dout * x_hat).reshape(-1, 64).sum(0),
+        dout.reshape(-1, 64).sum(0)]
+    eps = ms.Tensor([1e-6], ms.float64)
+    errors = {}
+    for backward_op in (kernel_ops.layer_norm_backward_op(), None):
+        cell = FastLayerNorm(kernel_ops.layer_norm_op(), backward_op)
+        assert cell.fused_backward == (backward_op is not None)
+        grads = ms.grad(WeightedLayerNorm(cell, eps), grad_position=(0, 1, 2))(
+            ms.Tensor(x), ms.Tensor(w), ms.Tensor(b), ms.Tensor(dout.astype(np.float32)))
+        errors[backward_op is not None] = np.array([np.abs(got.asnumpy() - want).max() / np.abs(want).max()
+                                                    for got, want in zip(grads, expected)])
+    assert (errors[True] < 2e-7).all() and (errors[False] < 2e-6).all(), errors
+    assert (errors[True] <= errors[False]).all(), errors
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
@@ -163,11 +199,35 @@ def test_bias_gelu_kernel_is_bias_add_then_gelu_and_its_gradient(rng):
         np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-6, atol=1e-5)
 
 
+def test_bias_gelu_backward_kernel_is_gelus_derivative_to_float32_accuracy(rng):
+    """The compiled backward of gelu(x + b): dx and db as the graph-op backward gives them, and as close to the
+    float64 derivative (Phi(z) + z phi(z))."""
+    need_kernel("gelu_cpu")
+    import math
+    erf = np.vectorize(math.erf)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x, bias = (rng.randn(64, 96) * 3).astype(np.float32), rng.randn(96).astype(np.float32)
+    dout = rng.randn(64, 96).astype(np.float32)
+    z = (x + bias).astype(np.float64)  # x + b is exact in float64
+    exact_dx = dout * (0.5 * (1 + erf(z / np.sqrt(2))) + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi))
+    exact = (exact_dx, exact_dx.sum(0))
+    args, cotangents = (ms.Tensor(x), ms.Tensor(bias)), (ms.Tensor(dout),)
+    compiled = BiasGELU(kernel_ops.bias_gelu_op(), GELU(), kernel_ops.bias_gelu_backward_op())
+    assert compiled.fused_backward
+    errors = {}
+    for cell in (BiasGELU(kernel_ops.bias_gelu_op(), GELU()), compiled):
+        grads = grads_of(cell, *args, cotangents)
+        errors[cell.fused_backward] = [np.abs(got.asnumpy() - want).max() / np.abs(want).max()
+                                       for got, want in zip(grads, exact)]
+    assert max(errors[True]) < 1e-6 and max(errors[False]) < 1e-6, errors
+    assert errors[True][1] <= errors[False][1] * 1.01 + 1e-8, errors  # db summed in double
+
+
 @pytest.mark.parametrize("with_log_size", [False, True], ids=["plain", "proportional"])
 def test_scaled_softmax_kernel_matches_float64_softmax_and_the_graph_gradient(rng, with_log_size):
     """softmax(scores * scale [+ log size]) with the logits rounded as the graph ops round them: closer to the
-    float64 softmax than MindSpore's own CPU Softmax (PyTorch's accuracy class); the gradient is the graph ops'
-    and reaches the scores (times scale) and the log sizes."""
+    float64 softmax than MindSpore's own CPU Softmax (PyTorch's accuracy class); the gradient, by graph ops or by the
+    compiled backward, is the graph ops' and reaches the scores (times scale) and the log sizes."""
     need_kernel("softmax_cpu")
     ms.set_context(mode=ms.GRAPH_MODE)
     B, H, M, N, scale = 2, 3, 5, 37, 8 ** -0.5
@@ -194,12 +254,24 @@ def test_scaled_softmax_kernel_matches_float64_softmax_and_the_graph_gradient(rn
     error = {name: (np.abs(cell(*inputs).asnumpy() - exact) / exact).max()
              for name, cell in (("kernel", fused), ("mindspore", GraphOps()))}
     assert error["kernel"] < 1.5e-6 and error["kernel"] <= error["mindspore"] < 1e-5, error
-    got_grads, want_grads = grads_of(fused, *args, cotangents), grads_of(GraphOps(), *args, cotangents)
-    if not with_log_size:
-        got_grads, want_grads = (got_grads,), (want_grads,)
-    for got, want in zip(got_grads, want_grads):
-        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-6)
-        assert np.abs(want.asnumpy()).max() > 1e-3
+    want_grads = grads_of(GraphOps(), *args, cotangents)
+    want_grads = want_grads if with_log_size else (want_grads,)
+    g = cotangents[0].asnumpy().astype(np.float64)
+    dlogits = exact * (g - (g * exact).sum(-1, keepdims=True))  # float64
+    exact_grads = (dlogits * scale, dlogits.sum((1, 2)))
+    compiled = kernel_ops.scaled_softmax_backward_op(with_log_size)
+    backward_error = {}
+    for cell in (fused, type(fused)(op, scale, compiled)):
+        got_grads = grads_of(cell, *args, cotangents)
+        got_grads = got_grads if with_log_size else (got_grads,)
+        for got, want in zip(got_grads, want_grads):
+            np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-6)
+            assert np.abs(want.asnumpy()).max() > 1e-3
+        backward_error[cell.fused_backward] = max(np.abs(got.asnumpy() - want).max() / np.abs(want).max()
+                                                  for got, want in zip(got_grads, exact_grads))
+    # the compiled backward (dots and sums in double) is no less accurate than the graph ops' backward
+    assert backward_error[True] <= backward_error[False] * 1.01 + 1e-7 and backward_error[True] < 2e-6, \
+        backward_error
 
 
 def test_fused_attention_and_mlp_are_dropped_for_other_dtypes():
