@@ -104,16 +104,21 @@ def _training_entry(name: str) -> bool:
     return name.startswith(TRAINING_PREFIXES) or name in TRAINING_SCALARS or name == ARCH_RECORD
 
 
-def _record(path, value) -> Optional[dict]:
+def _json_entry(path, name: str, value, kind: type, what: str):
+    """A checkpoint's JSON string entry decoded, None if absent; one of another shape is refused by name."""
     if value is None:
         return None
     try:
-        record = json.loads(value)
+        decoded = json.loads(value)
     except (TypeError, ValueError):
-        record = None
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{path}: its '{ARCH_RECORD}' entry is not a JSON object")
-    return record
+        decoded = None
+    if not isinstance(decoded, kind):
+        raise CheckpointError(f"{path}: its '{name}' entry is not {what}")
+    return decoded
+
+
+def _record(path, value) -> Optional[dict]:
+    return _json_entry(path, ARCH_RECORD, value, dict, "a JSON object")
 
 
 def read_class_names(path) -> Optional[List[str]]:
@@ -125,14 +130,8 @@ def read_class_names(path) -> Optional[List[str]]:
         raw = load_mindspore_checkpoint(os.fspath(path), choice_func=lambda name: name == CLASS_NAMES)
     except Exception:  # unreadable: reading its weights says why
         return None
-    value = raw.get(CLASS_NAMES)
-    if value is None:
-        return None
-    try:
-        names = json.loads(value)
-    except (TypeError, ValueError):
-        names = None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    names = _json_entry(path, CLASS_NAMES, raw.get(CLASS_NAMES), list, "a JSON list of names")
+    if names is not None and not all(isinstance(n, str) for n in names):
         raise CheckpointError(f"{path}: its '{CLASS_NAMES}' entry is not a JSON list of names")
     return names
 
