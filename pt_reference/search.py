@@ -22,8 +22,8 @@ from ppt_common.files import check_output
 from ppt_common.macs import gmacs
 from ppt_common.options import EvalOptions, Options, at_least, check_weights, option, positive
 from ppt_common.schedule import describe, load_schedule, make_schedule, save_schedule
-from ppt_common.search import (DEFAULT_THRESHOLDS, Search, SearchSettings, kl_and_agreement, log_softmax,
-                               to_config)
+from ppt_common.search import (DEFAULT_STEPS, DEFAULT_THRESHOLDS, Search, SearchSettings, kl_and_agreement,
+                               log_softmax, to_config)
 from pt_reference.vision_transformer import PPTVisionTransformer
 
 
@@ -81,8 +81,8 @@ class SearchOptions(Options):
     target_gmacs: Optional[float] = option(None, positive)
     output: Optional[str] = None  # the schedule file, rewritten after every move; an unfinished one is resumed
     limit: int = option(256, positive)
-    rank_images: int = option(64, positive)
-    step_gmacs: float = option(0.025, positive)
+    steps: Sequence[int] = option(DEFAULT_STEPS, positive)  # tokens an exchange moves, coarse to fine
+    min_gain_se: float = option(2.0, at_least(0))  # an exchange must lower the mean KL by this many standard errors
     thresholds: Sequence[float] = option(DEFAULT_THRESHOLDS, at_least(0))
     batch_size: int = option(64, positive)
     num_workers: int = option(2, at_least(0))
@@ -104,8 +104,8 @@ def identity(options: SearchOptions, paths: List[str], weights: str) -> dict:
     other_size = {"img_size": size} if size != get_arch(options.model).img_size else {}
     return {"model": options.model, **other_size, "weights_sha256": file_digest(weights) if weights else None,
             "images_sha256": hashlib.sha256("\n".join(os.path.realpath(p) for p in paths).encode()).hexdigest(),
-            "num_images": len(paths), "rank_images": min(options.rank_images, len(paths)),
-            "target_gmacs": options.target_gmacs, "step_gmacs": options.step_gmacs,
+            "num_images": len(paths), "target_gmacs": options.target_gmacs,
+            "steps": sorted({int(k) for k in options.steps}, reverse=True), "min_gain_se": float(options.min_gain_se),
             "thresholds": [float(t) for t in options.thresholds]}
 
 
@@ -152,32 +152,35 @@ def search_schedule(options: SearchOptions = None, **kwargs) -> dict:
     images = np.concatenate([b[0] for b in iter_batches(items, options.batch_size, pil_preprocess(options.model, options.img_size),
                                                         options.num_workers, "skip", skipped)])
     started = time.time()
-    rank = min(options.rank_images, len(images))
-    full = BlockRunner(model, images, options.batch_size)
-    dense_all, _ = full.run(PPTConfig(r=0, pp_loc_list=()), 0, full.stem)
-    dense_logp = log_softmax(dense_all)
-    settings = SearchSettings(options.target_gmacs, tuple(options.thresholds), options.step_gmacs,
-                              rank_images=rank)
-    blocks = {} if saved is None else {b["block"]: (b["r"], b["threshold"]) for b in saved["blocks"]}
-    search_info = {**same, "method": "greedy, MAC-aware (ppt_common.search)", "complete": False}
+    runner = BlockRunner(model, images, options.batch_size)
+    dense_logits, _ = runner.run(PPTConfig(r=0, pp_loc_list=()), 0, runner.stem)
+    dense_logp = log_softmax(dense_logits)
+    settings = SearchSettings(options.target_gmacs, tuple(options.thresholds), tuple(same["steps"]),
+                              options.min_gain_se)
+    search_info = {**same, "method": "seeded exchange (ppt_common.search)", "complete": False}
+    resumed = saved is not None and "step" in saved.get("search", {})
+    blocks = {b["block"]: (b["r"], b["threshold"]) for b in saved["blocks"]} if resumed else None
+    step = saved["search"]["step"] if resumed else None
+    search = None
 
-    def save(current, cost, kl, agree):
-        save_schedule(options.output, make_schedule(options.model, [(b, r, t) for b, (r, t) in current.items()],
-                                                    search={**search_info, "seconds": round(time.time() - started, 1)},
-                                                    scores={"rank_kl": kl, "rank_agreement": agree},
-                                                    img_size=options.img_size))
+    def save(current, at_step, kl, agree):
+        save_schedule(options.output, make_schedule(
+            options.model, [(b, r, t) for b, (r, t) in current.items()],
+            search={**search_info, "step": at_step, "resumed": resumed, "seeds": search.seed_scores,
+                    "seconds": round(time.time() - started, 1)},
+            scores={"kl": kl, "agreement": agree, "num_images": len(images)}, img_size=options.img_size))
 
     from tqdm import tqdm
-    with tqdm(total=max(dense_gmacs - options.target_gmacs, 0), disable=options.quiet, desc="search",
-              unit="GMACs", bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} saved [{elapsed}<{remaining}{postfix}]") as bar:
-        bar.update(dense_gmacs - gmacs(arch, to_config(blocks)))
-        runner = BlockRunner(model, images[:rank], options.batch_size)
-        search = Search(options.model, runner, dense_logp[:rank], settings, save, bar, arch)
-        blocks, _, _ = search.run(blocks)
-    logits, _ = full.run(to_config(blocks), 0, full.stem)
+    with tqdm(disable=options.quiet, desc="search", unit=" forwards",
+              bar_format="{l_bar}{n} forwards [{elapsed}{postfix}]") as bar:
+        search = Search(options.model, runner, dense_logp, settings, save, bar, arch)
+        search.seed_scores = list(saved["search"].get("seeds", [])) if resumed else []
+        blocks, kl, agree = search.run(blocks, step)
+    logits, _ = runner.run(to_config(blocks), 0, runner.stem)
     kl, agree = kl_and_agreement(dense_logp, logits)
     schedule = make_schedule(options.model, [(b, r, t) for b, (r, t) in blocks.items()], options.target_gmacs,
-                             search={**search_info, "complete": True, "evaluations": search.evaluations,
+                             search={**search_info, "complete": True, "resumed": resumed,
+                                     "evaluations": search.evaluations, "seeds": search.seed_scores,
                                      "seconds": round(time.time() - started, 1), "skipped_images": len(skipped)},
                              scores={"kl": kl, "agreement": agree, "num_images": len(images),
                                      "dense_gmacs": round(dense_gmacs, 6)}, img_size=options.img_size)

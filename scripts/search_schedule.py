@@ -7,8 +7,9 @@
         --data-path imagenet/val --schedule schedule.json
 
 Chooses which blocks reduce, r and the threshold at each, to keep the model's softmax closest (mean KL) to the
-dense model's own on the first --limit images, within --target-gmacs (MACs as the evaluation counts them). The
-schedule so far is rewritten after every move; running the same command again continues an interrupted search
+dense model's own on the first --limit images, within --target-gmacs (MACs as the evaluation counts them): the best
+of evenly spaced uniform schedules, refined by exchanging tokens between blocks. The schedule so far is rewritten
+after every exchange taken; running the same command again continues an interrupted search
 (--force starts again). Runs in PyTorch (pt_reference): see docs/sweeps.md.
 """
 import argparse
@@ -20,7 +21,7 @@ from ppt_cli import options, run_tool
 
 
 def build_parser():
-    from ppt_common.search import DEFAULT_THRESHOLDS
+    from ppt_common.search import DEFAULT_STEPS, DEFAULT_THRESHOLDS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     options.add_model_args(p)
     p.add_argument("--data-path", "--data_path", dest="data_path", nargs="+", default=None,
@@ -29,10 +30,11 @@ def build_parser():
                    help="the budget: MACs per image in billions, as the evaluation counts them")
     p.add_argument("--output", required=True, help="the schedule file (JSON)")
     p.add_argument("--limit", type=int, default=256, help="images used (default 256)")
-    p.add_argument("--rank-images", dest="rank_images", type=int, default=64,
-                   help="the first this many rank the moves (default 64); the reported scores use all")
-    p.add_argument("--step-gmacs", dest="step_gmacs", type=float, default=0.025,
-                   help="about how many GMACs one move saves (default 0.025)")
+    p.add_argument("--steps", type=int, nargs="+", default=list(DEFAULT_STEPS),
+                   help="tokens an exchange moves between blocks, coarse to fine (default: %(default)s)")
+    p.add_argument("--min-gain-se", dest="min_gain_se", type=float, default=2.0,
+                   help="an exchange is taken only if it lowers the mean KL by this many standard errors of its "
+                        "per-image differences (default 2)")
     p.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS),
                    help="thresholds tried at each block (default: 0 prune only, 7e-5, 1 pool only)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=64)

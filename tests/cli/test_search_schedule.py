@@ -15,7 +15,7 @@ from ppt_common.errors import UsageError
 from ppt_common.schedule import load_schedule, make_schedule, save_schedule
 
 SCRIPT = os.path.join(ROOT, "scripts", "search_schedule.py")
-ARGS = ["--limit", "4", "--rank-images", "4", "--thresholds", "0", "1", "--target-gmacs", "1.2", "--quiet"]
+ARGS = ["--limit", "4", "--steps", "8", "4", "--thresholds", "0", "1", "--target-gmacs", "1.2", "--quiet"]
 
 
 @pytest.mark.slow
@@ -41,16 +41,18 @@ def test_search_gives_a_schedule_within_budget_that_loads_evaluates_and_resumes(
     again = subprocess.run([sys.executable, SCRIPT, "--output", out, "--data-path", str(photos), *ARGS],
                            capture_output=True, text=True)
     assert again.returncode == 0 and "the search is complete" in again.stdout
-    # an unfinished file (its first block only, marked unfinished) is continued from its blocks
-    first = schedule["blocks"][0]
-    save_schedule(out, make_schedule("deit_tiny_patch16_224", [(first["block"], first["r"], first["threshold"])],
-                                     search=dict(schedule["search"], complete=False)))
-    resumed = search_schedule(output=out, data_path=[str(photos)], limit=4, rank_images=4, thresholds=(0.0, 1.0),
+    # an unfinished file (the seed, saved at step 4 of the exchanges) is continued from its blocks, not re-seeded
+    seed = schedule["search"]["seeds"][0]
+    assert seed["blocks"] == [3, 6, 9] and len(schedule["search"]["seeds"]) > 10
+    save_schedule(out, make_schedule("deit_tiny_patch16_224", [(b, r, 7e-5) for b, r in zip(seed["blocks"], seed["r"])],
+                                     search=dict(schedule["search"], complete=False, step=4)))
+    resumed = search_schedule(output=out, data_path=[str(photos)], limit=4, steps=(8, 4), thresholds=(0.0, 1.0),
                               target_gmacs=1.2, quiet=True)
-    assert resumed["search"]["complete"] and resumed["gmacs"] <= 1.2
-    assert [b for b in resumed["blocks"] if b["block"] < first["block"]] or \
-        next(b for b in resumed["blocks"] if b["block"] == first["block"])["r"] >= first["r"]
+    assert resumed["search"]["complete"] and resumed["search"]["resumed"] and resumed["gmacs"] <= 1.2
+    assert resumed["search"]["evaluations"] < schedule["search"]["evaluations"]  # no seeds scored again
+    assert resumed["search"]["seeds"] == schedule["search"]["seeds"]
+    assert resumed["scores"]["kl"] <= seed["kl"] + 1e-9
     with pytest.raises(UsageError, match="holds a search with other target_gmacs"):
-        search_schedule(output=out, data_path=[str(photos)], limit=4, rank_images=4, thresholds=(0.0, 1.0),
+        search_schedule(output=out, data_path=[str(photos)], limit=4, steps=(8, 4), thresholds=(0.0, 1.0),
                         target_gmacs=1.1, quiet=True)
     assert json.load(open(out))["target_gmacs"] == 1.2  # the refused run left the file alone

@@ -146,11 +146,14 @@ def test_a_schedule_for_another_image_size_states_it_and_counts_tokens_and_macs_
 
 def test_the_search_moves_within_the_token_counts_of_the_size_it_searches_at():
     from ppt_common.config import model_arch
-    from ppt_common.search import SearchSettings, feasible, move
+    from ppt_common.search import SearchSettings, exchanges, feasible, uniform
     small, big = get_arch(TINY), model_arch(TINY, 384)
     assert feasible(big, {2: (200, 0.0)}) and not feasible(small, {2: (200, 0.0)})
-    settings = SearchSettings(target_gmacs=1.0)
-    dense = gmacs(big)
-    trial, cost = move(big, {}, 2, 0.0, settings, dense)
-    assert cost == pytest.approx(gmacs(big, PPTConfig(r=trial[2][0], pp_loc_list=(2,), threshold=0.0)))
-    assert dense - cost >= (dense - 1.0) / 4  # a quarter of the way to the budget, counted at 384 px
+    settings = SearchSettings(target_gmacs=2.5)
+    seed = uniform(big, (3, 6, 9), 7e-5, 2.5)
+    assert gmacs(big, PPTConfig(r=tuple(seed[b][0] for b in (3, 6, 9)), pp_loc_list=(3, 6, 9))) <= 2.5
+    assert seed[3][0] > small.num_tokens // 2  # more than a 224-px model could remove: counted at 384 px
+    for trial, _ in exchanges(big, seed, 16, settings):
+        assert feasible(big, trial)
+        assert gmacs(big, PPTConfig(r=tuple(trial[b][0] for b in sorted(trial)), pp_loc_list=tuple(sorted(trial)),
+                                    threshold=tuple(trial[b][1] for b in sorted(trial)))) <= 2.5
