@@ -8,10 +8,11 @@ Method: seeded exchange (docs/sweeps.md says why). 1. Seeds: the same r at every
 blocks (the paper's 3 6 9 among them), at the smallest r within the budget, with the paper's threshold; the seed
 with the least KL is kept. 2. Exchanges at (about) the budget: move `step` tokens from one block to another (an
 existing one or a neighbour of one; the receiver takes as many as the budget allows), move a block's reduction to
-the next block or the previous one, or change a block's threshold. Every round scores all exchanges on all images
-and takes the best one only if it lowers the mean KL by `min_gain_se` standard errors of its per-image differences
-(a gain the images resolve, not one of their noise); when none does, the step halves; the search ends after the
-smallest step. Every schedule it visits meets the budget, and it never ends worse than its best seed.
+the next block or the previous one, or change a block's threshold. Every round screens all exchanges on the first
+`screen_images`, scores the `finalists` best on all images, and takes the best one only if it lowers the mean KL by
+`min_gain_se` standard errors of its per-image differences (a gain the images resolve, not one of their noise);
+when none does, the step goes down; the search ends after the smallest. Every schedule it visits meets the budget,
+and it never ends worse than its best seed.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from ppt_common.config import DEFAULT_PP_LOC_LIST, DEFAULT_THRESHOLD, ArchConfig
 from ppt_common.macs import gmacs
 
 DEFAULT_THRESHOLDS = (0.0, 7e-5, 1.0)  # prune only, the paper's, pool only (1 exceeds every score variance)
-DEFAULT_STEPS = (16, 8, 4, 2)  # tokens an exchange moves, coarse to fine
+DEFAULT_STEPS = (16, 8, 4)  # tokens an exchange moves, coarse to fine
 Blocks = Dict[int, Tuple[int, float]]  # block -> (r, threshold)
 
 
@@ -34,6 +35,8 @@ class SearchSettings:
     thresholds: Tuple[float, ...] = DEFAULT_THRESHOLDS
     steps: Tuple[int, ...] = DEFAULT_STEPS
     min_gain_se: float = 2.0  # an exchange must lower the mean KL by this many standard errors
+    screen_images: int = 64  # every exchange is screened on the first this many images (runner batches rounded up)
+    finalists: int = 4  # the best screened exchanges scored on all images
     seed_threshold: float = DEFAULT_THRESHOLD
 
 
@@ -185,14 +188,18 @@ class Search:
         self.evaluations = 0
         self.seed_scores: List[dict] = []
 
-    def score(self, blocks: Blocks, start: int = 0, kept=None, keep: bool = False):
-        """(per-image KL, agreement), and with keep the states entering every block from `start` on."""
-        logits, new_kept = self.runner.run(to_config(blocks), start, self.runner.states_at(kept, start), keep)
+    def score(self, blocks: Blocks, start: int = 0, kept=None, keep: bool = False, images: Optional[int] = None):
+        """(per-image KL, agreement) on all images or the batches holding the first `images`, and with keep the
+        states entering every block from `start` on."""
+        states = self.runner.states_at(kept, start)
+        if images is not None:
+            states = states[:-(-images // self.runner.batch_size)]
+        logits, new_kept = self.runner.run(to_config(blocks), start, states, keep)
         self.evaluations += 1
         if self.progress is not None:
             self.progress.update(1)
-        return per_image_kl(self.dense_logp, logits), \
-            float(np.mean(self.dense_logp.argmax(1) == logits.argmax(1))), new_kept
+        dense = self.dense_logp[:len(logits)]
+        return per_image_kl(dense, logits), float(np.mean(dense.argmax(1) == logits.argmax(1))), new_kept
 
     def best_seed(self) -> Blocks:
         best = None
@@ -214,14 +221,22 @@ class Search:
         steps = [k for k in s.steps if step is None or k <= step] or [min(s.steps)]
         kl, agree, kept = self.score(blocks, keep=True)
         self.on_step(blocks, steps[0], float(kl.mean()), agree)
+        screened, full = {}, {}  # scores of exchanges from the current schedule (a smaller step repeats some)
         while steps:
-            best = None
-            for trial, first in exchanges(self.arch, blocks, steps[0], s):
-                trial_kl, trial_agree, _ = self.score(trial, first, kept)
-                if best is None or trial_kl.mean() < best[1].mean():
-                    best = (trial, trial_kl, trial_agree)
-            if best is not None and significant_gain(kl, best[1], s.min_gain_se):
-                blocks, kl, agree = best
+            candidates = {tuple(sorted(t.items())): (t, first) for t, first in exchanges(self.arch, blocks, steps[0], s)}
+            screen = len(kl) > s.screen_images
+            for key, (trial, first) in candidates.items():
+                if screen and key not in screened:
+                    screened[key] = float(self.score(trial, first, kept, images=s.screen_images)[0].mean())
+            finalists = sorted(candidates, key=lambda k: screened[k])[:s.finalists] if screen else list(candidates)
+            for key in finalists:
+                if key not in full:
+                    trial, first = candidates[key]
+                    full[key] = self.score(trial, first, kept)[:2]
+            best = min(finalists, key=lambda k: full[k][0].mean(), default=None)
+            if best is not None and significant_gain(kl, full[best][0], s.min_gain_se):
+                blocks, (kl, agree) = candidates[best][0], full[best]
+                screened, full = {}, {}
                 _, _, kept = self.score(blocks, keep=True)
                 self.on_step(blocks, steps[0], float(kl.mean()), agree)
                 if self.progress is not None:

@@ -31,7 +31,7 @@ class BlockRunner:
     """Runs a pt_reference model block by block on fixed images (float32, no gradient), in batches."""
 
     def __init__(self, model: PPTVisionTransformer, images: np.ndarray, batch_size: int = 64):
-        self.model = model.eval()
+        self.model, self.batch_size = model.eval(), batch_size
         self.depth = len(model.blocks)
         with torch.no_grad():
             x = torch.from_numpy(np.ascontiguousarray(images, np.float32))
@@ -83,6 +83,7 @@ class SearchOptions(Options):
     limit: int = option(256, positive)
     steps: Sequence[int] = option(DEFAULT_STEPS, positive)  # tokens an exchange moves, coarse to fine
     min_gain_se: float = option(2.0, at_least(0))  # an exchange must lower the mean KL by this many standard errors
+    screen_images: int = option(64, positive)  # exchanges are screened on these, the best few scored on all
     thresholds: Sequence[float] = option(DEFAULT_THRESHOLDS, at_least(0))
     batch_size: int = option(64, positive)
     num_workers: int = option(2, at_least(0))
@@ -106,6 +107,7 @@ def identity(options: SearchOptions, paths: List[str], weights: str) -> dict:
             "images_sha256": hashlib.sha256("\n".join(os.path.realpath(p) for p in paths).encode()).hexdigest(),
             "num_images": len(paths), "target_gmacs": options.target_gmacs,
             "steps": sorted({int(k) for k in options.steps}, reverse=True), "min_gain_se": float(options.min_gain_se),
+            "screen_images": min(options.screen_images, len(paths)),
             "thresholds": [float(t) for t in options.thresholds]}
 
 
@@ -156,7 +158,7 @@ def search_schedule(options: SearchOptions = None, **kwargs) -> dict:
     dense_logits, _ = runner.run(PPTConfig(r=0, pp_loc_list=()), 0, runner.stem)
     dense_logp = log_softmax(dense_logits)
     settings = SearchSettings(options.target_gmacs, tuple(options.thresholds), tuple(same["steps"]),
-                              options.min_gain_se)
+                              options.min_gain_se, options.screen_images)
     search_info = {**same, "method": "seeded exchange (ppt_common.search)", "complete": False}
     resumed = saved is not None and "step" in saved.get("search", {})
     blocks = {b["block"]: (b["r"], b["threshold"]) for b in saved["blocks"]} if resumed else None

@@ -35,6 +35,9 @@ def build_parser():
     p.add_argument("--min-gain-se", dest="min_gain_se", type=float, default=2.0,
                    help="an exchange is taken only if it lowers the mean KL by this many standard errors of its "
                         "per-image differences (default 2)")
+    p.add_argument("--screen-images", dest="screen_images", type=int, default=64,
+                   help="every exchange is screened on the first this many images, the best four scored on all "
+                        "(default 64)")
     p.add_argument("--thresholds", type=float, nargs="+", default=list(DEFAULT_THRESHOLDS),
                    help="thresholds tried at each block (default: 0 prune only, 7e-5, 1 pool only)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=64)

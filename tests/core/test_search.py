@@ -59,24 +59,29 @@ class TokenCountRunner:
     """Logits that depend on the schedule only through how many tokens each block keeps: the further from dense the
     token counts, the larger the KL (an early block costs more than a late one)."""
 
+    batch_size = 8
+
     def __init__(self, n=32):
         self.noise = np.random.default_rng(1).normal(size=(n, 10))
+        self.images_run = []
 
     def states_at(self, kept, block):
-        return None
+        return list(range(len(self.noise) // self.batch_size))  # one "state" per batch
 
     def run(self, cfg, start, states, keep=False):
         r = dict(zip(cfg.pp_loc_list, cfg.r_per_pp_block(ARCH.depth)))
         damage = sum(r_b * (ARCH.depth - b) ** 2 for b, r_b in r.items()) / 1e4
-        return self.noise * (1 - damage), {}
+        self.images_run.append(len(states) * self.batch_size)
+        return self.noise[:len(states) * self.batch_size] * (1 - damage), {}
 
 
-def test_the_search_keeps_the_budget_and_never_ends_worse_than_its_best_seed():
+@pytest.mark.parametrize("screen", [64, 12])
+def test_the_search_keeps_the_budget_and_never_ends_worse_than_its_best_seed(screen):
     runner = TokenCountRunner()
-    dense = runner.run(to_config({}), 0, None)[0]
+    dense = runner.run(to_config({}), 0, runner.states_at(None, 0))[0]
     from ppt_common.search import log_softmax
     saved = []
-    search = Search(TINY, runner, log_softmax(dense), SearchSettings(0.8, min_gain_se=0.0),
+    search = Search(TINY, runner, log_softmax(dense), SearchSettings(0.8, min_gain_se=0.0, screen_images=screen),
                     on_step=lambda *a: saved.append(a))
     blocks, kl, _ = search.run()
     assert cost(ARCH, blocks) <= 0.8 and feasible(ARCH, blocks)
@@ -85,3 +90,5 @@ def test_the_search_keeps_the_budget_and_never_ends_worse_than_its_best_seed():
     assert saved[-1][0] == blocks and len(saved) >= 2
     assert max(blocks) > 9 or blocks != uniform(ARCH, (3, 6, 9), 7e-5, 0.8)
     assert gmacs(ARCH, to_config(blocks)) == cost(ARCH, blocks)
+    # screening: with 12 of 32 images, exchanges are first run on the two batches holding them
+    assert (16 in runner.images_run) == (screen == 12) and 32 in runner.images_run
