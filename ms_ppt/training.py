@@ -87,7 +87,7 @@ _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 def _adamw_tensor(beta1_c, beta2, beta2_c, eps, decay_factor, step_size, bias_correction2_sqrt, param, m, v, g,
                   decayed):
     new_m = m + (g - m) * beta1_c
-    new_v = v * beta2 + g * g * beta2_c  # graph mode computes g * (g * beta2_c), PyNative (g * g) * beta2_c
+    new_v = v * beta2 + g * g * beta2_c
     p = param * decay_factor if decayed else param
     p = p - step_size * (new_m / (ops.sqrt(new_v) / bias_correction2_sqrt + eps))
     return ops.depend(ops.assign(param, p), (ops.assign(m, new_m), ops.assign(v, new_v)))

@@ -7,35 +7,19 @@
 // `checked` the tensor whose finiteness is reported (the unclipped gradient; grad itself without clipping, then
 // read once). AdamWDecayed multiplies the parameter by the decay factor first, AdamW does not.
 //
-// Bit-identical to the graph ops in graph mode: the same operations in the same order, each rounded to the
-// parameters' dtype (compiled with -ffp-contract=off, compiler.py, so no multiply-add is fused; sqrt and division
-// are IEEE). MindSpore's graph compiler evaluates the update's `g * g * beta2_c` as g * (g * beta2_c) (measured;
-// PyNative evaluates (g * g) * beta2_c, one rounding apart), which is also the order of torch's addcmul; so here. The
-// update is applied whatever the gradient holds, as the graph ops apply it. Single-threaded for the reason
-// gelu_cpu.cc gives; MindSpore runs the parameters' calls side by side. The outputs are fresh buffers, never an
-// input's (__restrict: without it GCC needs more run-time alias checks than it allows and does not vectorise).
+// Bit-identical to the graph ops: the same operations in the same order, each rounded to the parameters' dtype
+// (compiled with -ffp-contract=off, compiler.py, so no multiply-add is fused; sqrt and division are IEEE). The
+// update is applied whatever the gradient holds, as the graph ops apply it. Denormals are left to the calling
+// thread's floating-point mode, as MindSpore's own kernels leave them: its CPU threads flush them to zero or not
+// (measured, both, in graph mode), and in PyNative this kernel runs in the Python thread, which keeps them.
+// Single-threaded for the reason gelu_cpu.cc gives; MindSpore runs the parameters' calls side by side. The outputs
+// are fresh buffers, never an input's (__restrict: without it GCC needs more run-time alias checks than it allows
+// and does not vectorise).
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-// MindSpore's CPU kernels run with denormals flushed to zero (FTZ and DAZ set in its worker threads' MXCSR,
-// measured), and so does this kernel in graph mode; from PyNative it runs in the caller's thread, without them.
-// Set for the call, they make its results MindSpore's in either mode.
-class FlushDenormals {
- public:
-  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }
-  ~FlushDenormals() { _mm_setcsr(saved_); }
-
- private:
-  const unsigned saved_;
-};
-#else
-class FlushDenormals {};
-#endif
 
 // an integer as wide as T: the finiteness flags accumulate in the vector lanes of the data
 template <typename T>
@@ -52,7 +36,7 @@ static bool adamw_step(const T *__restrict param, const T *__restrict m, const T
     const T gi = g[i];
     finite &= static_cast<Flag<T>>(std::fabs(gi) <= largest);
     const T new_m = m[i] + (gi - m[i]) * beta1_c;
-    const T new_v = v[i] * beta2 + gi * (gi * beta2_c);
+    const T new_v = v[i] * beta2 + gi * gi * beta2_c;
     const T p = kDecayed ? param[i] * decay : param[i];
     param_out[i] = p - step_size * (new_m / (std::sqrt(new_v) / bc2 + eps));
     m_out[i] = new_m;
@@ -91,7 +75,6 @@ static int adamw(int nparam, void **params, int *ndims, int64_t **shapes, const 
     if (nk != n || std::strcmp(dtypes[k], dtypes[0]) != 0) return 1;
   }
   if (ndims[5] != 1 || shapes[5][0] != 7 || std::strcmp(dtypes[5], dtypes[0]) != 0) return 1;
-  const FlushDenormals flush;
   bool finite;
   if (std::strcmp(dtypes[0], "float32") == 0)
     finite = run<float, kDecayed>(params, n);
