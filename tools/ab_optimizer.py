@@ -41,7 +41,8 @@ def update_runner(name, fused):
     optimizer = training.AdamW(model.trainable_params(), fused=fused)
     assert optimizer.fused == fused, "the fused update cannot be built here (no g++?)"
     rng = np.random.RandomState(0)
-    grads = tuple(ms.Tensor(rng.randn(*p.shape).astype(np.float32) * 1e-3) for p in optimizer.params)
+    # mutable: a plain tuple argument is a constant to graph mode, which would fold part of the update
+    grads = ms.mutable(tuple(ms.Tensor(rng.randn(*p.shape).astype(np.float32) * 1e-3) for p in optimizer.params))
     update = Update(optimizer)
     return lambda: update(grads, *optimizer.scalars(1e-5)).asnumpy()
 

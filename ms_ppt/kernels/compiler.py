@@ -68,7 +68,8 @@ def build(name: str) -> Optional[str]:
         warnings.warn("ms_ppt: no C++ compiler found, using MindSpore's own kernels (slower); install g++ for speed")
         return None
     source = os.path.join(HERE, f"{name}.cc")
-    key = hashlib.sha256(_sources_digest(source) + " ".join(flags(name)).encode() + _cpu_model().encode()).hexdigest()[:16]
+    key = hashlib.sha256(_sources_digest(source) + " ".join(flags(name)).encode()
+                         + _cpu_model().encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), f"{name}-{key}.so")
     if os.path.exists(target):
         return target
