@@ -14,6 +14,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.parameter import ParameterTuple
 
+from ms_ppt.kernels.ops import adamw_op
 from ppt_common.training import decays
 
 # a training checkpoint holds the model's parameters under their own names (any tool loads it as weights), plus
@@ -24,10 +25,15 @@ EMA_PREFIX, EXP_AVG_PREFIX, EXP_AVG_SQ_PREFIX = "ema", "adam_m", "adam_v"
 class AdamW(nn.Cell):
     """torch.optim.AdamW as timm builds it for DeiT (decoupled weight decay, bias-corrected moments, eps added
     to the corrected root), in the parameters' own dtype. The step's scalars come from `adamw_scalars`, computed
-    in Python double precision as torch does, so the lr schedule needs no recompilation."""
+    in Python double precision as torch does, so the lr schedule needs no recompilation.
+
+    construct() also tells whether every tensor of `checked` (the step's unclipped gradients; the gradients by
+    default) is finite: the compiled update (kernels/adamw_cpu.cc; float32 and float64 on the CPU backend, where
+    it builds, unless fused=False) checks it in the same pass, bit-identical to the graph ops otherwise used. The
+    update is applied either way, as torch applies it."""
 
     def __init__(self, params: Sequence[ms.Parameter], betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.05):
+                 eps: float = 1e-8, weight_decay: float = 0.05, fused: Optional[bool] = None):
         super().__init__()
         self.params = ParameterTuple(params)
         self.exp_avg = self.params.clone(EXP_AVG_PREFIX, "zeros")
@@ -41,6 +47,12 @@ class AdamW(nn.Cell):
         self.decayed = tuple(decays(p.name, p.ndim) for p in params)
         self.num_steps = 0  # completed steps (torch's per-parameter 'step')
         self.map = ops.HyperMap()
+        if fused is None:
+            fused = ms.get_context("device_target") == "CPU"
+        kernels = (adamw_op(True), adamw_op(False)) if fused and dtype in (ms.float32, ms.float64) else (None,)
+        self.fused = kernels[0] is not None
+        if self.fused:
+            self.decayed_update, self.plain_update = kernels
 
     def scalars(self, lr: float):
         """Advance the step count; the Tensors the next construct() needs: (decay factor, step size, sqrt of the
@@ -51,10 +63,19 @@ class AdamW(nn.Cell):
         return (ms.Tensor(1.0 - lr * self.weight_decay, dtype), ms.Tensor(lr / (1.0 - beta1 ** self.num_steps), dtype),
                 ms.Tensor(math.sqrt(1.0 - beta2 ** self.num_steps), dtype))
 
-    def construct(self, grads, decay_factor, step_size, bias_correction2_sqrt):
-        return self.map(ops.partial(_adamw_update, self.beta1_c, self.beta2, self.beta2_c, self.eps, decay_factor,
-                                    step_size, bias_correction2_sqrt),
-                        self.params, self.exp_avg, self.exp_avg_sq, grads, self.decayed)
+    def construct(self, grads, decay_factor, step_size, bias_correction2_sqrt, checked=None):
+        if checked is None:
+            checked = grads
+        if self.fused:
+            scalars = ops.stack((self.beta1_c, self.beta2, self.beta2_c, self.eps, decay_factor, step_size,
+                                 bias_correction2_sqrt))
+            flags = self.map(ops.partial(_fused_adamw_update, self.decayed_update, self.plain_update, scalars),
+                             self.params, self.exp_avg, self.exp_avg_sq, grads, checked, self.decayed)
+            return ops.stack(flags).all()
+        updates = self.map(ops.partial(_adamw_update, self.beta1_c, self.beta2, self.beta2_c, self.eps, decay_factor,
+                                       step_size, bias_correction2_sqrt),
+                           self.params, self.exp_avg, self.exp_avg_sq, grads, self.decayed)
+        return ops.depend(ops.stack([ops.isfinite(g).all() for g in checked]).all(), updates)
 
 
 # one parameter's update, mapped over all of them (one compiled function instead of an unrolled loop)
@@ -70,6 +91,20 @@ def _adamw_tensor(beta1_c, beta2, beta2_c, eps, decay_factor, step_size, bias_co
     p = param * decay_factor if decayed else param
     p = p - step_size * (new_m / (ops.sqrt(new_v) / bias_correction2_sqrt + eps))
     return ops.depend(ops.assign(param, p), (ops.assign(m, new_m), ops.assign(v, new_v)))
+
+
+# the same update by the compiled kernel, which also says whether `checked` (the unclipped gradient) is finite
+_fused_adamw_update = ops.MultitypeFuncGraph("fused_adamw_update")
+
+
+@_fused_adamw_update.register("Function", "Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                              "Bool")
+def _fused_adamw_tensor(decayed_update, plain_update, scalars, param, m, v, g, checked, decayed):
+    if decayed:
+        new_p, new_m, new_v, finite = decayed_update(param, m, v, g, checked, scalars)
+    else:
+        new_p, new_m, new_v, finite = plain_update(param, m, v, g, checked, scalars)
+    return ops.depend(finite, (ops.assign(param, new_p), ops.assign(m, new_m), ops.assign(v, new_v)))
 
 
 class ModelEma(nn.Cell):
@@ -188,11 +223,12 @@ class TrainStep(nn.Cell):
         if self.loss_scale != 1.0:
             loss = loss / self.loss_scale
             grads = tuple(g / self.loss_scale for g in grads)
-        finite = ops.stack([ops.isfinite(g).all() for g in grads]).all()
         unclipped = grads
         if self.clip_grad is not None:
             grads = ops.clip_by_global_norm(grads, self.clip_grad)
-        loss = ops.depend(loss, self.optimizer(grads, decay_factor, step_size, bias_correction2_sqrt))
+        # the finite check is of the unclipped gradients: the optimizer does it (in its update's pass when fused)
+        finite = self.optimizer(grads, decay_factor, step_size, bias_correction2_sqrt, unclipped)
+        loss = ops.depend(loss, finite)
         if self.return_grads:
             return loss, finite, unclipped
         return loss, finite

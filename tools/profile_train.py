@@ -7,7 +7,7 @@ the time per op type in each.
 A step (the fine-tuning recipe's model, drop path 0.1, smoothing 0.1, AdamW; as scripts/benchmark.py --task
 train) is timed whole in both frameworks, interleaved (--runs rounds, median). Then one step per framework is
 profiled (MindSpore's CPU Profiler; torch.profiler) and each op's time is put in a stage: MindSpore's by scope (the
-optimizer cell's, the finite check, the gradient graph's; its "forward" also holds the compiled kernels' graph-op
+optimizer cell's with the finite check, the gradient graph's; its "forward" also holds the compiled kernels' graph-op
 backwards, see mindspore_step_profile), PyTorch's by record_function ranges around TrainStep's forward, backward
 and update. Profiled sums
 include the profilers' overhead (torch.profiler's is large on small ops): read them as shares of each framework's
@@ -88,7 +88,8 @@ def pytorch_parts(name, batch, variant):
 
 def mindspore_step_profile(run) -> dict:
     """{(stage, op type): ms} of one step from MindSpore's CPU profiler, staged by the ops' scopes: the
-    optimizer cell's; the finite check (IsFinite, ReduceAll, Stack outside the gradient graph); the gradient
+    optimizer cell's, which also holds the finite check since AdamW does it (in its fused update's pass, or as
+    IsFinite + ReduceAll with fused=False; "finite check" counts such ops outside it, as older code had); the gradient
     graph's (Gradients/, and Expand/ for the expanded bprops of MatMul, Sum, ...) as the backward; the rest,
     Default/, as "forward": the forward plus the compiled kernels' graph-op bprops (cells.py), which MindSpore
     inlines in the forward's scope and schedules as soon as their inputs exist, so neither scope nor order

@@ -1,6 +1,6 @@
 """Custom CPU kernels (MindSpore AOT custom ops), compiled on first use and cached, behind one switch.
 
-Five kernel files (docs/performance.md has the measurements):
+Six kernel files (docs/performance.md has the measurements):
 - gelu_cpu.cc: exact-semantics GELU, 9x faster than MindSpore's CPU GELU at DeiT shapes (float32), alone or with
   fc1's bias add folded in;
 - layer_norm_cpu.cc: LayerNorm with double statistics, ~10x faster than MindSpore's CPU LayerNorm (float32);
@@ -10,7 +10,9 @@ Five kernel files (docs/performance.md has the measurements):
 - softmax_cpu.cc: the attention's scale, proportional-attention bias and softmax in one pass (float32);
 - the backwards of GELU (with fc1's bias), LayerNorm and the scaled softmax, in the same files, for training;
 - ppt_reduce_cpu.cc: PPT's whole token reduction (importance scores, policy, ranking, matching, merge) in one
-  call, replacing ~75 small graph ops per PP block with the same decisions (float32).
+  call, replacing ~75 small graph ops per PP block with the same decisions (float32);
+- adamw_cpu.cc: one parameter's AdamW step and its gradient's finite check in one pass, bit-identical to
+  ms_ppt.training's graph ops (float32 and float64; used by training.AdamW, not by the layers).
 
 Three modules: `compiler` builds them (with the host's g++, -march=native, cached by source, flags and CPU model;
 without a compiler, or with MS_PPT_CUSTOM_KERNELS=0, there is nothing to build and models fall back to MindSpore's

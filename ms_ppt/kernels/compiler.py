@@ -19,6 +19,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # -fno-trapping-math lets the compiler if-convert and vectorise the loop; unlike -ffast-math it changes no
 # process-wide floating-point state and keeps IEEE results for finite inputs.
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+# kernels whose results must equal MindSpore's graph ops bit for bit: g++ fuses a * b + c into one multiply-add
+# (rounded once) unless told not to
+BIT_EXACT = {"adamw_cpu": ["-ffp-contract=off"]}
+
+
+def flags(name: str) -> list:
+    return FLAGS + BIT_EXACT.get(name, [])
 
 
 def enabled() -> bool:
@@ -61,13 +68,14 @@ def build(name: str) -> Optional[str]:
         warnings.warn("ms_ppt: no C++ compiler found, using MindSpore's own kernels (slower); install g++ for speed")
         return None
     source = os.path.join(HERE, f"{name}.cc")
-    key = hashlib.sha256(_sources_digest(source) + " ".join(FLAGS).encode() + _cpu_model().encode()).hexdigest()[:16]
+    key = hashlib.sha256(_sources_digest(source) + " ".join(flags(name)).encode()
+                         + _cpu_model().encode()).hexdigest()[:16]
     target = os.path.join(cache_dir(), f"{name}-{key}.so")
     if os.path.exists(target):
         return target
 
     def compile_to(tmp):
-        result = subprocess.run([compiler, *FLAGS, "-o", tmp, source], capture_output=True, text=True)
+        result = subprocess.run([compiler, *flags(name), "-o", tmp, source], capture_output=True, text=True)
         if result.returncode != 0:
             raise _CompileError(result.stderr[:300])
 

@@ -145,3 +145,17 @@ def ppt_reduce_op(r: int):
     # get the first model's output shape and reduction.
     op.add_prim_attr("r", r)
     return op
+
+
+def adamw_op(decayed: bool):
+    """An ops.Custom computing one parameter's AdamW step and its gradient's finiteness on float32 or float64 CPU
+    tensors, or None: (param, exp_avg, exp_avg_sq, grad, checked, scalars[7]) -> (param', exp_avg', exp_avg_sq',
+    finite[1] bool), bit-identical to ms_ppt.training's graph update; `decayed` multiplies the parameter by the
+    decay factor first (adamw_cpu.cc). The caller assigns the results."""
+    path = build("adamw_cpu")
+    if path is None:
+        return None
+    from mindspore import bool_, ops
+    return ops.Custom(f"{path}:{'AdamWDecayed' if decayed else 'AdamW'}",
+                      out_shape=lambda p, m, v, g, checked, s: (p, p, p, (1,)),
+                      out_dtype=lambda p, m, v, g, checked, s: (p, p, p, bool_), func_type="aot")
