@@ -21,6 +21,9 @@ ARCH = ArchConfig(embed_dim=48, depth=4, num_heads=3, num_classes=10)
 # which is what changed Log's bits: 16 calls cover it. float16 runs the graph ops, slowly on CPU: one batch size.
 BATCHES = {12: 16, 5: 4}
 FLOAT16_BATCHES = {12: 16}
+# PyNative float16 runs graph float16's CPU kernels one op at a time, slowly (176 s for every method on 2 cores):
+# there, PPT's own method only (it mixes pool and prune); graph float16 covers every method.
+PYNATIVE_FLOAT16_METHODS = ("ppt",)
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
 
@@ -79,7 +82,8 @@ def test_mindspore_gives_the_same_bits_call_after_call(state, mode, dtype):
     batches = FLOAT16_BATCHES if dtype == "float16" else BATCHES
     threshold = {batch: mixed_threshold(state, images(batch)) for batch in batches}
     ms.set_context(mode=MODES[mode])
-    for method in METHODS:
+    methods = PYNATIVE_FLOAT16_METHODS if (mode, dtype) == ("pynative", "float16") else METHODS
+    for method in methods:
         for batch in batches:
             model = ms_model(state, method, threshold[batch], getattr(ms, dtype))
             x = images(batch)
