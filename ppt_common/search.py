@@ -51,9 +51,14 @@ def per_image_kl(dense_logp: np.ndarray, logits: np.ndarray) -> np.ndarray:
     return np.sum(np.exp(dense_logp) * (dense_logp - logq), 1)
 
 
+def agreement(dense_logp: np.ndarray, logits: np.ndarray) -> float:
+    """The fraction of images whose top-1 is the dense model's."""
+    return float(np.mean(dense_logp.argmax(1) == logits.argmax(1)))
+
+
 def kl_and_agreement(dense_logp: np.ndarray, logits: np.ndarray) -> Tuple[float, float]:
     """Mean KL(dense || model) in nats, and the fraction of images whose top-1 is the dense model's."""
-    return float(np.mean(per_image_kl(dense_logp, logits))), float(np.mean(dense_logp.argmax(1) == logits.argmax(1)))
+    return float(np.mean(per_image_kl(dense_logp, logits))), agreement(dense_logp, logits)
 
 
 def to_config(blocks: Blocks) -> PPTConfig:
@@ -199,7 +204,7 @@ class Search:
         if self.progress is not None:
             self.progress.update(1)
         dense = self.dense_logp[:len(logits)]
-        return per_image_kl(dense, logits), float(np.mean(dense.argmax(1) == logits.argmax(1))), new_kept
+        return per_image_kl(dense, logits), agreement(dense, logits), new_kept
 
     def best_seed(self) -> Blocks:
         best = None
