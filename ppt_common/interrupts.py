@@ -47,13 +47,22 @@ def _handling_an_exception() -> bool:
     return sys.exc_info()[1] is not None
 
 
+def _raise_again(signum: int) -> None:
+    """Our handler runs again in the main thread."""
+    if sys.version_info >= (3, 10):
+        _thread.interrupt_main(signum)  # sends no signal: nothing else is woken or interrupted
+    else:
+        signal.pthread_kill(threading.main_thread().ident, signum)
+
+
 def _repeat_while_pending() -> None:
     global _redelivered
     while _pending is not None:
         time.sleep(REDELIVERY_SECONDS)
-        if _pending is not None:
+        signum = _pending
+        if signum is not None:
             _redelivered = True
-            _thread.interrupt_main()  # runs the SIGINT handler (ours) in the main thread; sends no signal
+            _raise_again(signum)
 
 
 def _start_repeating() -> None:
@@ -80,9 +89,10 @@ def _on_signal(signum, frame) -> None:
 
 def handle_interrupts() -> dict:
     """Ctrl-C and SIGTERM raise KeyboardInterrupt until taken (so `finally` blocks remove temporary files);
-    returns the handlers replaced, for restore_handlers."""
+    returns the handlers replaced, for restore_handlers. A signal ignored when the tool started stays ignored (a
+    shell starts its background jobs with SIGINT ignored, so that Ctrl-C leaves them running)."""
     take_interrupt()
-    return {sig: signal.signal(sig, _on_signal) for sig in SIGNALS}
+    return {sig: signal.signal(sig, _on_signal) for sig in SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
 
 
 def restore_handlers(previous: dict) -> None:

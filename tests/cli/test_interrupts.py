@@ -105,3 +105,16 @@ sys.exit(run_tool(body))
 ''')
     assert res.returncode == 130 and "interrupted" in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert os.listdir(tmp_path) == ["tool.py"]
+
+
+def test_a_tool_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
+    """A shell starts its background jobs with SIGINT ignored, so that Ctrl-C at the terminal leaves them running."""
+    res = run(tmp_path, '''
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+def body():
+    signal.raise_signal(signal.SIGINT)
+    busy(0.5)
+    print("finished")
+sys.exit(run_tool(body))
+''')
+    assert res.returncode == 0 and res.stdout.split() == ["finished"], res.stderr
