@@ -39,8 +39,8 @@ def _exit_code(body, interrupted) -> int:
     try:
         result = body()
     except BaseException as error:  # noqa: B036  (an interruption can come back as any error: see below)
-        # code between the signal and us may turn the KeyboardInterrupt into another error (an ImportError, a
-        # RuntimeError from C++): an interruption received decides, whatever the body raised after it
+        # code between the signal and us may turn the KeyboardInterrupt into another error (MindSpore's C++ made
+        # an ImportError or a ValueError of it): an interruption received decides, whatever the body raised after
         if take_interrupt() or isinstance(error, KeyboardInterrupt):
             return _report_interruption(interrupted)
         return _report_error(error)

@@ -12,8 +12,8 @@ the interpreter at exit), and a repeat waits while an exception is being handled
 runs: the interruption on its way up, perhaps turned into another error, must not cut its clean-up short); a
 second Ctrl-C from the user is raised at once, in either case.
 
-MindSpore forwards SIGINT as SIGTERM while it runs a graph (mindspore::DefaultIntHandler), hence the same handler
-for both. Installed by the command line only (ppt_cli.run_tool); the library never changes a signal handler.
+While MindSpore runs a graph its own SIGINT handler only sends the process SIGTERM, hence the same handler for
+both. Installed by the command line only (ppt_cli.run_tool); the library never changes a signal handler.
 """
 from __future__ import annotations
 
