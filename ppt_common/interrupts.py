@@ -6,11 +6,11 @@ like, and clears whatever exception they raise, KeyboardInterrupt included. The 
 raised it again and the tool ran to the end (exit 0, outputs written). Here the handler records the interruption
 and, until the tool has acted on it (take_interrupt), raises it again every REDELIVERY_SECONDS.
 
-Two more rules: an interruption that lands inside an import waits until the import is done (`import mindspore`
-cut short turns the KeyboardInterrupt into an ImportError or ValueError, and the half-imported MindSpore aborts
-the interpreter at exit), and a repeat waits while an exception is being handled (a `finally` or `except` block
-runs: the interruption on its way up, perhaps turned into another error, must not cut its clean-up short); a
-second Ctrl-C from the user is raised at once, in either case.
+Two more rules: an interruption that lands while MindSpore is being imported waits until that import is done
+(`import mindspore` cut short turns the KeyboardInterrupt into an ImportError or ValueError, and the half-imported
+MindSpore aborts the interpreter at exit: "Fatal Python error", exit -6), and a repeat waits while an exception is
+being handled (a `finally` or `except` block runs: the interruption on its way up, perhaps turned into another
+error, must not cut its clean-up short); a second Ctrl-C from the user is raised at once, in either case.
 
 While MindSpore runs a graph its own SIGINT handler only sends the process SIGTERM, hence the same handler for
 both. Installed by the command line only (ppt_cli.run_tool); the library never changes a signal handler.
@@ -33,9 +33,10 @@ _redelivered = False  # the next run of the handler is a repeat made here, not a
 _repeater: Optional[threading.Thread] = None
 
 
-def _inside_import(frame) -> bool:
+def _importing_mindspore(frame) -> bool:
+    """Inside the top-level code of a MindSpore module, i.e. while it is being imported."""
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__", "").split(".")[0] == "mindspore":
             return True
         frame = frame.f_back
     return False
@@ -82,7 +83,7 @@ def _on_signal(signum, frame) -> None:
     if _pending is None:
         _pending = signum
     _start_repeating()
-    if not from_user_again and (_inside_import(frame) or (repeat and _handling_an_exception())):
+    if not from_user_again and (_importing_mindspore(frame) or (repeat and _handling_an_exception())):
         return
     raise KeyboardInterrupt(f"signal {_pending}")
 
