@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import tempfile
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ppt_common.errors import OutputError, OutputExistsError  # noqa: F401  (their old home)
+from ppt_common.interrupts import raise_if_interrupted
 
 Writer = Callable[[str], None]  # writes the complete file at the path it is given
 
@@ -77,6 +77,7 @@ def write_all(writers: Sequence[Tuple[str, Writer]]) -> None:
         for path, write in writers:
             temps.append((_temp_beside(path), os.fspath(path)))
             write(temps[-1][0])
+        raise_if_interrupted()  # a Ctrl-C that foreign code swallowed during the writes: still nothing written
         for tmp, path in temps:
             _readable_by_default(tmp)
             os.replace(tmp, path)
@@ -105,12 +106,3 @@ def json_writer(obj) -> Writer:
         with open(tmp, "w") as f:
             json.dump(clean(obj), f, indent=2, allow_nan=False)
     return write
-
-
-def interrupt_on_sigterm() -> None:
-    """SIGTERM raises KeyboardInterrupt, so `finally` blocks remove temporary files. This also makes Ctrl-C work
-    under MindSpore: while it runs a graph its SIGINT handler (mindspore::DefaultIntHandler) only sends the
-    process SIGTERM, which without a handler here stays pending and the interrupt is lost."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, interrupt)

@@ -9,11 +9,13 @@ token reduction included, exports. The file is written under a temporary name an
 --verify (default) it is loaded back with mindspore.load + nn.GraphCell and compared with the live cell.
 """
 import argparse
+import os
 import sys
 
 import _bootstrap  # noqa: F401  (the repository root on sys.path)
 
 from ppt_cli import options, run_tool
+from ppt_cli.main import NOTHING_WRITTEN
 
 
 def parse(argv):
@@ -34,7 +36,23 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    return run_tool(lambda: run(args))
+    before = file_identity(args.output)
+    return run_tool(lambda: run(args), lambda: kept(args.output, before))
+
+
+def file_identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def kept(output, before) -> str:
+    """What an interruption leaves: the export is renamed into place before --verify reloads it."""
+    if file_identity(output) not in (None, before):
+        return f"{output} was written; its check against the live cell did not finish"
+    return NOTHING_WRITTEN
 
 
 def run(args) -> int:

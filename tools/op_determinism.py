@@ -41,7 +41,7 @@ from mindspore import Tensor, nn, ops  # noqa: E402
 from ms_ppt.factory import run_with_trace  # noqa: E402
 from ms_ppt.vision_transformer import VisionTransformer, params_from_numpy  # noqa: E402
 from ppt_common.config import METHODS, MODEL_CONFIGS, PPTConfig, arch_schedule, get_arch  # noqa: E402
-from ppt_common.files import interrupt_on_sigterm  # noqa: E402
+from ppt_common.interrupts import handle_interrupts, take_interrupt  # noqa: E402
 from ppt_common.proportional import log_size_table  # noqa: E402
 
 MODES = {"pynative": ms.PYNATIVE_MODE, "graph": ms.GRAPH_MODE}
@@ -369,12 +369,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    interrupt_on_sigterm()  # under `timeout` or Ctrl-C, still report what was checked
-    checks, start, interrupted = [], time.time(), False
+    handle_interrupts()  # under `timeout` or Ctrl-C, still report what was checked
+    checks, start = [], time.time()
     try:
         survey(args, checks)
     except KeyboardInterrupt:
-        interrupted = True
+        pass
+    interrupted = take_interrupt()
     elapsed = time.time() - start
     report(checks, elapsed, interrupted)
     if args.output_json:
