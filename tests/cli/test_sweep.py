@@ -65,6 +65,7 @@ def test_bad_grids_are_refused_before_any_work(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # refusals to resume: the quick tier has test_a_resumed_sweep_is_keyed_by_the_weights_not_their_path
 def test_an_existing_sweep_is_neither_overwritten_nor_resumed_unasked(tmp_path):
     (tmp_path / "s.json").write_text("{}")
     res = run("sweep.py", "--output", tmp_path / "s", *FAST)
@@ -124,6 +125,7 @@ def test_a_resumed_sweep_is_keyed_by_the_weights_not_their_path(tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["rows"] == json.loads(table)["rows"]
 
 
+@pytest.mark.slow  # refusals to resume: the quick tier has test_a_resumed_sweep_is_keyed_by_the_weights_not_their_path
 def test_a_table_without_the_weights_hash_is_not_resumed(tmp_path):
     assert run("sweep.py", "--output", tmp_path / "s", "--limit", 1, "--batch-size", 1, *FAST).returncode == 0
     table = json.loads((tmp_path / "s.json").read_text())
