@@ -75,9 +75,6 @@ class PatchProjection(nn.Cell):
         if bias:
             self.bias = Parameter(initializer("zeros", (embed_dim,), ms.float32), name="bias")
         self.swap = SwapMiddleAxes(kernels.swap_axes())
-        # one [B * N, K] x [E, K]^T product, as nn.Dense: ops.matmul of [B, N, K] by [K, E] broadcast the weight to
-        # [B, K, E], and its gradient transposed the patches and summed B weight gradients
-        self.matmul = ops.MatMul(transpose_b=True)
 
     def patches(self, x):
         """[B, C, H, W] -> [B, gh * gw, C * p * p], each patch flattened in (channel, row, column) order."""
@@ -90,10 +87,8 @@ class PatchProjection(nn.Cell):
         return x.reshape(B, C, gh, p, gw, p).transpose(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * p * p)
 
     def construct(self, x):
-        B = x.shape[0]
-        patches = self.patches(x)
         w = self.weight.reshape(self.weight.shape[0], -1)
-        out = self.matmul(patches.reshape(-1, patches.shape[-1]), w).reshape(B, -1, w.shape[0])
+        out = ops.matmul(self.patches(x), w.swapaxes(0, 1))
         if self.has_bias:
             out = broadcast_add(out, self.bias)
         return out
