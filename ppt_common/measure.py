@@ -34,3 +34,10 @@ def own_peak_rss_mb() -> float:
     except (OSError, StopIteration):
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def random_training_batch(arch, batch: int):
+    """The benchmarks' and profilers' training batch: fixed random images and one-hot targets, float32."""
+    rng = np.random.RandomState(0)
+    return (rng.randn(batch, 3, arch.img_size, arch.img_size).astype(np.float32),
+            np.eye(arch.num_classes, dtype=np.float32)[rng.randint(0, arch.num_classes, batch)])

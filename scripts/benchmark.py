@@ -35,7 +35,7 @@ from ppt_cli.main import fail, run_tool
 from ppt_common.config import MODEL_CONFIGS, get_arch
 from ppt_common.errors import UsageError
 from ppt_common.files import atomic_write, check_output, json_writer
-from ppt_common.measure import own_peak_rss_mb, time_interleaved
+from ppt_common.measure import own_peak_rss_mb, random_training_batch, time_interleaved
 from ppt_common.training import RECIPE
 
 
@@ -86,7 +86,7 @@ def mindspore_train_runner(name, batch, variant, dtype, mode):
     model.set_train(True)
     optimizer = training.build_optimizer(model)
     step = training.TrainStep(training.LossCell(model, training.build_loss(RECIPE.smoothing)), optimizer)
-    x, targets = train_batch(model.arch, batch)
+    x, targets = random_training_batch(model.arch, batch)
     x, targets = ms.Tensor(x, model.cls_token.dtype), ms.Tensor(targets, model.cls_token.dtype)
     run = lambda: step(x, targets, None, *optimizer.scalars(RECIPE.min_lr))[0].asnumpy()  # noqa: E731
     run()
@@ -101,19 +101,13 @@ def pytorch_train_runner(name, batch, variant, dtype, device):
                                       drop_path_rate=RECIPE.drop_path).to(device).train()
     step = training.TrainStep(model, training.build_loss(RECIPE.smoothing), training.build_optimizer(model))
     weight = next(model.parameters())
-    x, targets = (torch.from_numpy(a).to(device, weight.dtype) for a in train_batch(get_arch(name), batch))
+    x, targets = (torch.from_numpy(a).to(device, weight.dtype) for a in random_training_batch(get_arch(name), batch))
 
     def run():
         step(x, targets, RECIPE.min_lr)
         if x.is_cuda:
             torch.cuda.synchronize()
     return run
-
-
-def train_batch(arch, batch):
-    rng = np.random.RandomState(0)
-    return (rng.randn(batch, 3, arch.img_size, arch.img_size),
-            np.eye(arch.num_classes)[rng.randint(0, arch.num_classes, batch)])
 
 
 def pytorch_runner(name, batch, variant, dtype, device):

@@ -17,20 +17,12 @@ import sys
 
 import _bootstrap  # noqa: F401
 
-import numpy as np
-
 from ppt_common.config import MODEL_CONFIGS, get_arch
-from ppt_common.measure import own_peak_rss_mb
+from ppt_common.measure import own_peak_rss_mb, random_training_batch
 from ppt_common.training import RECIPE
 
 STAGES = ("built", "forward", "backward", "step")
 FRAMEWORKS = ("mindspore", "pytorch")
-
-
-def train_batch(arch, batch):
-    rng = np.random.RandomState(0)
-    return (rng.randn(batch, 3, arch.img_size, arch.img_size).astype(np.float32),
-            np.eye(arch.num_classes, dtype=np.float32)[rng.randint(0, arch.num_classes, batch)])
 
 
 def mindspore_stage(name, batch, variant, stage):
@@ -41,7 +33,7 @@ def mindspore_stage(name, batch, variant, stage):
     ms.set_context(mode=ms.GRAPH_MODE)
     model = ms_ppt.create_model(name, r=0 if variant == "dense" else None, drop_path_rate=RECIPE.drop_path)
     model.set_train(True)
-    x, targets = (ms.Tensor(a) for a in train_batch(model.arch, batch))
+    x, targets = (ms.Tensor(a) for a in random_training_batch(model.arch, batch))
     loss_cell = training.LossCell(model, training.build_loss(RECIPE.smoothing))
     optimizer = training.build_optimizer(model)
     if stage == "built":
@@ -61,7 +53,7 @@ def pytorch_stage(name, batch, variant, stage):
     from pt_reference import training
     model = pt_reference.create_model(name, r=0 if variant == "dense" else None,
                                       drop_path_rate=RECIPE.drop_path).train()
-    x, targets = (torch.from_numpy(a) for a in train_batch(get_arch(name), batch))
+    x, targets = (torch.from_numpy(a) for a in random_training_batch(get_arch(name), batch))
     loss_fn = training.build_loss(RECIPE.smoothing)
     if stage == "built":
         return lambda: None

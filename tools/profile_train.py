@@ -23,19 +23,11 @@ import tempfile
 
 import _bootstrap  # noqa: F401
 
-import numpy as np
-
 from ppt_common.config import MODEL_CONFIGS, get_arch
-from ppt_common.measure import time_interleaved
+from ppt_common.measure import random_training_batch, time_interleaved
 from ppt_common.training import RECIPE
 
 STAGES = ("forward", "forward+backward", "step")
-
-
-def train_batch(arch, batch):
-    rng = np.random.RandomState(0)
-    return (rng.randn(batch, 3, arch.img_size, arch.img_size).astype(np.float32),
-            np.eye(arch.num_classes, dtype=np.float32)[rng.randint(0, arch.num_classes, batch)])
 
 
 def mindspore_step(name, batch, variant):
@@ -48,7 +40,7 @@ def mindspore_step(name, batch, variant):
     model.set_train(True)
     optimizer = training.build_optimizer(model)
     step = training.TrainStep(training.LossCell(model, training.build_loss(RECIPE.smoothing)), optimizer)
-    x, t = (ms.Tensor(a) for a in train_batch(model.arch, batch))
+    x, t = (ms.Tensor(a) for a in random_training_batch(model.arch, batch))
     run = lambda: step(x, t, None, *optimizer.scalars(RECIPE.min_lr))[0].asnumpy()  # noqa: E731
     run()
     return run
@@ -62,7 +54,7 @@ def pytorch_parts(name, batch, variant):
     model = pt_reference.create_model(name, r=0 if variant == "dense" else None,
                                       drop_path_rate=RECIPE.drop_path).train()
     loss_fn, optimizer = training.build_loss(RECIPE.smoothing), training.build_optimizer(model)
-    x, t = (torch.from_numpy(a) for a in train_batch(get_arch(name), batch))
+    x, t = (torch.from_numpy(a) for a in random_training_batch(get_arch(name), batch))
     state = {}
 
     def forward():
