@@ -11,8 +11,8 @@ from conftest import run_script as run
 @pytest.mark.slow
 def test_benchmark_writes_rows_for_both_frameworks_and_variants(tmp_path):
     out = tmp_path / "bench.json"
-    res = run("benchmark.py", "--models", "deit_tiny_patch16_224", "--batch-sizes", "1", "--runs", "2",
-              "--warmup", "1", "--token-ops", "--unfused", "--mode", "pynative",
+    res = run("benchmark.py", "--models", "deit_tiny_patch16_224", "--batch-sizes", "1", "--runs", "1",
+              "--warmup", "0", "--token-ops", "--unfused", "--mode", "pynative",
               "--output-json", out)  # no graph compilations
     assert res.returncode == 0, res.stderr
     rows = json.loads(out.read_text())["rows"]
