@@ -16,7 +16,7 @@ the ratios) after a short pause (so one framework's spinning worker threads do n
 per variant is reported. Outputs are fetched to host (asnumpy / CUDA synchronise) inside each timed call.
 
 Memory: each variant is also built, compiled and called three times in a child process of its own, and that
-process's peak resident set size (RSS, from wait4) is reported: what a user's process needs for that model, batch
+process's peak resident set size (RSS, its VmHWM) is reported: what a user's process needs for that model, batch
 and framework, libraries included (--no-memory skips it). For training that is the steady state of a run: PyTorch's
 AdamW creates its moments in its first step, after that step's backward, so they sit beside the activations only
 from the second step on (MindSpore's exist from the start). The --token-ops and --unfused diagnostic variants are

@@ -19,7 +19,7 @@ import _bootstrap  # noqa: F401
 import numpy as np
 
 from ppt_common.config import MODEL_CONFIGS
-from ppt_common.measure import time_interleaved
+from ppt_common.measure import random_training_batch, time_interleaved
 from ppt_common.training import RECIPE
 
 
@@ -56,10 +56,7 @@ def step_runner(name, fused, variant, batch):
     optimizer = training.AdamW(model.trainable_params(), fused=fused)
     assert optimizer.fused == fused, "the fused update cannot be built here (no g++?)"
     step = training.TrainStep(training.LossCell(model, training.build_loss(RECIPE.smoothing)), optimizer)
-    rng = np.random.RandomState(0)
-    x = ms.Tensor(rng.randn(batch, 3, model.arch.img_size, model.arch.img_size).astype(np.float32))
-    targets = ms.Tensor(np.eye(model.arch.num_classes, dtype=np.float32)[rng.randint(0, model.arch.num_classes,
-                                                                                         batch)])
+    x, targets = (ms.Tensor(a) for a in random_training_batch(model.arch, batch))
     return lambda: step(x, targets, None, *optimizer.scalars(RECIPE.min_lr))[0].asnumpy()
 
 
