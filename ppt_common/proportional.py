@@ -6,6 +6,10 @@ computed by the framework's Log kernel: MindSpore 2.10's CPU float32 `Log` is ne
 4 ulp off on 1..197) nor deterministic (about 1 call in 10 differs on a [12, 147, 1] tensor), which made a pooled
 model's float32 output change from call to call. Both frameworks read this table (cast to the model's dtype), so
 the bias is bit-identical across frameworks, calls, modes, batch shapes and process counts.
+
+The table itself is computed by the C library's scalar `logl` in extended precision, then rounded to float64:
+numpy's float64 `log` takes a SIMD loop on CPUs with AVX-512, which is one ulp off on 235 of 1..1024 (numpy 1.26,
+AMD EPYC with AVX-512; 0 on CPUs without it), so a float64 table would differ from machine to machine.
 """
 import numpy as np
 
@@ -16,4 +20,4 @@ def log_size_table(num_tokens: int) -> np.ndarray:
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be positive, got {num_tokens}")
     with np.errstate(divide="ignore"):
-        return np.log(np.arange(num_tokens + 1, dtype=np.float64))
+        return np.log(np.arange(num_tokens + 1, dtype=np.longdouble)).astype(np.float64)
