@@ -93,7 +93,8 @@ def _adamw_tensor(beta1_c, beta2, beta2_c, eps, decay_factor, step_size, bias_co
     return ops.depend(ops.assign(param, p), (ops.assign(m, new_m), ops.assign(v, new_v)))
 
 
-# the same update by the compiled kernel, which also says whether `checked` (the unclipped gradient) is finite
+# the same update by the compiled kernel, in place, which also says whether `checked` (the unclipped gradient) is
+# finite
 _fused_adamw_update = ops.MultitypeFuncGraph("fused_adamw_update")
 
 
@@ -101,10 +102,8 @@ _fused_adamw_update = ops.MultitypeFuncGraph("fused_adamw_update")
                               "Bool")
 def _fused_adamw_tensor(decayed_update, plain_update, scalars, param, m, v, g, checked, decayed):
     if decayed:
-        new_p, new_m, new_v, finite = decayed_update(param, m, v, g, checked, scalars)
-    else:
-        new_p, new_m, new_v, finite = plain_update(param, m, v, g, checked, scalars)
-    return ops.depend(finite, (ops.assign(param, new_p), ops.assign(m, new_m), ops.assign(v, new_v)))
+        return decayed_update(param, m, v, g, checked, scalars)
+    return plain_update(param, m, v, g, checked, scalars)
 
 
 class ModelEma(nn.Cell):

@@ -148,14 +148,32 @@ def ppt_reduce_op(r: int):
 
 
 def adamw_op(decayed: bool):
-    """An ops.Custom computing one parameter's AdamW step and its gradient's finiteness on float32 or float64 CPU
-    tensors, or None: (param, exp_avg, exp_avg_sq, grad, checked, scalars[7]) -> (param', exp_avg', exp_avg_sq',
-    finite[1] bool), bit-identical to ms_ppt.training's graph update; `decayed` multiplies the parameter by the
-    decay factor first (adamw_cpu.cc). The caller assigns the results."""
+    """An op computing one parameter's AdamW step in place and its gradient's finiteness on float32 or float64 CPU
+    tensors, or None: (param, exp_avg, exp_avg_sq, grad, checked, scalars[7]) -> finite[1] bool, the first three
+    updated, bit-identical to ms_ppt.training's graph update; `decayed` multiplies the parameter by the decay
+    factor first (adamw_cpu.cc)."""
     path = build("adamw_cpu")
     if path is None:
         return None
     from mindspore import bool_, ops
-    return ops.Custom(f"{path}:{'AdamWDecayed' if decayed else 'AdamW'}",
-                      out_shape=lambda p, m, v, g, checked, s: (p, p, p, (1,)),
-                      out_dtype=lambda p, m, v, g, checked, s: (p, p, p, bool_), func_type="aot")
+    from mindspore.ops import signature as sig
+
+    class InPlaceAdamW(ops.Custom):
+        # the three written inputs declared as MindSpore's own optimizer ops (ApplyMomentum, Adam) declare theirs:
+        # the framework then orders the write after every read of the old values (or keeps a copy for a read it
+        # cannot order), where writing into an undeclared input would race with the backward's reads
+        __mindspore_signature__ = (
+            sig.make_sig("param", sig.sig_rw.RW_WRITE, dtype=sig.sig_dtype.T),
+            sig.make_sig("exp_avg", sig.sig_rw.RW_WRITE, dtype=sig.sig_dtype.T),
+            sig.make_sig("exp_avg_sq", sig.sig_rw.RW_WRITE, dtype=sig.sig_dtype.T),
+            sig.make_sig("grad", dtype=sig.sig_dtype.T),
+            sig.make_sig("checked", dtype=sig.sig_dtype.T),
+            sig.make_sig("scalars", dtype=sig.sig_dtype.T))
+
+        def __init__(self):
+            super().__init__(f"{path}:{'AdamWDecayed' if decayed else 'AdamW'}",
+                             out_shape=lambda p, m, v, g, checked, s: (1,),
+                             out_dtype=lambda p, m, v, g, checked, s: bool_, func_type="aot")
+            self.add_prim_attr("side_effect_mem", True)
+
+    return InPlaceAdamW()
