@@ -98,4 +98,3 @@ extern "C" int AdamW(int nparam, void **params, int *ndims, int64_t **shapes, co
   (void)extra;
   return adamw<false>(nparam, params, ndims, shapes, dtypes);
 }
-
