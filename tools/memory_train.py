@@ -28,8 +28,10 @@ FRAMEWORKS = ("mindspore", "pytorch")
 def mindspore_stage(name, batch, variant, stage):
     """A call that runs the stage once (the graph compiled at its first call)."""
     import mindspore as ms
+    from mindspore import nn
     import ms_ppt
     from ms_ppt import training
+    from ppt_common.heap import release_free_heap
     ms.set_context(mode=ms.GRAPH_MODE)
     model = ms_ppt.create_model(name, r=0 if variant == "dense" else None, drop_path_rate=RECIPE.drop_path)
     model.set_train(True)
@@ -38,11 +40,24 @@ def mindspore_stage(name, batch, variant, stage):
     optimizer = training.build_optimizer(model)
     if stage == "built":
         return lambda: None
-    if stage == "forward":
-        return lambda: loss_cell(x, targets, None).asnumpy()
-    if stage == "backward":
-        value_and_grad = ms.jit(ms.value_and_grad(loss_cell, None, optimizer.params))
-        return lambda: value_and_grad(x, targets, None)[0].asnumpy()
+    if stage in ("forward", "backward"):
+        class Backward(nn.Cell):
+            def __init__(self):
+                super().__init__(auto_prefix=False)
+                self.value_and_grad = ms.value_and_grad(loss_cell, None, optimizer.params)
+
+            def construct(self, images, targets):
+                return self.value_and_grad(images, targets, None)  # (loss, gradients): both kept
+
+        cell = loss_cell if stage == "forward" else Backward()
+        args = (x, targets, None) if stage == "forward" else (x, targets)
+        cell.compile(*args)
+        release_free_heap()  # as TrainStep does after its compile, so that the stages add up to the step
+
+        def run():
+            out = cell(*args)
+            (out[0] if stage == "backward" else out).asnumpy()
+        return run
     step = training.TrainStep(loss_cell, optimizer)
     return lambda: step(x, targets, None, *optimizer.scalars(RECIPE.min_lr))[0].asnumpy()
 
