@@ -14,7 +14,7 @@ from typing import Callable, Optional
 def _malloc_trim() -> Optional[Callable[[int], int]]:
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to call
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl; Windows has no CDLL(None))
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return trim
